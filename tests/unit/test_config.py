@@ -1,0 +1,64 @@
+"""Config loading: defaults, overrides, and errors that name the file, line and field."""
+
+import pytest
+
+from ilp_ray.config import AuditConfig, load_config, parse_overrides
+from ilp_ray.errors import ConfigError
+
+
+def write(tmp_path, text):
+    p = tmp_path / "audit.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_defaults_follow_the_paper(tmp_path):
+    cfg = load_config(AuditConfig, write(tmp_path, "data: d.jsonl\nsft_model: m\n"))
+    assert (cfg.detect.n, cfg.detect.tau, cfg.detect.top_k, cfg.mc.k) == (5, 0.2, 1000, 4)
+    assert cfg.detect.known_threshold == 0.8
+    assert cfg.scoring.format == "lm-eval"
+
+
+def test_cli_overrides_yaml(tmp_path):
+    p = write(tmp_path, "data: d.jsonl\nsft_model: m\nscoring:\n  batch_size: 4\n")
+    cfg = load_config(AuditConfig, p, parse_overrides(["scoring.batch_size=32", "detect.tau=0.5"]))
+    assert cfg.scoring.batch_size == 32 and cfg.detect.tau == 0.5
+
+
+def test_bad_value_names_file_line_field(tmp_path):
+    p = write(tmp_path, "data: d.jsonl\nsft_model: m\nscoring:\n  batch_size: 0\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(AuditConfig, p)
+    assert str(e.value).startswith(f"{p}:4: field 'scoring.batch_size': ")
+    assert "greater than or equal to 1" in str(e.value)
+
+
+def test_unknown_key_suggests(tmp_path):
+    p = write(tmp_path, "data: d.jsonl\nsft_model: m\ndetect:\n  tua: 0.3\n")
+    with pytest.raises(ConfigError, match=r"audit.yaml:4: field 'detect.tua': unknown key; did you mean 'tau'"):
+        load_config(AuditConfig, p)
+
+
+def test_missing_required_field(tmp_path):
+    with pytest.raises(ConfigError, match="field 'sft_model': Field required"):
+        load_config(AuditConfig, write(tmp_path, "data: d.jsonl\n"))
+
+
+def test_bad_yaml_names_line(tmp_path):
+    with pytest.raises(ConfigError, match=r"audit.yaml:3: invalid YAML"):
+        load_config(AuditConfig, write(tmp_path, "data: d.jsonl\nsft_model: m\n  bad: [\n"))
+
+
+def test_bad_override_is_named_as_cli(tmp_path):
+    p = write(tmp_path, "data: d.jsonl\nsft_model: m\n")
+    with pytest.raises(ConfigError, match=r"--set: field 'scoring.format': .*'chat', 'plain' or 'lm-eval'"):
+        load_config(AuditConfig, p, parse_overrides(["scoring.format=chatml"]))
+    with pytest.raises(ConfigError, match="expected key=value"):
+        parse_overrides(["novalue"])
+
+
+def test_non_mapping_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(AuditConfig, write(tmp_path, "- a\n- b\n"))
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(AuditConfig, tmp_path / "nope.yaml")
