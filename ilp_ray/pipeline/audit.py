@@ -1,0 +1,300 @@
+"""The audit job: read → validate → MC convert → score (base and fine-tuned) → verdicts → MLflow.
+
+Run layout (``cfg.run_dir``)::
+
+    mc/items-<fp>.parquet          MC items (fingerprint of the data and the MC config)
+    scores/<tag>-<fp>/shard-*.parquet   option scores per model (fingerprint of the model, the
+                                   scoring config and the items); complete shards are reused
+    verdicts/shard-*.parquet       the per-sample table (cheap; rewritten every run)
+    summary.json                   the summary figures
+
+Scoring runs in a Ray Data actor pool whose actors each hold every model once. Shards stream back
+to the driver, which writes each one atomically as soon as all its items have arrived: a killed
+job loses only the shards in flight, and the workers need no filesystem shared with the driver.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ilp_ray.config import AuditConfig, ScoringConfig
+from ilp_ray.pipeline import shards as S
+
+log = logging.getLogger(__name__)
+
+# Seconds to sleep per shard: lets the kill-and-resume test land its kill mid-run. Zero otherwise.
+_SLOW_SHARD_S = float(os.environ.get("ILP_SLOW_SHARD_S", "0") or 0)
+
+ITEM_COLUMNS = ("id", "question", "options", "answer", "distractor_ids", "subset", "position")
+
+
+@dataclass
+class AuditResult:
+    run_dir: Path
+    summary: dict[str, Any]
+    verdicts: Any  # pandas.DataFrame
+    run_id: str | None
+    tracking_uri: str | None
+
+
+# --------------------------------------------------------------------------- stages
+
+def mc_stage(records, cfg: AuditConfig, run_dir: Path):
+    """MC items for ``records`` as a pyarrow Table, cached under ``mc/`` by fingerprint."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ilp_ray.data import build_mc_items
+
+    data_fp = S.fingerprint([(r.id, r.prompt, r.response, r.subset, r.position, r.options, r.answer)
+                             for r in records])
+    path = run_dir / "mc" / f"items-{S.fingerprint([data_fp, cfg.mc.model_dump()])}.parquet"
+    S.clean_partial(path.parent)
+    if path.exists():
+        return pq.read_table(path), True
+    items = build_mc_items(records, k=cfg.mc.k, seed=cfg.mc.seed, near_dup=cfg.mc.near_dup,
+                           prefer_same_subset=cfg.mc.prefer_same_subset)
+    table = pa.table({
+        "id": [it.id for it in items],
+        "question": [it.question for it in items],
+        "options": [list(it.options) for it in items],
+        "answer": pa.array([it.answer for it in items], pa.int64()),
+        "distractor_ids": pa.array([list(it.distractor_ids) for it in items], pa.list_(pa.string())),
+        "subset": [it.subset for it in items],
+        "position": pa.array([it.position for it in items], pa.int64()),
+    })
+    S.write_table_atomic(table, path)
+    return table, False
+
+
+def model_identity(spec: str) -> Any:
+    """What makes a model's scores reusable: its files' sizes and times, or the bundle's version."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from ilp_ray.models import BUNDLED
+
+    p = Path(spec).expanduser()
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix in {".json", ".safetensors", ".bin"})
+        return [str(p.resolve())] + [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    if spec in BUNDLED:
+        try:
+            return [spec, version(BUNDLED[spec].package.replace("_", "-"))]
+        except PackageNotFoundError:
+            return [spec]
+    return [spec]
+
+
+class ScoreShards:
+    """Ray Data stage: score MC item shards with one of the models it holds.
+
+    Constructor arguments are the model specs by tag and the scoring config; each model is loaded
+    once per actor, on first use. Input rows: ``shard``, ``tag``, ``items`` (JSON list of items).
+    Output: one row per item with its option scores.
+    """
+
+    REQUIRED = ("shard", "tag", "items")
+
+    def __init__(self, models: dict[str, str], scoring: dict[str, Any], threads: int = 1):
+        import torch
+
+        torch.set_num_threads(threads)
+        self.models, self.scoring = models, ScoringConfig(**scoring)
+        self.engines: dict[str, Any] = {}
+
+    def engine(self, tag: str):
+        if tag not in self.engines:
+            from ilp_ray.scoring.engines import make_engine
+
+            self.engines[tag] = make_engine(self.scoring, self.models[tag], tag=tag)
+        return self.engines[tag]
+
+    def __call__(self, batch: dict) -> Any:
+        import pyarrow as pa
+
+        from ilp_ray.records import McItem
+
+        missing = [c for c in self.REQUIRED if c not in batch]
+        if missing:
+            raise ValueError(f"ScoreShards needs columns {missing}")
+        cols: dict[str, list] = {k: [] for k in
+                                 ("shard", "tag", "id", "logprob_sum", "n_tokens", "n_chars", "truncated")}
+        for shard, tag, payload in zip(batch["shard"], batch["tag"], batch["items"]):
+            items = [McItem(id=d["id"], question=d["question"], options=tuple(d["options"]),
+                            answer=d["answer"]) for d in json.loads(payload)]
+            if _SLOW_SHARD_S:
+                time.sleep(_SLOW_SHARD_S)
+            for sc in self.engine(str(tag)).score(items):
+                cols["shard"].append(int(shard))
+                cols["tag"].append(str(tag))
+                cols["id"].append(sc.id)
+                cols["logprob_sum"].append(list(sc.logprob_sum))
+                cols["n_tokens"].append(list(sc.n_tokens))
+                cols["n_chars"].append(list(sc.n_chars))
+                cols["truncated"].append(bool(sc.truncated))
+        return pa.table(cols)
+
+
+def score_stage(items, cfg: AuditConfig, run_dir: Path, models: dict[str, str],
+                progress: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Score every item under every model; returns ({tag: scores Table}, stage stats)."""
+    n, size = items.num_rows, cfg.ray.shard_size
+    n_shards = math.ceil(n / size)
+    items_fp = S.fingerprint(items.column("id").to_pylist() + items.column("options").to_pylist())
+    folders, pending = {}, []
+    for tag, spec in models.items():
+        scoring_key = cfg.scoring.model_dump(exclude={"length_norm", "temperature"})
+        fp = S.fingerprint([model_identity(spec), scoring_key, items_fp, size])
+        folder = run_dir / "scores" / f"{tag}-{fp}"
+        S.clean_partial(folder)
+        folders[tag] = folder
+        done = S.complete_shards(folder)
+        pending += [(s, tag) for s in range(n_shards) if s not in done]
+    stats = {"shards_total": n_shards * len(models), "shards_scored": len(pending),
+             "shards_reused": n_shards * len(models) - len(pending)}
+    if pending:
+        _run_pool(items, pending, folders, models, cfg, progress)
+    return {tag: S.read_shards(folders[tag]) for tag in models}, stats
+
+
+def _run_pool(items, pending, folders, models, cfg: AuditConfig, progress: bool) -> None:
+    import pyarrow as pa
+    import ray
+    from rich.progress import Progress
+
+    from ilp_ray.env import init_ray
+
+    init_ray(cfg.ray.address)
+    _check_room(ray.cluster_resources().get("CPU", 0.0), cfg)
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # one progress bar, ours, counting finished shards
+    ctx.verbose_progress = False
+    rows = items.to_pylist()
+    size = cfg.ray.shard_size
+    payload = [{"shard": s, "tag": tag,
+                "items": json.dumps([{k: r[k] for k in ("id", "question", "options", "answer")}
+                                     for r in rows[s * size:(s + 1) * size]])}
+               for s, tag in pending]
+    expected = {(s, tag): min(size, len(rows) - s * size) for s, tag in pending}
+    ds = ray.data.from_items(payload, override_num_blocks=len(payload)).map_batches(
+        ScoreShards, batch_size=1, batch_format="numpy",
+        fn_constructor_kwargs={"models": models, "scoring": cfg.scoring.model_dump(),
+                               "threads": cfg.ray.threads_per_actor},
+        compute=ray.data.ActorPoolStrategy(size=cfg.ray.num_actors), num_cpus=cfg.ray.cpus_per_actor)
+    buffers: dict[tuple[int, str], list] = {}
+    with Progress(disable=not progress, transient=False) as bar:
+        task = bar.add_task("scoring shards", total=len(pending))
+        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            for key, part in _split_by_shard(batch):
+                buffers.setdefault(key, []).append(part)
+                got = sum(p.num_rows for p in buffers[key])
+                if got == expected[key]:
+                    table = pa.concat_tables(buffers.pop(key)).drop_columns(["shard", "tag"])
+                    S.write_table_atomic(table, S.shard_path(folders[key[1]], key[0]))
+                    bar.advance(task)
+    if buffers:
+        raise RuntimeError(f"scoring ended with incomplete shards: {sorted(buffers)}")
+
+
+def _split_by_shard(batch):
+    import pyarrow.compute as pc
+
+    shards, tags = batch.column("shard").to_pylist(), batch.column("tag").to_pylist()
+    for key in dict.fromkeys(zip(shards, tags)):
+        mask = pc.and_(pc.equal(batch.column("shard"), key[0]), pc.equal(batch.column("tag"), key[1]))
+        yield key, batch.filter(mask)
+
+
+def _check_room(total_cpus: float, cfg: AuditConfig) -> None:
+    # An actor pool that takes every CPU never lets Ray Data's read and write tasks run: a hang.
+    need = cfg.ray.num_actors * cfg.ray.cpus_per_actor
+    if need > total_cpus - 0.5:
+        raise ValueError(
+            f"ray.num_actors × ray.cpus_per_actor = {need:g} CPUs, but the Ray cluster has "
+            f"{total_cpus:g}: leave at least 0.5 CPU free for Ray Data's read/write tasks "
+            f"(e.g. ray.cpus_per_actor={max(0.25, (total_cpus - 0.5) / cfg.ray.num_actors):g})")
+
+
+# --------------------------------------------------------------------------- the job
+
+def run_audit(cfg: AuditConfig, progress: bool = True) -> AuditResult:
+    """Run (or resume) an audit. Every stage reuses its finished output when the inputs match."""
+    import pandas as pd
+
+    from ilp_ray.data import read_sft
+    from ilp_ray.detect import compute_verdicts, summarize
+    from ilp_ray.env import apply_defaults
+    from ilp_ray.track import flatten, make_tracker
+
+    apply_defaults(local_ray=cfg.ray.address is None)
+    t0 = time.perf_counter()
+    run_dir = Path(cfg.run_dir).expanduser().resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    records = read_sft(cfg.data)  # validates the whole file before any work
+    items, mc_reused = mc_stage(records, cfg, run_dir)
+    models = {"sft": cfg.sft_model} | ({"base": cfg.base_model} if cfg.base_model else {})
+    scores, stats = score_stage(items, cfg, run_dir, models, progress)
+
+    items_df = items.select(["id", "subset", "position", "answer"]).to_pandas()
+    sft_df = scores["sft"].to_pandas()
+    base_df = scores["base"].to_pandas() if "base" in scores else None
+    verdicts, stability = compute_verdicts(items_df, sft_df, base_df, cfg.scoring, cfg.detect)
+    verdicts = verdicts.merge(items.select(["id", "question", "options", "distractor_ids"]).to_pandas(),
+                              on="id", how="left")
+    _write_verdicts(verdicts, run_dir / "verdicts", cfg.ray.shard_size)
+
+    summary = summarize(verdicts, cfg.detect)
+    summary["seed_stability"] = stability
+    summary.update(stats, mc_reused=mc_reused, wall_s=round(time.perf_counter() - t0, 3),
+                   models=models, data=cfg.data, run_dir=str(run_dir))
+    S.write_json_atomic(summary, run_dir / "summary.json")
+
+    tracker = make_tracker(cfg.tracking.enabled, cfg.tracking.uri, cfg.tracking.experiment, run_dir.parent)
+    with tracker.start(cfg.name or run_dir.name, tags={"ilp.kind": "audit", "ilp.sft_model": cfg.sft_model}):
+        tracker.log_params(flatten(cfg.model_dump()))
+        tracker.log_metrics(_metric_view(summary))
+        tracker.log_artifact(run_dir / "summary.json")
+        tracker.log_artifact(run_dir / "verdicts", "verdicts")
+    return AuditResult(run_dir, summary, verdicts, tracker.run_id, tracker.tracking_uri)
+
+
+def _write_verdicts(df, folder: Path, size: int) -> None:
+    import pyarrow as pa
+
+    folder.mkdir(parents=True, exist_ok=True)
+    S.clean_partial(folder)
+    n = max(1, math.ceil(len(df) / size))
+    for i in range(n):
+        S.write_table_atomic(pa.Table.from_pandas(df.iloc[i * size:(i + 1) * size], preserve_index=False),
+                             S.shard_path(folder, i))
+    for stale in S.complete_shards(folder) - set(range(n)):
+        S.shard_path(folder, stale).unlink()
+
+
+def _metric_view(summary: dict[str, Any]) -> dict[str, float]:
+    keys = ("accuracy", "accuracy_norm", "learn_rate", "unlearned", "pass_at_n_mean", "pass_expected_mean",
+            "bon_accuracy", "seed_stability", "truncated_items", "base_accuracy", "known_by_base_rate",
+            "js_base_sft_mean", "wall_s", "shards_scored", "shards_reused", "n")
+    out = {k: float(summary[k]) for k in keys if k in summary}
+    for subset, block in summary.get("per_subset", {}).items():
+        for k in ("accuracy", "learn_rate", "unlearned"):
+            out[f"subset.{subset}.{k}"] = float(block[k])
+    return out
+
+
+def load_verdicts(run_dir: str | Path):
+    """The per-sample table of a finished audit, as a pandas DataFrame."""
+    t = S.read_shards(Path(run_dir) / "verdicts")
+    if t is None:
+        raise FileNotFoundError(f"{run_dir}: no verdicts (has the audit finished?)")
+    return t.to_pandas()

@@ -1,0 +1,56 @@
+"""Terminal summary of an audit (rich tables)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def print_summary(result: Any, top: int = 5) -> None:
+    """Print overall and per-subset figures, the most severe unlearned items, and where to look."""
+    from rich.console import Console
+    from rich.table import Table
+
+    s, v = result.summary, result.verdicts
+    con = Console()
+    t = Table(title=f"ILP audit: {s['n']} samples, {s['unlearned']} unlearned "
+                    f"(pass@{s['pass_at_n']['n']} < {s['pass_at_n']['tau']})")
+    cols = ["subset", "n", "accuracy", "acc_norm", "pass@N", "BoN", "unlearned", "learn rate"]
+    has_base = "base_accuracy" in s
+    if has_base:
+        cols += ["base acc", "known by base", "JSD"]
+    for c in cols:
+        t.add_column(c, justify="left" if c == "subset" else "right")
+
+    def row(name: str, b: dict) -> list[str]:
+        r = [name, str(b["n"]), f"{b['accuracy']:.3f}", f"{b['accuracy_norm']:.3f}",
+             f"{b['pass_at_n_mean']:.3f}", f"{b['bon_accuracy']:.3f}", str(b["unlearned"]),
+             f"{b['learn_rate']:.3f}"]
+        if has_base:
+            r += [f"{b['base_accuracy']:.3f}", f"{b['known_by_base_rate']:.3f}", f"{b['js_base_sft_mean']:.3f}"]
+        return r
+
+    for name, b in s["per_subset"].items():
+        t.add_row(*row(name, b))
+    t.add_row(*row("[bold]all[/bold]", s), end_section=True)
+    con.print(t)
+    con.print(f"seed stability (Jaccard over seeds): {s['seed_stability']:.3f}   "
+              f"truncated prompts: {s['truncated_items']}   "
+              f"shards scored/reused: {s['shards_scored']}/{s['shards_reused']}   wall: {s['wall_s']:.1f} s")
+    worst = v[v["unlearned"]].sort_values("severity_rank").head(top)
+    if len(worst):
+        w = Table(title=f"most severe unlearned (top {len(worst)} of {s['unlearned']})")
+        for c in ("rank", "id", "question", "answer", "model's pick", "p(correct)"):
+            w.add_column(c, overflow="fold")
+        for _, r in worst.iterrows():
+            w.add_row(str(r["severity_rank"]), str(r["id"]), _short(r["question"], 60),
+                      _short(r["options"][r["answer"]], 30), _short(r["options"][r["pred"]], 30),
+                      f"{r['pass_expected']:.3f}")
+        con.print(w)
+    con.print(f"results: {result.run_dir}/verdicts/ (Parquet), {result.run_dir}/summary.json")
+    if result.run_id:
+        con.print(f"MLflow run {result.run_id}: mlflow ui --backend-store-uri {result.tracking_uri}")
+
+
+def _short(text: str, n: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= n else text[: n - 1] + "…"

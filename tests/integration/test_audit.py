@@ -1,0 +1,143 @@
+"""The audit job end to end on local Ray, with tiny models built in code and MLflow on sqlite."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ilp_ray.config import AuditConfig, DetectConfig, McConfig, RayConfig, ScoringConfig, TrackingConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def make_cfg(data, ckpts, run_dir, shard_size=5, **kw):
+    return AuditConfig(
+        data=str(data), sft_model=str(ckpts["sft"]), base_model=str(ckpts["base"]), run_dir=str(run_dir),
+        mc=McConfig(k=3), scoring=ScoringConfig(batch_size=4), detect=DetectConfig(stability_seeds=3, top_k=3),
+        ray=RayConfig(num_actors=1, cpus_per_actor=1.0, shard_size=shard_size), **kw)
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, facts_jsonl, tiny_checkpoints, ray_session):
+    from ilp_ray.pipeline.audit import run_audit
+
+    run_dir = tmp_path_factory.mktemp("runs") / "audit"
+    result = run_audit(make_cfg(facts_jsonl, tiny_checkpoints, run_dir), progress=False)
+    return result
+
+
+def test_verdicts_cover_every_record(first_run):
+    v = first_run.verdicts
+    assert sorted(v["id"]) == [f"f{i:02d}" for i in range(12)]
+    assert set(v["n_options"]) == {3}
+    np.testing.assert_allclose([sum(p) for p in v["probs"]], 1.0, atol=1e-9)
+    assert {"base_probs", "known_by_base", "js_base_sft", "severity_rank", "in_top_k"} <= set(v.columns)
+    assert v["in_top_k"].sum() == min(3, v["unlearned"].sum())
+
+
+def test_scores_match_the_engine_in_process(first_run, tiny_checkpoints):
+    """A second route: score the stored MC items directly and compare the stored probabilities."""
+    from ilp_ray import metrics as M
+    from ilp_ray.pipeline.audit import load_verdicts
+    from ilp_ray.records import McItem
+    from ilp_ray.scoring.engines import make_engine
+
+    v = load_verdicts(first_run.run_dir)
+    items = [McItem(id=r.id, question=r.question, options=tuple(r.options), answer=r.answer)
+             for r in v.itertuples()]
+    scores = make_engine(ScoringConfig(batch_size=3), str(tiny_checkpoints["sft"])).score(items)
+    for sc, probs in zip(scores, v["probs"]):
+        np.testing.assert_allclose(M.option_probs(np.array([sc.logprob_sum]))[0], probs, atol=1e-6)
+
+
+def test_summary_and_files(first_run):
+    s = json.loads((first_run.run_dir / "summary.json").read_text())
+    v = first_run.verdicts
+    assert s["n"] == 12 and s["unlearned"] == int(v["unlearned"].sum())
+    assert s["accuracy"] == pytest.approx(v["correct"].mean())
+    assert set(s["per_subset"]) == {"geo", "sci"}
+    assert 0.0 <= s["seed_stability"] <= 1.0
+    assert s["shards_total"] == 6 and s["shards_scored"] == 6  # 12 items / 5 per shard × 2 models
+    assert len(list((first_run.run_dir / "verdicts").glob("shard-*.parquet"))) == 3
+
+
+def test_mlflow_run_has_params_metrics_artifacts(first_run):
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=first_run.tracking_uri)
+    run = client.get_run(first_run.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["detect.n"] == "5" and run.data.params["mc.k"] == "3"
+    assert run.data.metrics["accuracy"] == pytest.approx(first_run.summary["accuracy"])
+    assert "subset.geo.learn_rate" in run.data.metrics
+    names = {a.path for a in client.list_artifacts(first_run.run_id)}
+    assert {"summary.json", "verdicts"} <= names
+    assert first_run.tracking_uri == f"sqlite:///{first_run.run_dir.parent / 'mlflow.db'}"
+
+
+def test_rerun_reuses_every_shard(first_run, facts_jsonl, tiny_checkpoints):
+    from ilp_ray.pipeline.audit import run_audit
+
+    shards = sorted((first_run.run_dir / "scores").rglob("shard-*.parquet"))
+    before = {p: p.stat().st_mtime_ns for p in shards}
+    again = run_audit(make_cfg(facts_jsonl, tiny_checkpoints, first_run.run_dir,
+                               tracking=TrackingConfig(enabled=False)), progress=False)
+    assert again.summary["shards_scored"] == 0 and again.summary["shards_reused"] == 6
+    assert again.summary["mc_reused"] is True
+    assert {p: p.stat().st_mtime_ns for p in shards} == before
+    assert again.verdicts["unlearned"].tolist() == first_run.verdicts["unlearned"].tolist()
+
+
+def test_changed_detection_config_reuses_scores(first_run, facts_jsonl, tiny_checkpoints):
+    """N, τ and the temperature act on cached scores: no model runs again."""
+    from ilp_ray.pipeline.audit import run_audit
+
+    cfg = make_cfg(facts_jsonl, tiny_checkpoints, first_run.run_dir, tracking=TrackingConfig(enabled=False))
+    cfg = cfg.model_copy(update={"detect": DetectConfig(n=10, tau=0.5, stability_seeds=2)})
+    again = run_audit(cfg, progress=False)
+    assert again.summary["shards_scored"] == 0
+    assert again.summary["pass_at_n"] == {"n": 10, "tau": 0.5, "on": "sampled"}
+
+
+@pytest.mark.slow
+def test_killed_job_resumes_without_recomputing(tmp_path, facts_jsonl, tiny_checkpoints, first_run, ray_session):
+    """Kill a real job (its own process and Ray) mid-scoring; the rerun keeps finished shards."""
+    from ilp_ray.pipeline.audit import run_audit
+
+    run_dir = tmp_path / "audit"
+    cfg_path = tmp_path / "audit.yaml"
+    cfg_path.write_text(
+        f"data: {facts_jsonl}\nsft_model: {tiny_checkpoints['sft']}\nbase_model: {tiny_checkpoints['base']}\n"
+        f"run_dir: {run_dir}\nmc: {{k: 3}}\nscoring: {{batch_size: 4}}\n"
+        "detect: {stability_seeds: 3, top_k: 3}\nray: {shard_size: 1, num_actors: 1, cpus_per_actor: 1.0}\n"
+        "tracking: {enabled: false}\n")
+    env = dict(os.environ, ILP_SLOW_SHARD_S="0.5")  # a test hook: sleep per shard so the kill lands mid-run
+    proc = subprocess.Popen([sys.executable, str(ROOT / "jobs" / "audit.py"), "--config", str(cfg_path),
+                             "--no-progress"], env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(run_dir.glob("scores/*/shard-*.parquet"))) < 3:
+        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in run_dir.glob("scores/*/shard-*.parquet")}
+    assert 3 <= len(done) < 24, "the kill should land mid-run"
+    partial = next(iter(done)).parent / ".tmp-shard-99999.parquet-1"
+    partial.write_bytes(b"PAR1 half a shard")  # what a writer killed mid-write leaves
+
+    result = run_audit(AuditConfig.model_validate(
+        __import__("yaml").safe_load(cfg_path.read_text())), progress=False)
+    assert result.summary["shards_reused"] == len(done)
+    assert result.summary["shards_scored"] == 24 - len(done)
+    assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in done} == done
+    assert not partial.exists()
+    # the same verdicts as an uninterrupted run with other shard sizes
+    np.testing.assert_allclose(np.stack(result.verdicts["probs"]), np.stack(first_run.verdicts["probs"]),
+                               atol=1e-6)
