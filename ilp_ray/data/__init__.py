@@ -1,0 +1,11 @@
+"""Data: load SFT files into records and convert them to multiple-choice items (paper 3.1.1).
+
+Heavy libraries (pyarrow, sentence-transformers) are imported inside functions.
+"""
+
+from ilp_ray.data.embed import Embedder, HashingEmbedder, TextEmbedder, get_embedder
+from ilp_ray.data.load import read_sft
+from ilp_ray.data.mc import build_mc_items, topk_neighbours
+
+__all__ = ["Embedder", "HashingEmbedder", "TextEmbedder", "build_mc_items", "get_embedder", "read_sft",
+           "topk_neighbours"]

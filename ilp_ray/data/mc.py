@@ -1,0 +1,280 @@
+"""Turn SFT records into multiple-choice items (paper section 3.1.1).
+
+The original response is the correct option; the k-1 distractors are other records' responses
+that are its nearest semantic neighbours, so they are plausible yet (after excluding duplicates)
+not the trained answer.
+
+Design choices:
+
+- **Response-only embeddings.** Distractors must look like answers, so we search in answer
+  space. Embedding prompt+response would rank records with a similar *question* first, and their
+  responses are the ones most likely to also be correct for this prompt (paraphrased or repeated
+  questions), which makes the item ambiguous. One response embedding also serves the
+  near-duplicate test, so each distinct text is encoded once.
+- **Exclusions.** A candidate is skipped when its text equals the answer after whitespace/case
+  normalisation, when its cosine with the answer is >= ``near_dup``, when it repeats an already
+  chosen distractor's normalised text, or when its cosine with a chosen distractor is >= ``near_dup``.
+- **Subset preference.** Candidates from the record's own subset are tried first (nearest first);
+  other subsets only fill what is left.
+- **Option layout.** The distractors keep nearest-first order; the answer is inserted at a position
+  drawn uniformly from ``numpy.random.default_rng(seed).integers(0, k, size=len(records))``, one draw
+  per record in record order (pre-built items too), so the layout depends only on the seed and the
+  record order, never on batch or block sizes. ``distractor_ids[j]`` is the id of the record whose
+  response is the j-th option once the answer is removed: ``options[:answer] + options[answer+1:]``.
+- **Scale.** No n x n matrix: ``topk_neighbours`` scores blocks of queries against all candidates,
+  keeping a pool of ``8k`` per query, and the pool widens (x4) only for queries whose exclusions
+  exhaust it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from ilp_ray.data.embed import TextEmbedder, get_embedder
+from ilp_ray.errors import DataError
+from ilp_ray.records import McItem, SftRecord
+
+_POOL_PER_OPTION = 8
+# Scores per query block: 8M float32 scores plus argpartition's int64 indices is ~96 MiB.
+_SCORE_BUDGET = 1 << 23
+_GATHER_BUDGET = 1 << 22  # key floats gathered at once for float64 rescoring
+
+
+def normalize_text(text: str) -> str:
+    """Whitespace- and case-insensitive key used for exact-duplicate tests."""
+    return " ".join(text.split()).casefold()
+
+
+def topk_neighbours(queries: np.ndarray, keys: np.ndarray, m: int,
+                    block_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Blocked exact top-m inner-product search.
+
+    Candidates are preselected with float32 block matmuls, then their scores are recomputed one
+    query at a time in float64 and rounded to float32. BLAS picks different kernels (so different
+    summation orders) for different block shapes; the float64 rescoring makes the ranking, and
+    the tie-break by index between equal scores (e.g. identical embeddings of different texts),
+    independent of ``block_size``. Only which of several exactly tied keys fills the last pool
+    slot can still depend on it.
+
+    Args:
+        queries: float32 ``(q, d)``.
+        keys: float32 ``(n, d)``.
+        m: neighbours per query (clipped to ``n``).
+        block_size: queries scored at once; by default as many as keep the score block near
+            ``_SCORE_BUDGET`` floats (at most 1024), so memory is bounded whatever ``n`` is.
+
+    Returns:
+        ``(idx, scores)``, both ``(q, m)``: key indices by descending score, ties broken by
+        ascending index, and their float32 scores.
+    """
+    q, n = len(queries), len(keys)
+    m = min(m, n)
+    if block_size is None:
+        block_size = max(1, min(1024, _SCORE_BUDGET // max(n, 1)))
+    idx = np.empty((q, m), dtype=np.int64)
+    scores = np.empty((q, m), dtype=np.float32)
+    if m == 0:
+        return idx, scores
+    for lo in range(0, q, block_size):
+        qb = queries[lo:lo + block_size]
+        if m < n:
+            s = qb @ keys.T
+            np.negative(s, out=s)  # in place: argpartition selects the smallest
+            part = np.argpartition(s, m - 1, axis=1)[:, :m]
+            del s
+        else:
+            part = np.broadcast_to(np.arange(n), (len(qb), n))
+        ps = _exact_scores(qb, keys, part)
+        order = np.lexsort((part, -ps), axis=1)  # last key is primary: score desc, then index asc
+        idx[lo:lo + block_size] = np.take_along_axis(part, order, axis=1)
+        scores[lo:lo + block_size] = np.take_along_axis(ps, order, axis=1)
+    return idx, scores
+
+
+def _exact_scores(qb: np.ndarray, keys: np.ndarray, part: np.ndarray) -> np.ndarray:
+    """``qb[i] . keys[part[i, j]]`` summed in float64, as float32; gathers a bounded number of keys."""
+    out = np.empty(part.shape, dtype=np.float32)
+    step = max(1, _GATHER_BUDGET // max(1, keys.shape[1]))
+    for i in range(len(qb)):
+        q64 = qb[i].astype(np.float64)
+        for c in range(0, part.shape[1], step):
+            out[i, c:c + step] = keys[part[i, c:c + step]].astype(np.float64) @ q64
+    return out
+
+
+def build_mc_items(records: Sequence[SftRecord], k: int = 4, seed: int = 0, near_dup: float = 0.95,
+                   prefer_same_subset: bool = True, embedder: TextEmbedder | None = None,
+                   batch_size: int = 256, block_size: int | None = None) -> list[McItem]:
+    """Convert records to k-option MC items with nearest-neighbour distractors.
+
+    Args:
+        records: the SFT records; ids must be unique. Records with ``options``/``answer`` keep them.
+        k: options per item (the answer plus k-1 distractors), >= 2.
+        seed: seeds the answer positions.
+        near_dup: cosine at or above which two texts count as the same answer, in (0, 1].
+        prefer_same_subset: draw distractors from the record's subset first.
+        embedder: a ``TextEmbedder``; the shared MiniLM ``Embedder`` if None.
+        batch_size: encoding batch size for the default embedder.
+        block_size: queries per search block (see ``topk_neighbours``); None picks it from memory.
+
+    Returns:
+        One ``McItem`` per record, in record order; ``question`` is the prompt.
+
+    Raises:
+        ValueError: a bad argument (names the argument).
+        DataError: duplicate ids; fewer than k distinct responses; or a record for which fewer
+            than k-1 valid distractors exist (names the record and how many were found).
+    """
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2:
+        raise ValueError(f"k must be an integer >= 2, got {k!r}")
+    if not 0.0 < near_dup <= 1.0:
+        raise ValueError(f"near_dup must be in (0, 1], got {near_dup!r}")
+    records = list(records)
+    seen: set[str] = set()
+    for r in records:
+        if r.id in seen:
+            raise DataError(f"duplicate record id {r.id!r}", field="id")
+        seen.add(r.id)
+        if (r.options is None) != (r.answer is None):
+            raise DataError(f"record {r.id!r}: 'options' and 'answer' must be given together", field="options")
+    positions = np.random.default_rng(seed).integers(0, k, size=len(records))
+    todo = [i for i, r in enumerate(records) if r.options is None]
+    chosen: dict[int, list[int]] = {}
+    if todo:
+        chosen = _Search(records, k, near_dup, prefer_same_subset, embedder or get_embedder(batch_size),
+                         block_size).run(todo)
+    items = []
+    for i, r in enumerate(records):
+        if r.options is not None:
+            items.append(McItem(id=r.id, question=r.prompt, options=tuple(r.options), answer=int(r.answer),
+                                subset=r.subset, position=r.position))
+            continue
+        picks = [records[j] for j in chosen[i]]
+        a = int(positions[i])
+        opts = [p.response for p in picks]
+        opts.insert(a, r.response)
+        items.append(McItem(id=r.id, question=r.prompt, options=tuple(opts), answer=a,
+                            distractor_ids=tuple(p.id for p in picks), subset=r.subset, position=r.position))
+    return items
+
+
+class _Search:
+    """Distractor selection state: unique texts, their embeddings and the candidate entries.
+
+    An *entry* is a distinct (subset, normalised text) pair, or a distinct normalised text when
+    subsets are ignored; its representative is the first record carrying it, whose id and original
+    text become the option.
+    """
+
+    def __init__(self, records: list[SftRecord], k: int, near_dup: float, by_subset: bool,
+                 embedder: TextEmbedder, block_size: int | None):
+        self.records, self.k, self.near_dup, self.by_subset = records, k, near_dup, by_subset
+        self.block_size = block_size
+        text_of: dict[str, int] = {}
+        first_text: list[str] = []
+        self.rec_text = np.empty(len(records), dtype=np.int64)  # record -> unique text
+        for i, r in enumerate(records):
+            key = normalize_text(r.response)
+            if key not in text_of:
+                text_of[key] = len(first_text)
+                first_text.append(r.response)
+            self.rec_text[i] = text_of[key]
+        self.n_texts = len(first_text)
+        if self.n_texts < k:
+            raise DataError(f"only {self.n_texts} distinct responses among {len(records)} records; "
+                            f"{k}-option items need at least {k}. Lower k or add data.", field="response")
+        emb = np.asarray(embedder.encode(first_text), dtype=np.float32)
+        if emb.ndim != 2 or len(emb) != self.n_texts:
+            raise ValueError(f"embedder returned shape {emb.shape} for {self.n_texts} texts")
+        # Renormalise: a custom embedder may not, and dot products must be cosines.
+        norms = np.linalg.norm(emb, axis=1, keepdims=True)
+        self.emb = np.divide(emb, norms, out=np.zeros_like(emb), where=norms > 0)
+        subsets = sorted({r.subset for r in records})
+        code = {s: c for c, s in enumerate(subsets)}
+        self.rec_subset = np.array([code[r.subset] for r in records], dtype=np.int64)
+        entry_of: dict[tuple[int, int], int] = {}
+        rep: list[int] = []
+        for i in range(len(records)):
+            key = (int(self.rec_subset[i]) if by_subset else 0, int(self.rec_text[i]))
+            if key not in entry_of:
+                entry_of[key] = len(rep)
+                rep.append(i)
+        self.entry_rec = np.array(rep, dtype=np.int64)
+        self.entry_text = self.rec_text[self.entry_rec]
+        self.entry_subset = self.rec_subset[self.entry_rec]
+
+    def run(self, todo: list[int]) -> dict[int, list[int]]:
+        """Pick k-1 distractor record indices for each record index in ``todo``."""
+        chosen: dict[int, list[int]] = {i: [] for i in todo}  # entry ids until the end
+        q_all = np.array(todo, dtype=np.int64)
+        every = np.arange(len(self.entry_rec))
+        # Without subsets entry_text is 0..n_texts-1 in order, so the embeddings serve as keys as-is.
+        all_keys = self.emb[self.entry_text] if self.by_subset else self.emb
+        if not self.by_subset:
+            self._fill(q_all, every, all_keys, chosen)
+        else:
+            for s in np.unique(self.rec_subset[q_all]):
+                cand = np.flatnonzero(self.entry_subset == s)
+                self._fill(q_all[self.rec_subset[q_all] == s], cand, self.emb[self.entry_text[cand]], chosen)
+            short = np.array([i for i in todo if len(chosen[i]) < self.k - 1], dtype=np.int64)
+            # Top up from every entry: the own subset's entries come back but were all tried already
+            # (the pool widened to the whole subset) and fail again, since picks only grew.
+            self._fill(short, every, all_keys, chosen)
+        self._check(todo, chosen)
+        return {i: [int(self.entry_rec[e]) for e in es] for i, es in chosen.items()}
+
+    def _fill(self, queries: np.ndarray, cand: np.ndarray, keys: np.ndarray,
+              chosen: dict[int, list[int]]) -> None:
+        """Extend ``chosen[q]`` from entries ``cand`` (embeddings ``keys``), widening the pool
+        until every query is filled or the candidates are exhausted."""
+        if cand.size == 0 or queries.size == 0:
+            return
+        base = {int(q): list(chosen[q]) for q in queries}
+        m = min(len(cand), _POOL_PER_OPTION * self.k)
+        while queries.size:
+            idx, scores = topk_neighbours(self.emb[self.rec_text[queries]], keys, m, self.block_size)
+            short = []
+            for q, row, sc in zip(queries, idx, scores):
+                # Restart from the pre-call state: the wider pool's ranking starts with the narrower
+                # one, so the picks do not depend on how often the pool was widened.
+                picks = list(base[int(q)])
+                self._greedy(int(q), cand[row], sc, picks)
+                chosen[int(q)] = picks
+                if len(picks) < self.k - 1:
+                    short.append(q)
+            if m >= len(cand):
+                return
+            queries = np.array(short, dtype=np.int64)
+            m = min(len(cand), m * 4)
+
+    def _greedy(self, q: int, ranked: np.ndarray, scores: np.ndarray, picks: list[int]) -> None:
+        qt = self.rec_text[q]
+        texts = {int(self.entry_text[e]) for e in picks}
+        vecs = [self.emb[t] for t in texts]
+        for e, s in zip(ranked, scores):
+            if len(picks) >= self.k - 1:
+                return
+            t = int(self.entry_text[e])
+            # Same text id == same normalised text: the answer itself or an exact duplicate of it.
+            if t == qt or t in texts or s >= self.near_dup:
+                continue
+            v = self.emb[t]
+            if vecs and float(np.max(np.stack(vecs) @ v)) >= self.near_dup:
+                continue
+            picks.append(int(e))
+            texts.add(t)
+            vecs.append(v)
+
+    def _check(self, todo: list[int], chosen: dict[int, list[int]]) -> None:
+        short = [i for i in todo if len(chosen[i]) < self.k - 1]
+        if not short:
+            return
+        i = short[0]
+        more = f" ({len(short) - 1} more records are short too)" if len(short) > 1 else ""
+        raise DataError(
+            f"record {self.records[i].id!r}: only {len(chosen[i])} valid distractors found among "
+            f"{self.n_texts - 1} other distinct responses, need {self.k - 1} (candidates equal to the "
+            f"answer or to each other, or with cosine >= {self.near_dup}, are excluded). The data is "
+            f"too uniform: lower k or raise near_dup{more}.", field="response")

@@ -1,0 +1,201 @@
+"""MC conversion (paper 3.1.1): option layout, neighbour choice, exclusions, errors, blocked search."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ilp_ray.data import Embedder, HashingEmbedder, build_mc_items, topk_neighbours
+from ilp_ray.data.mc import normalize_text
+from ilp_ray.errors import DataError
+from ilp_ray.records import McItem, SftRecord
+
+
+class FixedEmbedder:
+    """Embeds each text as a given vector, so cosines in a test are exact and obvious."""
+
+    def __init__(self, vectors: dict[str, list[float]]):
+        self.vectors = {normalize_text(t): np.asarray(v, dtype=np.float32) for t, v in vectors.items()}
+
+    def encode(self, texts):
+        out = np.stack([self.vectors[normalize_text(t)] for t in texts])
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def _recs(responses, subsets=None) -> list[SftRecord]:
+    subsets = subsets or ["default"] * len(responses)
+    return [SftRecord(id=f"r{i}", prompt=f"question {i}?", response=t, subset=s, position=i)
+            for i, (t, s) in enumerate(zip(responses, subsets))]
+
+
+def _distractors(item: McItem) -> list[str]:
+    return [o for j, o in enumerate(item.options) if j != item.answer]
+
+
+_WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda",
+          "mu", "nu", "xi", "omicron", "pi", "rho", "sigma", "tau", "upsilon", "phi", "chi", "psi", "omega"]
+
+
+def _random_texts(n: int, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(_WORDS, size=6)) + f" {i}" for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return Embedder(batch_size=32)
+
+
+def test_answer_is_response_and_ids_align():
+    recs = _recs(_random_texts(40))
+    items = build_mc_items(recs, k=4, embedder=HashingEmbedder())
+    by_id = {r.id: r for r in recs}
+    for r, it in zip(recs, items):
+        assert (it.id, it.question, it.subset, it.position) == (r.id, r.prompt, r.subset, r.position)
+        assert len(it.options) == 4 and it.options[it.answer] == r.response
+        assert len(set(it.options)) == 4 and r.id not in it.distractor_ids
+        # distractor_ids[j] is the record behind the j-th option once the answer is removed.
+        assert [by_id[d].response for d in it.distractor_ids] == _distractors(it)
+
+
+def test_distractors_are_semantic_neighbours_minilm(minilm):
+    capitals = ["The capital of France is Paris.", "The capital of Italy is Rome.",
+                "The capital of Spain is Madrid.", "The capital of Germany is Berlin."]
+    other = ["Mitochondria produce ATP for the cell.", "Bake the cake at 180 degrees for 40 minutes.",
+             "Use a for loop to iterate over a Python list.", "The stock market fell three percent today.",
+             "Photosynthesis turns sunlight into chemical energy.", "Shakespeare wrote Hamlet around 1600."]
+    recs = _recs(capitals + other)
+    items = build_mc_items(recs, k=4, embedder=minilm)
+    assert set(_distractors(items[0])) == set(capitals[1:])
+    # Nearest first: the distractor order is by descending cosine with the answer.
+    emb = minilm.encode(capitals)
+    sims = {t: float(emb[0] @ e) for t, e in zip(capitals, emb)}
+    got = _distractors(items[0])
+    assert [sims[t] for t in got] == sorted((sims[t] for t in got), reverse=True)
+
+
+def test_same_subset_preferred_then_filled_from_others():
+    # Cosines with "red apple pie": tart 0.8 > cake 0.75 > blue car 0.29 > green bike 0.
+    vec = {"red apple pie": [1, 0, 0, 0], "red apple tart": [0.8, 0.6, 0, 0], "red apple cake": [0.75, 0, 0.66, 0],
+           "blue car": [0.3, 0, 0, 1], "green bike": [0, 0, 0.2, 1]}
+    recs = _recs(list(vec), subsets=["x", "y", "y", "x", "z"])
+    emb = FixedEmbedder(vec)
+    it = build_mc_items(recs, k=3, embedder=emb)[0]
+    # Own subset x has just one other response ("blue car"); the rest comes from the nearest elsewhere.
+    assert it.distractor_ids == ("r3", "r1")
+    it = build_mc_items(recs, k=3, embedder=emb, prefer_same_subset=False)[0]
+    assert it.distractor_ids == ("r1", "r2")
+
+
+def test_exact_and_near_duplicates_excluded():
+    vec = {"Paris": [1, 0, 0], "Paris, France": [0.99, 0.14, 0], "Lyon": [0.8, 0.6, 0],
+           "Lyon city": [0.79, 0.61, 0], "Nice": [0.6, 0, 0.8], "Bread": [0, 0.1, 1]}
+    recs = _recs(["Paris", "  paris ", "Paris, France", "Lyon", "Lyon city", "Nice", "Bread"])
+    items = build_mc_items(recs, k=3, near_dup=0.95, embedder=FixedEmbedder(vec))
+    it = items[0]
+    # "  paris " (exact after normalisation) and "Paris, France" (cosine 0.99) are skipped; "Lyon city"
+    # is skipped as a near duplicate of the chosen "Lyon".
+    assert _distractors(it) == ["Lyon", "Nice"]
+    assert all("paris" not in normalize_text(d) for it in items[:3] for d in _distractors(it))
+    for it in items:
+        norm = [normalize_text(o) for o in it.options]
+        assert len(set(norm)) == len(norm)
+
+
+def test_pool_widens_when_exclusions_exhaust_it():
+    # k=2 gives a first pool of 16; 30 exact copies of the answer sit nearest, the only valid one last.
+    vec = {"same": [1, 0], "far": [0, 1]}
+    recs = _recs(["same"] * 30 + ["far"])
+    items = build_mc_items(recs, k=2, embedder=FixedEmbedder(vec))
+    assert items[0].options[1 - items[0].answer] == "far"
+    assert items[0].distractor_ids == ("r30",)
+
+
+def test_deterministic_per_seed_and_independent_of_block_size():
+    recs = _recs(_random_texts(200))
+    emb = HashingEmbedder()
+    a = build_mc_items(recs, k=4, seed=1, embedder=emb)
+    assert a == build_mc_items(recs, k=4, seed=1, embedder=emb, block_size=7)
+    b = build_mc_items(recs, k=4, seed=2, embedder=emb)
+    assert [i.answer for i in a] != [i.answer for i in b]
+    # Only the layout changes with the seed: the same distractors are picked.
+    assert [set(i.distractor_ids) for i in a] == [set(i.distractor_ids) for i in b]
+
+
+def test_answer_position_roughly_uniform():
+    n, k = 2000, 4
+    items = build_mc_items(_recs(_random_texts(n)), k=k, seed=3, embedder=HashingEmbedder())
+    counts = np.bincount([i.answer for i in items], minlength=k)
+    expected = n / k
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 25, counts  # 3 degrees of freedom: p < 1e-4 for a fair draw
+
+
+def test_prebuilt_options_kept():
+    recs = _recs(_random_texts(6))
+    recs[2] = SftRecord(id="mc", prompt="Pick one", response="B", subset="s", position=2,
+                        options=("A", "B", "C"), answer=1)
+    items = build_mc_items(recs, k=4, embedder=HashingEmbedder())
+    assert items[2] == McItem(id="mc", question="Pick one", options=("A", "B", "C"), answer=1,
+                              distractor_ids=(), subset="s", position=2)
+    assert all(len(i.options) == 4 for j, i in enumerate(items) if j != 2)
+
+
+def test_too_small_dataset():
+    recs = _recs(["a b", "c d", "A  B", "e f"])  # 3 distinct responses once normalised
+    with pytest.raises(DataError) as ei:
+        build_mc_items(recs, k=4, embedder=HashingEmbedder())
+    assert "only 3 distinct responses among 4 records" in str(ei.value)
+    assert "lower k" in str(ei.value).lower()
+
+
+def test_too_uniform_dataset_names_record():
+    vec = {"v0": [1, 0], "v1": [0.999, 0.04], "v2": [0.998, 0.06], "v3": [0.997, 0.08], "odd": [0, 1]}
+    recs = _recs(list(vec))
+    with pytest.raises(DataError) as ei:
+        build_mc_items(recs, k=3, near_dup=0.95, embedder=FixedEmbedder(vec))
+    msg = str(ei.value)
+    assert msg.startswith("field 'response': record 'r0': only 1 valid distractors found among 4 other")
+    assert "lower k or raise near_dup" in msg and "(4 more records are short too)" in msg
+    # Raising the threshold makes the same data usable.
+    assert len(build_mc_items(recs, k=3, near_dup=0.9999, embedder=FixedEmbedder(vec))) == 5
+
+
+def test_bad_arguments():
+    recs = _recs(_random_texts(5))
+    with pytest.raises(ValueError, match="k must be"):
+        build_mc_items(recs, k=1, embedder=HashingEmbedder())
+    with pytest.raises(ValueError, match="near_dup"):
+        build_mc_items(recs, near_dup=0.0, embedder=HashingEmbedder())
+    with pytest.raises(DataError, match="duplicate record id 'r0'"):
+        build_mc_items(recs + recs[:1], embedder=HashingEmbedder())
+
+
+@pytest.mark.parametrize("m, block", [(5, 7), (1, 3), (37, 4), (100, 1000)])
+def test_blocked_topk_matches_brute_force(m, block):
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((50, 8)).astype(np.float32)
+    keys = rng.standard_normal((37, 8)).astype(np.float32)
+    idx, scores = topk_neighbours(q, keys, m, block_size=block)
+    full = q @ keys.T
+    want = np.argsort(-full, axis=1, kind="stable")[:, :min(m, 37)]
+    np.testing.assert_array_equal(idx, want)
+    np.testing.assert_allclose(scores, np.take_along_axis(full, want, axis=1), rtol=1e-5, atol=1e-6)
+
+
+def test_minilm_embedder_normalised_and_shared(minilm):
+    from ilp_ray.data import embed
+
+    v = minilm.encode(["hello world", "bonjour"])
+    assert v.shape == (2, 384) and v.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(Embedder(batch_size=1).encode(["hello world"])[0], v[0], atol=1e-5)
+    assert len(embed._MODELS) == 1
+
+
+def test_hashing_embedder_is_deterministic_and_unit():
+    e = HashingEmbedder(dim=64)
+    v = e.encode(["the cat sat", "the cat sat", "", "dogs bark"])
+    np.testing.assert_array_equal(v[0], HashingEmbedder(dim=64).encode(["the cat sat"])[0])
+    np.testing.assert_allclose(np.linalg.norm(v[[0, 3]], axis=1), 1.0, rtol=1e-6)
+    assert not v[2].any()
