@@ -9,7 +9,9 @@ import pytest
 for k, v in {
     "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
     "TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_worker_niceness": "0", "MLFLOW_DISABLE_TELEMETRY": "true", "SPARK_LOCAL_IP": "127.0.0.1",
+    "RAY_worker_niceness": "0",
+    # Serve replicas inherit the environment Ray started with, as pods get it from a Secret.
+    "ILP_API_TOKEN": "test-token-123", "MLFLOW_DISABLE_TELEMETRY": "true", "SPARK_LOCAL_IP": "127.0.0.1",
 }.items():
     os.environ.setdefault(k, v)
 

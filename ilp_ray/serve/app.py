@@ -1,0 +1,134 @@
+"""The Serve application: a FastAPI ingress in front of the multiplexed scorer.
+
+    serve run ilp_ray.serve.app:build_app checkpoint_roots=/ckpts      # or: serve deploy deploy/serve.yaml
+
+The ingress authenticates, enforces limits, resolves checkpoint ids and maps errors to status
+codes; the scoring itself is ``ilp_ray.scoring.results.item_results`` in the scorer replicas, the
+same code path as the audit. No handler returns a stack trace.
+"""
+
+
+import hmac
+import logging
+import os
+import uuid
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from ilp_ray import __version__
+from ilp_ray.serve.config import ServeConfig
+from ilp_ray.serve.schemas import AuditRequest, AuditStatus, ScoreRequest, ScoreResponse
+from ilp_ray.serve.scorer import Scorer
+
+log = logging.getLogger("ilp_ray.serve")
+api = FastAPI(title="ilp-ray scoring service", version=__version__,
+              description="Score MC items with a checkpoint (pass@N, BoN-N) and start audits.")
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid(request: Request, exc: RequestValidationError):
+    detail = [{"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"]}
+              for e in exc.errors()[:20]]
+    return JSONResponse(status_code=422, content={"error": "invalid request", "detail": detail})
+
+
+@api.exception_handler(HTTPException)
+async def _http(request: Request, exc: HTTPException):
+    return JSONResponse(status_code=exc.status_code, content={"error": exc.detail},
+                        headers=getattr(exc, "headers", None))
+
+
+@api.exception_handler(Exception)
+async def _unexpected(request: Request, exc: Exception):
+    ref = uuid.uuid4().hex[:12]
+    log.exception("unhandled error %s", ref)
+    return JSONResponse(status_code=500, content={"error": f"internal error (reference {ref})"})
+
+
+@serve.deployment(name="Api", ray_actor_options={"num_cpus": 0})
+@serve.ingress(api)
+class Api:
+    def __init__(self, scorer: DeploymentHandle, cfg: dict):
+        self.cfg = ServeConfig(**cfg)
+        self.scorer = scorer
+        self.token = os.environ.get(self.cfg.token_env, "")
+        if self.cfg.auth == "token" and not self.token:
+            raise RuntimeError(f"auth is 'token' but ${self.cfg.token_env} is empty: set it, or set "
+                               "auth: disabled explicitly for local use")
+
+    def _authorize(self, request: Request) -> None:
+        if self.cfg.auth == "disabled":
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), self.token.encode()):
+            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict:
+        return {"status": "ok", "version": __version__}
+
+    @api.get("/v1/checkpoints")
+    async def checkpoints(self, request: Request) -> dict:
+        from ilp_ray.serve.checkpoints import list_checkpoints
+
+        self._authorize(request)
+        return {"checkpoints": list_checkpoints(self.cfg.checkpoint_roots, self.cfg.allow_bundled)}
+
+    @api.post("/v1/score", response_model=ScoreResponse)
+    async def score(self, body: ScoreRequest, request: Request) -> dict:
+        from ilp_ray.serve.checkpoints import CheckpointNotFound, resolve_checkpoint
+        from ilp_ray.serve.validate import check_limits
+
+        self._authorize(request)
+        check_limits(body, self.cfg)
+        try:
+            resolve_checkpoint(body.checkpoint, self.cfg.checkpoint_roots, self.cfg.allow_bundled)
+        except CheckpointNotFound as e:
+            raise HTTPException(404, str(e)) from None
+        handle = self.scorer.options(multiplexed_model_id=body.checkpoint)
+        try:
+            out = await handle.score.remote(body.model_dump())
+        except Exception as e:  # a replica died or is restarting: the client should retry
+            log.warning("scorer call failed: %s", type(e).__name__)
+            raise HTTPException(503, "scorer unavailable; retry the request") from None
+        if "error" in out:
+            raise HTTPException(out["status"], out["error"])
+        return out
+
+    @api.post("/v1/audit", response_model=AuditStatus, status_code=202)
+    async def start_audit(self, body: AuditRequest, request: Request) -> dict:
+        from ilp_ray.serve.audits import registry
+        from ilp_ray.serve.validate import audit_config
+
+        self._authorize(request)
+        job_id = uuid.uuid4().hex[:16]
+        cfg = audit_config(body.config, self.cfg, job_id)
+        await registry().submit.remote(job_id, cfg)
+        return {"id": job_id, "state": "RUNNING", "run_dir": cfg["run_dir"]}
+
+    @api.get("/v1/audit/{job_id}", response_model=AuditStatus)
+    async def audit_status(self, job_id: str, request: Request) -> dict:
+        from ilp_ray.serve.audits import registry
+
+        self._authorize(request)
+        status = await registry().status.remote(job_id)
+        if status is None:
+            raise HTTPException(404, f"unknown audit {job_id!r}")
+        return status
+
+
+def build_app(args: dict) -> serve.Application:
+    """The application for ``serve run``/``serve deploy``: ``args`` are ``ServeConfig`` fields."""
+    args = dict(args)
+    for key in ("checkpoint_roots", "data_roots"):  # `serve run ... key=a,b` passes strings
+        if isinstance(args.get(key), str):
+            args[key] = [s for s in args[key].split(",") if s]
+    cfg = ServeConfig(**args)
+    dump = cfg.model_dump()
+    scorer = Scorer.options(ray_actor_options=cfg.scorer_actor_options, **cfg.scorer).bind(dump)
+    return Api.bind(scorer, dump)

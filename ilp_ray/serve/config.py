@@ -1,0 +1,52 @@
+"""Configuration of the Serve application (from ``build_app`` args, YAML or the CLI)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Limits(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_items: int = Field(256, ge=1, description="Items per /v1/score request (over it: 413).")
+    max_options: int = Field(26, ge=2, description="Options per item (over it: 422).")
+    max_item_chars: int = Field(20_000, ge=1, description="Characters of one item, question plus options (413).")
+    max_request_chars: int = Field(1_000_000, ge=1, description="Characters of all items of a request (413).")
+    max_n: int = Field(1000, ge=1, description="Largest N for pass@N / BoN-N (422).")
+
+
+class ServeConfig(BaseModel):
+    """Everything the application needs; defaults suit one CPU machine."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    checkpoint_roots: list[str] = Field(default_factory=list, description=(
+        "Directories under which checkpoint ids are resolved; an id is a path relative to a root. "
+        "Nothing outside them is ever loaded (no '..', no absolute paths, no symlink escapes)."))
+    allow_bundled: bool = Field(True, description="Also accept bundled model names (smollm2-135m).")
+    auth: Literal["token", "disabled"] = Field("token", description=(
+        "'token': every request but /healthz needs 'Authorization: Bearer $ILP_API_TOKEN'. "
+        "'disabled' is for local use only and must be chosen explicitly."))
+    token_env: str = Field("ILP_API_TOKEN", description="Environment variable holding the API token.")
+    engine: Literal["transformers", "vllm"] = Field("transformers", description=(
+        "Replica engine: transformers (CPU default) or vllm (GPU; needs the [gpu] extra)."))
+    batch_size: int = Field(16, ge=1, description="Items per forward batch in a replica.")
+    max_length: int | None = Field(None, ge=8, description="Token budget; prompts are left-truncated.")
+    max_models_per_replica: int = Field(2, ge=1, description="LRU of loaded checkpoints per replica.")
+    threads: int = Field(1, ge=1, description="torch threads per scorer replica.")
+    scorer: dict[str, Any] = Field(default_factory=lambda: {"num_replicas": 1}, description=(
+        "Deployment options of the scorer: num_replicas or autoscaling_config, max_ongoing_requests."))
+    scorer_actor_options: dict[str, Any] = Field(default_factory=lambda: {"num_cpus": 1}, description=(
+        "ray_actor_options of a scorer replica (num_cpus, num_gpus, memory)."))
+    limits: Limits = Limits()
+    audit_root: str = Field("runs/serve-audits", description="Run directories of audits started over HTTP.")
+    data_roots: list[str] = Field(default_factory=list, description=(
+        "Local directories that /v1/audit may read data from (URIs with a scheme are allowed)."))
+
+    @model_validator(mode="after")
+    def _roots(self):
+        if not self.checkpoint_roots and not self.allow_bundled:
+            raise ValueError("no checkpoints can be served: set checkpoint_roots or allow_bundled")
+        return self

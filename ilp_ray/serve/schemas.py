@@ -1,0 +1,71 @@
+"""HTTP request and response bodies of the scoring service (they define its OpenAPI schema)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Item(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | int = Field(..., description="Your id for the item; echoed back.")
+    question: str = Field(..., min_length=1, description="The question (the prompt).")
+    options: list[str] = Field(..., min_length=2, description="The options, in order.")
+    answer: int = Field(..., ge=0, description="Index of the correct option.")
+
+
+class ScoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: str = Field(..., description="Checkpoint id (GET /v1/checkpoints) or bundled name.")
+    items: list[Item] = Field(..., min_length=1)
+    format: Literal["chat", "plain", "lm-eval"] = Field("lm-eval", description="Prompt format.")
+    n: int = Field(5, ge=1, description="N of pass@N and BoN-N.")
+    temperature: float = Field(1.0, gt=0, description="Softmax temperature over option scores.")
+    seed: int = Field(0, description="Seed of the N draws.")
+    length_norm: Literal["none", "chars", "tokens"] = Field("none", description="Option score normalisation.")
+
+
+class ItemResult(BaseModel):
+    id: str
+    loglikelihoods: list[float]
+    n_tokens: list[int]
+    n_chars: list[int]
+    answer: int
+    probs: list[float]
+    pred: int = Field(..., description="argmax of the summed log-likelihoods (lm-eval acc).")
+    pred_norm: int = Field(..., description="argmax per character (lm-eval acc_norm).")
+    correct: bool
+    pass_at_n: float = Field(..., description="Fraction of N seeded draws that are correct.")
+    pass_expected: float = Field(..., description="p(correct): the exact expectation of pass@N.")
+    bon_correct: bool = Field(..., description="Is the most confident of the N draws correct?")
+    entropy: float
+    confidence: float
+    truncated: bool
+
+
+class ScoreResponse(BaseModel):
+    checkpoint: str
+    format: str
+    n: int
+    items: list[ItemResult]
+
+
+class AuditRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    config: dict[str, Any] = Field(..., description=(
+        "An audit config (as in audit.yaml). sft_model/base_model are checkpoint ids; run_dir is "
+        "chosen by the service."))
+
+
+class AuditStatus(BaseModel):
+    id: str
+    state: Literal["PENDING", "RUNNING", "SUCCEEDED", "FAILED"]
+    run_dir: str | None = None
+    mlflow_run_id: str | None = None
+    tracking_uri: str | None = None
+    summary: dict[str, Any] | None = None
+    error: str | None = None

@@ -1,0 +1,208 @@
+"""The Serve scoring service on 127.0.0.1, over real HTTP, with tiny checkpoints built in code."""
+
+import concurrent.futures as cf
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+TOKEN = "test-token-123"
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def service(ray_session, tiny_checkpoints, tmp_path_factory):
+    from ray import serve
+
+    from ilp_ray.serve.app import build_app
+
+    root = tiny_checkpoints["sft"].parent  # ids: "sft", "base"
+    data_root = tmp_path_factory.mktemp("serve-data")
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    app = build_app({"checkpoint_roots": [str(root)], "allow_bundled": False, "batch_size": 4,
+                     "limits": {"max_items": 8, "max_n": 50, "max_item_chars": 400},
+                     "audit_root": str(tmp_path_factory.mktemp("serve-audits")),
+                     "data_roots": [str(data_root)]})
+    serve.run(app, name="ilp", route_prefix="/", blocking=False)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{base}/healthz", timeout=2)
+            break
+        except OSError:
+            assert time.time() < deadline, "service did not come up"
+            time.sleep(0.5)
+    yield {"url": base, "root": root, "data_root": data_root}
+    serve.shutdown()
+
+
+def call(url, path, body=None, token=TOKEN, raw=None, method=None):
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    req = urllib.request.Request(url + path, data=data, method=method)
+    req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+ITEMS = [
+    {"id": "a", "question": "What is the capital of France?", "options": ["Paris", "Rome", "Lima"], "answer": 0},
+    {"id": "b", "question": "What do bees make?", "options": ["Honey", "Eight", "Mars", "Au"], "answer": 0},
+    {"id": 3, "question": "What planet is red?", "options": ["Jupiter", "Mars"], "answer": 1},
+]
+
+
+def test_score_equals_in_process(service, tiny_checkpoints):
+    from ilp_ray.config import ScoringConfig
+    from ilp_ray.records import McItem
+    from ilp_ray.scoring.engines import make_engine
+    from ilp_ray.scoring.results import item_results
+
+    status, out = call(service["url"], "/v1/score", {"checkpoint": "sft", "items": ITEMS, "n": 7, "seed": 3})
+    assert status == 200, out
+    items = [McItem(id=str(i["id"]), question=i["question"], options=tuple(i["options"]), answer=i["answer"])
+             for i in ITEMS]
+    scoring = ScoringConfig(batch_size=2)
+    want = item_results(items, make_engine(scoring, str(tiny_checkpoints["sft"])).score(items), scoring, n=7, seed=3)
+    assert [r["id"] for r in out["items"]] == ["a", "b", "3"]
+    for got, exp in zip(out["items"], want):
+        np.testing.assert_allclose(got["loglikelihoods"], exp["loglikelihoods"], atol=1e-5)
+        np.testing.assert_allclose(got["probs"], exp["probs"], atol=1e-6)
+        for k in ("pred", "pred_norm", "pass_at_n", "bon_correct", "correct"):
+            assert got[k] == exp[k], k
+
+
+def test_auth(service):
+    body = {"checkpoint": "sft", "items": ITEMS[:1]}
+    assert call(service["url"], "/v1/score", body, token=None)[0] == 401
+    status, out = call(service["url"], "/v1/score", body, token="wrong")
+    assert status == 401 and "token" in out["error"]
+    assert call(service["url"], "/v1/checkpoints", token=None)[0] == 401
+    assert call(service["url"], "/healthz", token=None)[0] == 200
+
+
+def test_limits_name_the_limit(service):
+    url = service["url"]
+    status, out = call(url, "/v1/score", {"checkpoint": "sft", "items": ITEMS * 3})
+    assert status == 413 and "max_items=8" in out["error"]
+    status, out = call(url, "/v1/score", {"checkpoint": "sft", "items": ITEMS, "n": 51})
+    assert status == 422 and "max_n=50" in out["error"]
+    long = dict(ITEMS[0], question="x" * 500)
+    status, out = call(url, "/v1/score", {"checkpoint": "sft", "items": [long]})
+    assert status == 413 and "max_item_chars=400" in out["error"]
+    status, out = call(url, "/v1/score", {"checkpoint": "sft", "items": [dict(ITEMS[0], answer=5)]})
+    assert status == 422 and "out of range" in out["error"]
+
+
+def test_bad_json_and_fields_without_traces(service):
+    status, out = call(service["url"], "/v1/score", raw=b'{"checkpoint": "sft", "items": [')
+    assert status == 422 and out["error"] == "invalid request"
+    status, out = call(service["url"], "/v1/score", {"checkpoint": "sft", "items": [{"id": "x"}]})
+    assert status == 422 and {"items.0.question", "items.0.options"} <= {d["field"] for d in out["detail"]}
+    assert "Traceback" not in json.dumps(out)
+
+
+@pytest.mark.parametrize("ckpt", ["../ckpt/sft", "/etc", "sft/../../etc", "..", "sft/..", "~root", "C:\\x"])
+def test_path_traversal_is_refused(service, ckpt):
+    status, out = call(service["url"], "/v1/score", {"checkpoint": ckpt, "items": ITEMS[:1]})
+    assert status == 404, out
+    assert "/tmp" not in out["error"] and "Traceback" not in out["error"]
+
+
+def test_symlink_out_of_root_is_refused(service, tiny_checkpoints, tmp_path):
+    import shutil
+
+    shutil.copytree(tiny_checkpoints["sft"], tmp_path / "outside")  # a real checkpoint, outside the root
+    link = service["root"] / "escape"
+    link.symlink_to(tmp_path)  # root/escape/outside resolves out of the root
+    try:
+        assert call(service["url"], "/v1/score", {"checkpoint": "escape/outside", "items": ITEMS[:1]})[0] == 404
+    finally:
+        link.unlink()
+
+
+def test_checkpoints_listing(service):
+    status, out = call(service["url"], "/v1/checkpoints")
+    assert status == 200 and {"sft", "base"} <= set(out["checkpoints"])
+
+
+def test_openapi_docs(service):
+    with urllib.request.urlopen(service["url"] + "/openapi.json", timeout=10) as r:
+        spec = json.loads(r.read())
+    assert {"/v1/score", "/v1/audit", "/v1/audit/{job_id}", "/v1/checkpoints", "/healthz"} <= set(spec["paths"])
+
+
+def test_32_concurrent_clients(service):
+    body = {"checkpoint": "sft", "items": ITEMS}
+    with cf.ThreadPoolExecutor(32) as pool:
+        results = list(pool.map(lambda _: call(service["url"], "/v1/score", body), range(32)))
+    assert [s for s, _ in results] == [200] * 32
+    first = results[0][1]["items"]
+    assert all(r[1]["items"] == first for r in results)
+
+
+def test_audit_over_http(service, facts_jsonl):
+    import shutil
+
+    data = service["data_root"] / "facts.jsonl"
+    shutil.copy(facts_jsonl, data)
+    cfg = {"data": str(data), "sft_model": "sft", "base_model": "base", "mc": {"k": 3},
+           "ray": {"cpus_per_actor": 0.5, "shard_size": 6}, "detect": {"stability_seeds": 2}}
+    status, out = call(service["url"], "/v1/audit", {"config": cfg})
+    assert status == 202, out
+    job = out["id"]
+    deadline = time.time() + 240
+    while out["state"] == "RUNNING":
+        assert time.time() < deadline
+        time.sleep(1)
+        status, out = call(service["url"], f"/v1/audit/{job}")
+    assert out["state"] == "SUCCEEDED", out
+    assert out["mlflow_run_id"] and out["summary"]["n"] == 12
+    # bad configs: a field error, a checkpoint outside the roots, data outside the data roots
+    status, out = call(service["url"], "/v1/audit", {"config": dict(cfg, detect={"n": 0})})
+    assert status == 422 and "config.detect.n" in out["error"]
+    assert call(service["url"], "/v1/audit", {"config": dict(cfg, sft_model="../x")})[0] == 404
+    assert call(service["url"], "/v1/audit", {"config": dict(cfg, data="/etc/passwd")})[0] == 403
+    assert call(service["url"], "/v1/audit/nope")[0] == 404
+
+
+def test_replica_killed_mid_load_recovers(service):
+    """Kill the scorer replica while clients are sending; retrying clients all succeed."""
+    import ray
+
+    body = {"checkpoint": "sft", "items": ITEMS}
+
+    def client(_):
+        for attempt in range(60):
+            status, out = call(service["url"], "/v1/score", body)
+            if status == 200:
+                return attempt
+            assert status == 503, (status, out)  # the only failure a client may see
+            time.sleep(1)
+        raise AssertionError("never recovered")
+
+    with cf.ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(client, i) for i in range(16)]
+        time.sleep(0.3)
+        replicas = [a for a in ray.util.list_named_actors(all_namespaces=True)
+                    if a["namespace"] == "serve" and "Scorer" in a["name"]]
+        assert replicas, "no scorer replica found"
+        ray.kill(ray.get_actor(replicas[0]["name"], namespace="serve"), no_restart=False)
+        attempts = [f.result() for f in futures]
+    assert call(service["url"], "/v1/score", body)[0] == 200
+    assert len(attempts) == 16
