@@ -10,7 +10,7 @@ import difflib
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ilp_ray.errors import ConfigError
 
@@ -31,7 +31,10 @@ class McConfig(_Section):
 
 
 class ScoringConfig(_Section):
-    engine: str = Field("transformers", description="Scoring engine name from the engine registry.")
+    engine: str = Field("transformers", description=(
+        "Scoring engine: transformers (in the job's actors), vllm (GPU), naive (baseline), or http "
+        "(the project's Serve endpoint at `url`). A URL here is shorthand for engine=http, url=<it>."))
+    url: str | None = Field(None, description="Base URL of the Serve scoring endpoint, for engine=http.")
     format: Literal["chat", "plain", "lm-eval"] = Field("lm-eval", description=(
         "Prompt format: 'lm-eval' is 'Question: {q}\\nAnswer:' + ' {option}', as lm-eval scores MC."))
     batch_size: int = Field(16, ge=1, description="MC items per forward batch (all their options together).")
@@ -42,6 +45,20 @@ class ScoringConfig(_Section):
         "Option score: summed log-likelihood ('none': p(option text) renormalised over the options), "
         "or divided by characters (lm-eval's acc_norm) or tokens."))
     temperature: float = Field(1.0, gt=0, description="Softmax temperature over option scores.")
+
+
+    @model_validator(mode="before")
+    @classmethod
+    def _url_shorthand(cls, data):
+        if isinstance(data, dict) and str(data.get("engine", "")).startswith(("http://", "https://")):
+            data = dict(data, url=data["engine"], engine="http")
+        return data
+
+    @model_validator(mode="after")
+    def _http_needs_url(self):
+        if self.engine == "http" and not self.url:
+            raise ValueError("engine 'http' needs scoring.url (the Serve endpoint's base URL)")
+        return self
 
 
 class DetectConfig(_Section):

@@ -13,10 +13,13 @@ if TYPE_CHECKING:
 ENGINES: Registry = Registry("scoring engine", "ilp_ray.scoring.base:ScoringEngine")
 ENGINES.register("transformers", "ilp_ray.scoring.hf:TransformersEngine")
 ENGINES.register("naive", "ilp_ray.scoring.naive:NaiveEngine")
+ENGINES.register("http", "ilp_ray.scoring.http:HttpEngine")
+ENGINES.register("vllm", "ilp_ray.scoring.vllm_engine:VllmEngine")
 
 
 def make_engine(scoring: "ScoringConfig", model: str, tag: str | None = None) -> "ScoringEngine":
     """Build the configured engine for ``model`` (a checkpoint dir or a bundled name)."""
     cls = ENGINES.get(scoring.engine)
+    extra = {"url": scoring.url} if scoring.engine == "http" else {}
     return cls(model, fmt=scoring.format, batch_size=scoring.batch_size,
-               max_length=scoring.max_length, tag=tag or str(model))
+               max_length=scoring.max_length, tag=tag or str(model), **extra)

@@ -206,3 +206,31 @@ def test_replica_killed_mid_load_recovers(service):
         attempts = [f.result() for f in futures]
     assert call(service["url"], "/v1/score", body)[0] == 200
     assert len(attempts) == 16
+
+
+def test_audit_core_scores_through_the_endpoint(service, facts_jsonl, tiny_checkpoints, tmp_path):
+    """scoring.engine = the service's URL: the same verdicts as scoring in the job's own actors."""
+    from ilp_ray.config import AuditConfig
+    from ilp_ray.pipeline.audit import run_audit
+
+    common = {"data": str(facts_jsonl), "mc": {"k": 3}, "detect": {"stability_seeds": 2},
+              "ray": {"cpus_per_actor": 0.5, "shard_size": 6}, "tracking": {"enabled": False}}
+    remote = run_audit(AuditConfig(**common, sft_model="sft", base_model="base", run_dir=str(tmp_path / "remote"),
+                                   scoring={"engine": service["url"], "batch_size": 5}), progress=False)
+    local = run_audit(AuditConfig(**common, sft_model=str(tiny_checkpoints["sft"]),
+                                  base_model=str(tiny_checkpoints["base"]), run_dir=str(tmp_path / "local")),
+                      progress=False)
+    np.testing.assert_allclose(np.stack(remote.verdicts["probs"]), np.stack(local.verdicts["probs"]), atol=1e-5)
+    np.testing.assert_allclose(remote.verdicts["js_base_sft"], local.verdicts["js_base_sft"], atol=1e-5)
+    assert remote.verdicts["unlearned"].tolist() == local.verdicts["unlearned"].tolist()
+
+
+def test_http_engine_reports_errors(service):
+    from ilp_ray.records import McItem
+    from ilp_ray.scoring.http import HttpEngine
+
+    item = McItem(id="a", question="q?", options=("x", "y"), answer=0)
+    with pytest.raises(RuntimeError, match="answered 404: unknown checkpoint"):
+        HttpEngine("nope", url=service["url"]).score([item])
+    with pytest.raises(RuntimeError, match="answered 401"):
+        HttpEngine("sft", url=service["url"], token="bad").score([item])
