@@ -112,6 +112,7 @@ def make_tracker(enabled: bool, uri: str | None, experiment: str, run_root: str 
     import os
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or None  # a cluster's shared server wins
     if uri is None:
         uri, artifacts = default_tracking_uri(run_root)
         return MLflowTracker(uri, experiment, artifact_location=artifacts)
