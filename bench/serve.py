@@ -24,8 +24,7 @@ for k, v in {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "di
              "HF_HUB_DISABLE_PROGRESS_BARS": "1"}.items():
     os.environ.setdefault(k, v)
 
-WORDS = ("river mountain capital engine protein market theory violin harbor planet museum treaty "
-         "glacier algorithm festival pigment orbit canyon senate lantern").split()
+WORDS = ["river", "mountain", "capital", "engine", "protein", "market", "theory", "violin", "harbor", "planet", "museum", "treaty", "glacier", "algorithm", "festival", "pigment", "orbit", "canyon", "senate", "lantern"]
 
 
 def make_items(n: int, seed: int = 0) -> list[dict]:

@@ -92,6 +92,11 @@ class TrackingConfig(_Section):
     experiment: str = Field("ilp-audit", description="MLflow experiment name.")
 
 
+# After _Section and TrackingConfig, which it imports: the diagnosis package imports this module
+# first whichever of the two is imported first (see ilp_ray/diagnosis/__init__.py).
+from ilp_ray.diagnosis.config import DiagnosisConfig  # noqa: E402
+
+
 class AuditConfig(_Section):
     data: str = Field(..., description="SFT dataset: JSONL, Parquet or CSV; a path or any pyarrow URI.")
     sft_model: str = Field(..., description="The fine-tuned model: a HF checkpoint dir or a bundled name.")
@@ -103,6 +108,8 @@ class AuditConfig(_Section):
     detect: DetectConfig = DetectConfig()
     ray: RayConfig = RayConfig()
     tracking: TrackingConfig = TrackingConfig()
+    diagnose: DiagnosisConfig = Field(DiagnosisConfig(), description=(
+        "Five-cause diagnosis, run as the audit's last stage when diagnose.enabled is true."))
 
     @field_validator("data", "sft_model")
     @classmethod

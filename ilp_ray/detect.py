@@ -115,7 +115,7 @@ def summarize(v: pd.DataFrame, detect: DetectConfig) -> dict[str, Any]:
     per subset, seed stability of the unlearned set, and the base model's knowledge state."""
     def block(df: pd.DataFrame) -> dict[str, Any]:
         d = {
-            "n": int(len(df)),
+            "n": len(df),
             "accuracy": float(df["correct"].mean()),
             "accuracy_norm": float((df["pred_norm"] == df["answer"]).mean()),
             "pass_at_n_mean": float(df["pass_at_n"].mean()),

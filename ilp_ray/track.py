@@ -12,7 +12,7 @@ class Tracker:
     run_id: str | None = None
     tracking_uri: str | None = None
 
-    def start(self, run_name: str, tags: dict[str, str] | None = None) -> "Tracker":
+    def start(self, run_name: str, tags: dict[str, str] | None = None) -> Tracker:
         return self
 
     def log_params(self, params: dict[str, Any]) -> None:
@@ -61,7 +61,7 @@ class MLflowTracker(Tracker):
         self.experiment_id = exp.experiment_id if exp else self._client.create_experiment(
             experiment, artifact_location=artifact_location)
 
-    def start(self, run_name: str, tags: dict[str, str] | None = None) -> "MLflowTracker":
+    def start(self, run_name: str, tags: dict[str, str] | None = None) -> MLflowTracker:
         run = self._client.create_run(self.experiment_id, run_name=run_name, tags=tags or {})
         self.run_id = run.info.run_id
         return self

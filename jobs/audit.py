@@ -12,7 +12,7 @@ from pathlib import Path
 # is not pip-installed on the cluster image.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ilp_ray.cli import app  # noqa: E402
+from ilp_ray.cli import app
 
 if __name__ == "__main__":
     app(["audit", *sys.argv[1:]])

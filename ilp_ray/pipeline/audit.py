@@ -230,7 +230,6 @@ def _check_room(total_cpus: float, cfg: AuditConfig) -> None:
 
 def run_audit(cfg: AuditConfig, progress: bool = True) -> AuditResult:
     """Run (or resume) an audit. Every stage reuses its finished output when the inputs match."""
-    import pandas as pd
 
     from ilp_ray.data import read_sft
     from ilp_ray.detect import compute_verdicts, summarize
@@ -267,6 +266,11 @@ def run_audit(cfg: AuditConfig, progress: bool = True) -> AuditResult:
         tracker.log_metrics(_metric_view(summary))
         tracker.log_artifact(run_dir / "summary.json")
         tracker.log_artifact(run_dir / "verdicts", "verdicts")
+        if cfg.diagnose.enabled:  # the last stage, logged into the same MLflow run
+            from ilp_ray.diagnosis.run import run_diagnosis
+
+            diag = cfg.diagnose if cfg.diagnose.data else cfg.diagnose.model_copy(update={"data": cfg.data})
+            run_diagnosis(run_dir, diag, tracker=tracker)
     return AuditResult(run_dir, summary, verdicts, tracker.run_id, tracker.tracking_uri)
 
 

@@ -17,7 +17,7 @@ ENGINES.register("http", "ilp_ray.scoring.http:HttpEngine")
 ENGINES.register("vllm", "ilp_ray.scoring.vllm_engine:VllmEngine")
 
 
-def make_engine(scoring: "ScoringConfig", model: str, tag: str | None = None) -> "ScoringEngine":
+def make_engine(scoring: ScoringConfig, model: str, tag: str | None = None) -> ScoringEngine:
     """Build the configured engine for ``model`` (a checkpoint dir or a bundled name)."""
     cls = ENGINES.get(scoring.engine)
     extra = {"url": scoring.url} if scoring.engine == "http" else {}

@@ -12,7 +12,7 @@ import os
 import time
 import urllib.error
 import urllib.request
-from typing import Sequence
+from collections.abc import Sequence
 
 from ilp_ray.records import McItem, OptionScores
 from ilp_ray.scoring.base import ScoringEngine

@@ -3,10 +3,11 @@ and (through ``compute_verdicts``) the audit, so every surface reports the same 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from ilp_ray.config import DetectConfig, ScoringConfig
 from ilp_ray.records import McItem, OptionScores
+
 
 def item_results(items: Sequence[McItem], scores: Sequence[OptionScores], scoring: ScoringConfig,
                  n: int = 5, seed: int = 0) -> list[dict]:

@@ -12,7 +12,7 @@ project's CI (no GPU). See the README for what has been checked.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from ilp_ray.records import McItem, OptionScores
 from ilp_ray.scoring.base import ScoringEngine
