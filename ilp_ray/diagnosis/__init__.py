@@ -1,0 +1,32 @@
+"""Five-cause diagnosis of unlearned samples (paper 3.2): detectors, the decision, the report.
+
+Public API: ``run_diagnosis(run_dir, DiagnosisConfig(...))`` → ``DiagnosisResult``; the detector
+contract ``CauseDetector`` and its registry ``DETECTORS`` (``base.py``); the judges ``JUDGES``
+(``judges.py``); ``decide`` and ``cause_table`` (``decide.py``).
+
+Light on import (pydantic only; the rest loads on first attribute access): ``ilp_ray.config``
+imports ``DiagnosisConfig`` from here. Importing ``ilp_ray.config`` first makes the two modules'
+import order safe whichever is imported first (``ilp_ray.config`` defines ``_Section`` before it
+imports ``ilp_ray.diagnosis.config``).
+"""
+
+import ilp_ray.config  # noqa: F401  (see the docstring: fixes the import order)
+
+CAUSES = ("sft_internal_conflict", "left_side_forgetting", "base_conflict", "base_knowledge_gap",
+          "insufficient_training")
+"""Every cause, in the default decision order (see ``decide.py``)."""
+
+_LAZY = {"run_diagnosis": "run", "DiagnosisResult": "run", "DiagnosisConfig": "config",
+         "CauseDetector": "base", "DiagnosisContext": "base", "DETECTORS": "base", "JUDGES": "judges",
+         "decide": "decide", "cause_table": "decide"}
+
+__all__ = ["CAUSES", "DETECTORS", "JUDGES", "CauseDetector", "DiagnosisConfig", "DiagnosisContext",
+           "DiagnosisResult", "cause_table", "decide", "run_diagnosis"]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"ilp_ray.diagnosis.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'ilp_ray.diagnosis' has no attribute {name!r}")

@@ -1,0 +1,218 @@
+"""The cause-detector contract, its registry, and the context every detector reads.
+
+Modelled on cleanlab's ``IssueManager``: a class-level ``name`` checked in ``__init_subclass__``,
+and a fixed output shape per cause: ``is_<name>`` (bool), ``<name>_score`` in [0, 1], and
+``<name>_evidence`` (a JSON-serialisable dict per row: the numbers and ids behind the verdict),
+plus a summary dict and free-form ``info`` (tables for the report and later stages).
+
+Corpus evidence (a later issue's pretraining-corpus index) enters through one optional table on
+the context, keyed by sample id: ``corpus_verdict`` in {supports, contradicts, absent} and
+``corpus_score`` in [0, 1] (how sure the corpus judge is). Cause I reads ``absent`` as support
+(the fact is not in the corpus, so the base model could not have learned it), cause II reads
+``contradicts`` as support (the corpus teaches the base model's belief). Neither needs it.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from ilp_ray.registry import Registry
+
+CORPUS_VERDICTS = ("supports", "contradicts", "absent")
+_SNAKE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
+_NAMES: dict[str, str] = {}  # detector name -> qualified class name, for uniqueness
+
+
+@dataclass
+class DiagnosisContext:
+    """Everything a detector may read. Built once by ``run_diagnosis``.
+
+    Attributes:
+        verdicts: the audit's per-sample table (``load_verdicts``), one row per sample.
+        config: the ``DiagnosisConfig``.
+        records: SFT records by id, or None (the MC answer text is then the response).
+        trajectories: the training trajectory table (step, epoch, reason, id, subset, p_correct,
+            correct, loss), or None when the SFT run recorded none.
+        embedder: a ``TextEmbedder`` (MiniLM or the hashing twin).
+        evidence: corpus evidence by id (see the module docstring), or None.
+        run_dir: the audit run directory (outputs go under ``run_dir/diagnosis``), or None.
+    """
+
+    verdicts: pd.DataFrame
+    config: Any
+    records: dict | None = None
+    trajectories: pd.DataFrame | None = None
+    embedder: Any = None
+    evidence: pd.DataFrame | None = None
+    run_dir: Any = None
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def ids(self) -> list[str]:
+        return self.verdicts["id"].astype(str).tolist()
+
+    @property
+    def has_base(self) -> bool:
+        return "base_probs" in self.verdicts.columns and self.verdicts["base_probs"].notna().all()
+
+    def prompts(self) -> list[str]:
+        if self.records:
+            return [self.records[i].prompt if i in self.records else q
+                    for i, q in zip(self.ids, self.verdicts["question"], strict=False)]
+        return self.verdicts["question"].astype(str).tolist()
+
+    def responses(self) -> list[str]:
+        """The trained response of each sample: the record's, else the MC answer option."""
+        mc = [str(opts[int(a)]) for opts, a in zip(self.verdicts["options"], self.verdicts["answer"], strict=False)]
+        if self.records:
+            return [self.records[i].response if i in self.records else r for i, r in zip(self.ids, mc, strict=False)]
+        return mc
+
+    def prompt_embeddings(self) -> np.ndarray:
+        """Prompt embeddings (unit rows, float32), computed once and shared by III and V."""
+        if "prompt_emb" not in self._cache:
+            self._cache["prompt_emb"] = np.ascontiguousarray(self.embedder.encode(self.prompts()), np.float32)
+        return self._cache["prompt_emb"]
+
+    def prompt_neighbours(self, m: int, block_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``m`` prompt neighbours of every sample (self included), cached; a later call
+        for fewer neighbours slices the cached search instead of searching again."""
+        from ilp_ray.data.mc import topk_neighbours
+
+        hit = self._cache.get("prompt_topk")
+        if hit is None or hit[0].shape[1] < min(m, len(self.verdicts)):
+            e = self.prompt_embeddings()
+            hit = topk_neighbours(e, e, m, block_size=block_size)
+            self._cache["prompt_topk"] = hit
+        return hit[0][:, :m], hit[1][:, :m]
+
+    def corpus(self) -> dict[str, tuple[str, float]]:
+        """Corpus evidence as {id: (verdict, score)}; empty without it."""
+        if self.evidence is None:
+            return {}
+        return {str(i): (str(v), float(s)) for i, v, s in
+                zip(self.evidence["id"], self.evidence["corpus_verdict"], self.evidence["corpus_score"], strict=False)}
+
+
+def check_evidence_table(df: pd.DataFrame, source: str) -> pd.DataFrame:
+    """Validate a corpus evidence table; raises ``DataError`` naming the file and column."""
+    from ilp_ray.errors import DataError
+
+    for col in ("id", "corpus_verdict", "corpus_score"):
+        if col not in df.columns:
+            raise DataError(f"missing column (has {list(df.columns)})", file=source, field=col)
+    bad = ~df["corpus_verdict"].isin(CORPUS_VERDICTS)
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DataError(f"must be one of {CORPUS_VERDICTS}, got {df['corpus_verdict'].iloc[row]!r}",
+                        file=source, line=row + 1, field="corpus_verdict")
+    s = pd.to_numeric(df["corpus_score"], errors="coerce")
+    bad = s.isna() | (s < 0) | (s > 1)
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DataError("must be a number in [0, 1]", file=source, line=row + 1, field="corpus_score")
+    out = df.assign(id=df["id"].astype(str), corpus_score=s.astype(float))
+    return out.drop_duplicates("id", keep="last")
+
+
+@dataclass
+class CauseResult:
+    """One detector's output: the per-row frame, a summary, and extra tables (``info``)."""
+
+    frame: pd.DataFrame
+    summary: dict[str, Any]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class CauseDetector(ABC):
+    """One cause of incomplete learning.
+
+    Subclasses set ``name`` (snake_case, unique), ``roman`` (the paper's numeral) and ``title``,
+    and implement ``detect``. Call ``run``, which checks the output shape.
+    """
+
+    name: ClassVar[str] = ""
+    roman: ClassVar[str] = ""
+    title: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if getattr(cls, "__abstractmethods__", None) and not cls.__dict__.get("name"):
+            return  # an intermediate abstract class
+        name = cls.__dict__.get("name", "")
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"{cls.__qualname__} must set a non-empty class attribute 'name'")
+        if not _SNAKE.match(name):
+            raise TypeError(f"{cls.__qualname__}.name must be snake_case, got {name!r}")
+        qual = f"{cls.__module__}:{cls.__qualname__}"
+        # A registered name belongs to its registered class, imported or not yet.
+        entry = DETECTORS._entries.get(name) if "DETECTORS" in globals() else None
+        owner = entry if isinstance(entry, str) else (
+            f"{entry.__module__}:{entry.__qualname__}" if entry is not None else _NAMES.get(name, qual))
+        if owner != qual:
+            raise TypeError(f"cause detector name {name!r} is already used by {owner}")
+        _NAMES[name] = qual
+
+    @classmethod
+    def columns(cls) -> tuple[str, str, str]:
+        return f"is_{cls.name}", f"{cls.name}_score", f"{cls.name}_evidence"
+
+    @abstractmethod
+    def detect(self, ctx: DiagnosisContext) -> CauseResult:
+        """Test every sample of ``ctx.verdicts`` for this cause.
+
+        Args:
+            ctx: the diagnosis context.
+
+        Returns:
+            A ``CauseResult`` whose frame has one row per verdict row, in the same order, with
+            the three columns of ``columns()``. A detector that cannot run (no base model, no
+            trajectory) stays silent: False, score 0, and evidence saying what is missing.
+        """
+
+    def run(self, ctx: DiagnosisContext) -> CauseResult:
+        """``detect``, then check the fixed output shape."""
+        res = self.detect(ctx)
+        is_col, score_col, ev_col = self.columns()
+        f = res.frame
+        if list(f.columns[:3]) != [is_col, score_col, ev_col] or len(f) != len(ctx.verdicts):
+            raise RuntimeError(f"{type(self).__name__} returned columns {list(f.columns)} for {len(f)} rows; "
+                               f"expected {[is_col, score_col, ev_col]} for {len(ctx.verdicts)}")
+        s = f[score_col].to_numpy(dtype=float)
+        if np.isnan(s).any() or (s < 0).any() or (s > 1).any():
+            raise RuntimeError(f"{type(self).__name__}: {score_col} must lie in [0, 1]")
+        f[is_col] = f[is_col].astype(bool)
+        res.summary.setdefault("n_flagged", int(f[is_col].sum()))
+        res.summary.setdefault("n_flagged_unlearned", int((f[is_col] & ctx.verdicts["unlearned"].to_numpy()).sum()))
+        return res
+
+    def frame(self, is_: Any, score: Any, evidence: list[dict]) -> pd.DataFrame:
+        """The fixed-shape frame from arrays (scores are clipped into [0, 1])."""
+        is_col, score_col, ev_col = self.columns()
+        return pd.DataFrame({is_col: np.asarray(is_, dtype=bool),
+                             score_col: np.clip(np.asarray(score, dtype=float), 0.0, 1.0),
+                             ev_col: evidence})
+
+    def silent(self, n: int, why: dict) -> pd.DataFrame:
+        return self.frame(np.zeros(n, bool), np.zeros(n), [dict(why) for _ in range(n)])
+
+
+DETECTORS: Registry[CauseDetector] = Registry("cause detector", "ilp_ray.diagnosis.base:CauseDetector")
+for _name, _target in (
+        ("sft_internal_conflict", "ilp_ray.diagnosis.sft_internal_conflict:SftInternalConflict"),
+        ("left_side_forgetting", "ilp_ray.diagnosis.left_side_forgetting:LeftSideForgetting"),
+        ("base_conflict", "ilp_ray.diagnosis.base_conflict:BaseConflict"),
+        ("base_knowledge_gap", "ilp_ray.diagnosis.base_knowledge_gap:BaseKnowledgeGap"),
+        ("insufficient_training", "ilp_ray.diagnosis.insufficient_training:InsufficientTraining")):
+    DETECTORS.register(_name, _target)
+
+
+def r3(x: float | None) -> float | None:
+    """A float rounded for evidence (JSON-friendly, readable)."""
+    return None if x is None or np.isnan(x) else round(float(x), 4)

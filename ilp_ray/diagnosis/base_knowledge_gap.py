@@ -1,0 +1,74 @@
+"""I. Base model knowledge limitations: blind knowledge (paper 3.2.1, Eq. 4; Appendix A.3).
+
+Blind when the base model fails under repeated sampling and is not confidently wrong:
+
+- base pass@N (N = 10) ``< 0.2``: N draws from the base option distribution, seeded per item
+  (``metrics.item_uniforms``), as the audit draws the fine-tuned model's pass@N;
+- base BoN-5 accuracy ``< 0.1``: one BoN-5 is right or wrong, so its accuracy is the mean over
+  ``seeds`` independent BoN-5 runs;
+- not confidently wrong: no wrong option at confidence ``>= tau_c`` (that is cause II).
+
+Score: ``1 - base p(correct)`` (how far the base is from knowing it), moved by up to 0.25 ×
+``corpus_score`` up when the corpus lacks the fact (``absent``) and down when it ``supports`` it
+(the base model saw the fact yet did not learn it). Silent without a base model, and says so.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ilp_ray import metrics as M
+from ilp_ray.diagnosis.base import CauseDetector, CauseResult, DiagnosisContext, r3
+
+
+def base_pass_and_bon(ids: list[str], probs: np.ndarray, answers: np.ndarray, n: int, bon_n: int,
+                      seeds: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(sampled pass@n, BoN-bon_n accuracy over ``seeds`` seeds) of ``probs``, seeded per item.
+
+    The BoN seeds start after the pass@N seed, so the two figures use independent draws.
+    """
+    passes = M.pass_at_n_sampled(M.sample_draws(probs, M.item_uniforms(ids, n, seed)), answers)
+    bon = np.zeros(len(ids))
+    for s in range(seeds):
+        draws = M.sample_draws(probs, M.item_uniforms(ids, bon_n, seed + 1 + s))
+        bon += M.bon_correct(probs, draws, answers)
+    return passes, bon / seeds
+
+
+class BaseKnowledgeGap(CauseDetector):
+    name = "base_knowledge_gap"
+    roman = "I"
+    title = "Base model lacks the knowledge"
+
+    def detect(self, ctx: DiagnosisContext) -> CauseResult:
+        cfg, tau_c = ctx.config.knowledge_gap, ctx.config.base_conflict.tau_c
+        v = ctx.verdicts
+        if not ctx.has_base:
+            return CauseResult(self.silent(len(v), {"base_model": "missing"}),
+                               {"silent": "no base model was scored"})
+        ids = ctx.ids
+        answers = v["answer"].to_numpy(dtype=np.int64)
+        probs = M.pad_ragged(list(v["base_probs"]), 0.0)
+        passes, bon = base_pass_and_bon(ids, probs, answers, cfg.n, cfg.bon_n, cfg.seeds, cfg.seed)
+        pc = M.pass_expected(probs, answers)
+        pred, conf = probs.argmax(axis=1), probs.max(axis=1)
+        confidently_wrong = (pred != answers) & (conf >= tau_c)
+        fired = (passes < cfg.pass_threshold) & (bon < cfg.bon_threshold) & ~confidently_wrong
+        score = 1.0 - pc
+        corpus = ctx.corpus()
+        evidence = []
+        for i, vid in enumerate(ids):
+            ev = {f"base_pass_at_{cfg.n}": r3(passes[i]), "pass_threshold": cfg.pass_threshold,
+                  f"base_bon{cfg.bon_n}_accuracy": r3(bon[i]), "bon_threshold": cfg.bon_threshold,
+                  "bon_seeds": cfg.seeds, "base_p_correct": r3(pc[i]),
+                  "base_confidently_wrong": bool(confidently_wrong[i])}
+            if vid in corpus:
+                verdict, cs = corpus[vid]
+                ev.update(corpus_verdict=verdict, corpus_score=r3(cs))
+                score[i] += {"absent": 0.25, "supports": -0.25}.get(verdict, 0.0) * cs
+            evidence.append(ev)
+        summary = {"n": cfg.n, "bon_n": cfg.bon_n, "pass_threshold": cfg.pass_threshold,
+                   "bon_threshold": cfg.bon_threshold, "blind": int(fired.sum()),
+                   "base_pass_mean": float(passes.mean()) if len(passes) else float("nan")}
+        return CauseResult(self.frame(fired, score, evidence), summary,
+                           {"base_pass": passes, "base_bon": bon})

@@ -1,0 +1,156 @@
+"""``DiagnosisConfig``: the thresholds of the five causes and how the diagnosis runs (pydantic only).
+
+Inclusive/exclusive conventions, stated once (tests check each boundary):
+
+- prompt similarity: a pair is a candidate at cosine ``>= theta`` (inclusive);
+- responses disagree at cosine ``< theta_response`` (exclusive: equal counts as agreeing);
+- II fires at base confidence in a wrong option ``>= tau_c``; JSD supports it at ``> 0.3`` (paper: ">");
+- I fires at base pass@10 ``< 0.2`` and BoN-5 accuracy ``< 0.1`` (paper: "<");
+- IV/V call a sample learned at an evaluation when ``p_correct >= tau``;
+- V's trajectory is rising at slope ``> min_slope``; its loss is falling at slope ``< -min_loss_drop``;
+- rare at density percentile ``<= rare_percentile``; long at length percentile ``>= long_percentile``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from ilp_ray.config import TrackingConfig, _Section
+
+_ALL = ("sft_internal_conflict", "left_side_forgetting", "base_conflict", "base_knowledge_gap",
+        "insufficient_training")
+
+
+class ConflictConfig(_Section):
+    """III: contradictions inside the SFT data."""
+
+    theta: float = Field(0.85, gt=0, le=1, description=(
+        "Prompt cosine (MiniLM) at or above which two samples ask the same thing. The paper leaves "
+        "it unnamed; 0.85 keeps paraphrases (0.88-0.98 on MiniLM) and drops sibling questions such "
+        "as 'capital of France' vs 'of Italy' (0.66)."))
+    theta_response: float = Field(0.8, gt=0, le=1, description=(
+        "Free-form responses disagree below this cosine. 0.8: 'Eight' vs 'Six' is 0.77, 'Eight' vs "
+        "'8' 0.93. Numbers that differ always disagree, and a response whose words all occur in the "
+        "other always agrees, because embeddings are blind to both."))
+    response_match: Literal["auto", "exact", "embedding"] = Field("auto", description=(
+        "How responses are compared: 'exact' (normalised text), 'embedding' (the rules above), "
+        "'auto': exact for pre-built MC items (no distractor ids), embedding otherwise."))
+    k: int = Field(16, ge=1, description=(
+        "Neighbours searched per sample. A pair is found from either side; the evidence flags a "
+        "sample whose k-th neighbour still passes theta (more may exist)."))
+    block_size: int | None = Field(None, ge=1, description="Queries per search block; None: bounded by memory.")
+    backend: Literal["local", "spark"] = Field("local", description=(
+        "'local': blocked numpy search in this process (100k samples on one machine); 'spark': the "
+        "same search over query blocks on Spark, for more."))
+    spark_master: str = Field("local[*]", description="Spark master URL for backend=spark.")
+    spark_partitions: int | None = Field(None, ge=1, description="Query-block partitions; None: 2 per core.")
+    spark_driver_memory: str = Field("2g", description="spark.driver.memory (only before the JVM starts).")
+    judge: str = Field("model", description=(
+        "Who decides which side of a conflicting pair is right: 'none' (both stay conflicting), "
+        "'model' (the side with the higher p(correct) is right), 'llm' (an OpenAI-compatible chat "
+        "endpoint at judge_url), or any registered judge."))
+    judge_source: Literal["sft", "base"] = Field("sft", description=(
+        "For judge=model: whose p(correct) to compare, the fine-tuned model's or the base model's."))
+    judge_margin: float = Field(0.1, ge=0, le=1, description=(
+        "For judge=model: the two sides' p(correct) must differ by at least this, else undecided."))
+    judge_url: str | None = Field(None, description="Base URL of the chat endpoint for judge=llm.")
+    judge_model: str = Field("gpt-4o-mini", description="Model name sent to the chat endpoint.")
+    judge_api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key, if any.")
+    judge_timeout_s: float = Field(30.0, gt=0, description="Per-request timeout of the chat endpoint.")
+
+    @model_validator(mode="after")
+    def _llm_needs_url(self):
+        if self.judge == "llm" and not self.judge_url:
+            raise ValueError("judge 'llm' needs diagnose.conflict.judge_url (the endpoint's base URL)")
+        return self
+
+
+class BaseConflictConfig(_Section):
+    """II: the base model confidently believes a different answer."""
+
+    tau_c: float = Field(0.5, gt=0, le=1, description=(
+        "Base confidence in a wrong option at or above which it is a conflict (paper: T, unnamed). "
+        "0.5: the wrong option outweighs all others together, whatever the option count."))
+    js_threshold: float = Field(0.3, ge=0, le=1, description="JSD(base, SFT) above this supports II (paper: 0.3).")
+
+
+class KnowledgeGapConfig(_Section):
+    """I: the base model lacks the knowledge (blind knowledge)."""
+
+    n: int = Field(10, ge=1, description="Draws for the base pass@N (paper: pass@10).")
+    pass_threshold: float = Field(0.2, ge=0, le=1, description="Blind when base pass@N < this (paper: 0.2).")
+    bon_n: int = Field(5, ge=1, description="Draws for the base BoN (paper: BoN-5).")
+    bon_threshold: float = Field(0.1, ge=0, le=1, description="Blind when base BoN accuracy < this (paper: 0.1).")
+    seeds: int = Field(10, ge=1, description="Seeds over which the BoN accuracy is averaged (one BoN is 0 or 1).")
+    seed: int = Field(0, description="First seed of the base draws.")
+
+
+class ForgettingConfig(_Section):
+    """IV: learned at some evaluation, lost by the end."""
+
+    tau: float = Field(0.5, gt=0, le=1, description=(
+        "A sample is learned at an evaluation when p(correct) >= tau. 0.5: the answer then is the "
+        "model's top option whatever the option count."))
+    min_drop: float = Field(0.1, ge=0, le=1, description=(
+        "The peak must exceed the final p(correct) by at least this, so a sample hovering at tau "
+        "is not called forgotten."))
+    deciles: int = Field(10, ge=2, description="Position bins for the position effect (paper: the first 10%).")
+
+
+class InsufficientConfig(_Section):
+    """V: never learned but still improving, or a rare/complex pattern."""
+
+    tau: float = Field(0.5, gt=0, le=1, description="Never learned: p(correct) stayed < tau at every evaluation.")
+    last_m: int = Field(3, ge=2, description="Evaluations at the end over which the least-squares slope is fitted.")
+    min_slope: float = Field(0.01, ge=0, description=(
+        "Rising: p(correct) slope per evaluation > this; a point per evaluation is above the noise "
+        "of a converged run."))
+    min_loss_drop: float = Field(0.01, ge=0, description="Loss falling: slope per evaluation < -this (nats).")
+    density_k: int = Field(10, ge=1, description="Neighbours for the prompt density (mean cosine to the k nearest).")
+    rare_percentile: float = Field(0.1, ge=0, le=1, description="Rare when its density percentile <= this (bottom 10%).")
+    long_percentile: float = Field(0.9, ge=0, le=1, description="Long when its answer-length percentile >= this (top 10%).")
+    min_population: int = Field(20, ge=1, description=(
+        "Rare/long are percentiles, meaningless in a handful of samples: below this many samples "
+        "neither flag is raised."))
+    no_trajectory_weight: float = Field(0.5, ge=0, le=1, description=(
+        "Without a trajectory, V may fire on rarity/length alone, its score multiplied by this."))
+
+
+class DiagnosisConfig(_Section):
+    enabled: bool = Field(False, description="Run the diagnosis as the audit's last stage.")
+    causes: list[str] = Field(list(_ALL), description=(
+        "Causes to test, by detector name; the decision order is the fixed order of decide.py."))
+    scope: Literal["unlearned", "top_k"] = Field("unlearned", description=(
+        "Which samples get a cause: every unlearned sample, or only the top-K most severe (paper)."))
+    embedder: Literal["minilm", "hashing"] = Field("minilm", description=(
+        "Prompt/response embedder: all-MiniLM-L6-v2, or the hashing twin (tests, dry runs)."))
+    embed_batch_size: int = Field(256, ge=1, description="Texts per MiniLM forward pass.")
+    data: str | None = Field(None, description="The SFT data file, for free-form responses; None: the MC answer text.")
+    trajectory: str | None = Field(None, description="trajectory.parquet of the SFT run; None: IV and V without trajectories.")
+    evidence: str | None = Field(None, description=(
+        "Corpus evidence table (Parquet: id, corpus_verdict in supports/contradicts/absent, "
+        "corpus_score in [0, 1]); None: none."))
+    report_worst: int = Field(10, ge=1, description="Samples per cause in the report's tables.")
+    conflict: ConflictConfig = ConflictConfig()
+    base_conflict: BaseConflictConfig = BaseConflictConfig()
+    knowledge_gap: KnowledgeGapConfig = KnowledgeGapConfig()
+    forgetting: ForgettingConfig = ForgettingConfig()
+    insufficient: InsufficientConfig = InsufficientConfig()
+    tracking: TrackingConfig = Field(TrackingConfig(), description=(
+        "MLflow for `ilp diagnose`; inside `ilp audit` the audit's own run is used."))
+
+    @field_validator("causes")
+    @classmethod
+    def _known_causes(cls, v: list[str]) -> list[str]:
+        import difflib
+
+        for name in v:
+            if name not in _ALL:
+                close = difflib.get_close_matches(name, _ALL, n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else f"; known: {', '.join(_ALL)}"
+                raise ValueError(f"unknown cause {name!r}{hint}")
+        if len(set(v)) != len(v):
+            raise ValueError("causes must not repeat")
+        return v

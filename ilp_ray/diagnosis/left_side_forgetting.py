@@ -1,0 +1,68 @@
+"""IV. Left-side forgetting (paper 3.2.4; Appendix D): learned during training, lost by the end.
+
+Per sample, from its trajectory: it reached ``p_correct >= tau`` at some evaluation and its final
+evaluation is below ``tau``, at least ``min_drop`` under its peak. Score: the relative loss,
+``(peak - final) / peak``. A sample with no trajectory is never guessed at: False, score 0,
+evidence ``{"trajectory": "missing"}``.
+
+The summary also carries the population view the paper reports: per-subset accuracy curves over
+training steps (``info["curves"]``) and the position effect: accuracy, unlearned share and
+forgotten share by decile of training position (``info["position"]``; the paper's "first 10%").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ilp_ray.diagnosis.base import CauseDetector, CauseResult, DiagnosisContext, r3
+from ilp_ray.diagnosis.trajectories import per_sample, position_deciles, subset_curves
+
+
+def position_effect(v: pd.DataFrame, forgotten: np.ndarray, bins: int) -> pd.DataFrame:
+    """Accuracy, unlearned share and forgotten share by training-position bin."""
+    d = pd.DataFrame({"bin": position_deciles(v["position"].to_numpy(), bins),
+                      "correct": v["correct"].to_numpy(dtype=bool),
+                      "unlearned": v["unlearned"].to_numpy(dtype=bool), "forgotten": forgotten})
+    out = d.groupby("bin").agg(n=("correct", "size"), accuracy=("correct", "mean"),
+                               unlearned_share=("unlearned", "mean"), forgotten_share=("forgotten", "mean"))
+    return out.reindex(range(bins)).reset_index()
+
+
+class LeftSideForgetting(CauseDetector):
+    name = "left_side_forgetting"
+    roman = "IV"
+    title = "Left-side forgetting"
+
+    def detect(self, ctx: DiagnosisContext) -> CauseResult:
+        cfg = ctx.config.forgetting
+        v = ctx.verdicts
+        n = len(v)
+        if ctx.trajectories is None:
+            eff = position_effect(v, np.zeros(n, bool), cfg.deciles)
+            return CauseResult(self.silent(n, {"trajectory": "missing"}),
+                               {"silent": "no trajectory table"}, {"position": eff})
+        facts = per_sample(ctx.trajectories, cfg.tau, 3)
+        bins = position_deciles(v["position"].to_numpy(), cfg.deciles)
+        fired, score, evidence = np.zeros(n, bool), np.zeros(n), []
+        for i, vid in enumerate(ctx.ids):
+            f = facts.get(vid)
+            if f is None:
+                evidence.append({"trajectory": "missing"})
+                continue
+            drop = f["peak_p"] - f["final_p"]
+            fired[i] = f["reached"] and f["final_p"] < cfg.tau and drop >= cfg.min_drop
+            score[i] = drop / f["peak_p"] if fired[i] and f["peak_p"] > 0 else 0.0
+            evidence.append({"learned_at_step": f["first_learned_step"], "peak_p": r3(f["peak_p"]),
+                             "peak_step": f["peak_step"], "final_p": r3(f["final_p"]),
+                             "final_step": f["final_step"], "drop": r3(drop), "tau": cfg.tau,
+                             "position_decile": int(bins[i]) + 1, "n_evals": f["n_evals"],
+                             "steps": f["steps"], "p": f["p"]})
+        covered = np.array([vid in facts for vid in ctx.ids])
+        eff = position_effect(v, fired, cfg.deciles)
+        curves = subset_curves(ctx.trajectories)
+        summary = {"tau": cfg.tau, "min_drop": cfg.min_drop, "with_trajectory": int(covered.sum()),
+                   "without_trajectory": int((~covered).sum()), "forgotten": int(fired.sum()),
+                   "first_decile_accuracy": r3(eff["accuracy"].iloc[0]),
+                   "last_decile_accuracy": r3(eff["accuracy"].iloc[-1])}
+        return CauseResult(self.frame(fired, score, evidence), summary, {"position": eff, "curves": curves})

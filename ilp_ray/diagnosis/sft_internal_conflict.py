@@ -1,0 +1,158 @@
+"""III. Knowledge conflicts within the SFT data (paper 3.2.3; Appendix C.2, Algorithm 3).
+
+1. Embed every prompt (MiniLM; the hashing twin for tests) and find every pair with cosine
+   ``>= theta`` (``pairs.similar_pairs``, blocked and memory-bounded; or on Spark).
+2. Keep the pairs whose responses disagree (``pairs.responses_disagree``): a different MC answer
+   text, or free-form responses whose embedding cosine is ``< theta_response``, with the number
+   and word-containment rules that embeddings miss.
+3. Conflict groups: the connected components of the conflict pairs, so A–B and B–C put A, B and C
+   in one group (the unit the paper buckets apart).
+4. A judge (``judges.JUDGES``) decides which side of each pair is right; the other side is
+   *judged wrong* (a deletion candidate for the mitigation stage).
+
+Per sample: ``is_`` when it is in any conflict pair; score: 1.0 when judged wrong, else its
+highest prompt cosine to a conflicting partner. Evidence: group id and size, partners with their
+responses and cosine, the rule that called the responses different, the judge's verdicts.
+``info["groups"]`` holds one row per grouped sample (written to ``conflict_groups.parquet``) and
+``info["pairs"]`` one row per conflict pair.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+
+from ilp_ray.diagnosis.base import CauseDetector, CauseResult, DiagnosisContext, r3
+from ilp_ray.diagnosis.judges import JUDGES, ConflictPair, judged_wrong
+from ilp_ray.diagnosis.pairs import pairs_from_neighbours, responses_disagree, similar_pairs
+
+_MAX_PARTNERS = 10  # partners listed per sample in its evidence
+
+
+def conflict_groups(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Group id per sample (-1: in no conflict), numbered 0, 1, … by each group's first member."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    group = np.full(n, -1, dtype=np.int64)
+    if len(i) == 0:
+        return group
+    g = coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n))
+    _, labels = connected_components(g, directed=False)
+    members = np.zeros(n, bool)
+    members[i] = members[j] = True
+    remap: dict[int, int] = {}
+    for s in np.flatnonzero(members):  # ascending, so a group is numbered by its first member
+        group[s] = remap.setdefault(int(labels[s]), len(remap))
+    return group
+
+
+class SftInternalConflict(CauseDetector):
+    name = "sft_internal_conflict"
+    roman = "III"
+    title = "Conflict within the SFT data"
+
+    def detect(self, ctx: DiagnosisContext) -> CauseResult:
+        cfg = ctx.config.conflict
+        v = ctx.verdicts
+        n, ids = len(v), ctx.ids
+        emb = ctx.prompt_embeddings()
+        t0 = time.perf_counter()
+        if cfg.backend == "spark":
+            from ilp_ray.diagnosis.spark_search import spark_similar_pairs
+
+            i, j, sim, sat = spark_similar_pairs(emb, cfg.theta, cfg.k, cfg.block_size, cfg.spark_master,
+                                                 cfg.spark_partitions, cfg.spark_driver_memory)
+        elif n < 2:
+            i, j, sim, sat = similar_pairs(emb, cfg.theta, cfg.k)
+        else:  # through the context's cache, which V's density search then reuses
+            i, j, sim, sat = pairs_from_neighbours(*ctx.prompt_neighbours(min(cfg.k + 1, n), cfg.block_size),
+                                                   cfg.theta)
+        t1 = time.perf_counter()
+        responses = ctx.responses()
+        mc_built = np.array([len(d) == 0 for d in v["distractor_ids"]]) if "distractor_ids" in v \
+            else np.zeros(n, bool)
+        exact = {"exact": np.ones(n, bool), "embedding": np.zeros(n, bool), "auto": mc_built}[cfg.response_match]
+        rcos = self._response_cosines(ctx, responses, i, j, exact)
+        keep, rules = [], []
+        for t in range(len(i)):
+            a, b = int(i[t]), int(j[t])
+            bad, rule = responses_disagree(responses[a], responses[b], rcos.get(t), cfg.theta_response,
+                                           bool(exact[a] and exact[b]))
+            keep.append(bad)
+            rules.append(rule)
+        keep = np.asarray(keep, bool)
+        ci, cj, cs = i[keep], j[keep], sim[keep]
+        crules = [r for r, k in zip(rules, keep, strict=False) if k]
+        group = conflict_groups(n, ci, cj)
+        t2 = time.perf_counter()
+
+        prompts = ctx.prompts()
+        pc = v["pass_expected"].to_numpy(dtype=float)
+        bpc = v["base_pass_expected"].to_numpy(dtype=float) if "base_pass_expected" in v else None
+        pairs = [ConflictPair(ids[a], ids[b], prompts[a], prompts[b], responses[a], responses[b], float(s),
+                              float(pc[a]), float(pc[b]),
+                              None if bpc is None else float(bpc[a]), None if bpc is None else float(bpc[b]))
+                 for a, b, s in zip(ci.tolist(), cj.tolist(), cs.tolist(), strict=False)]
+        verdicts = JUDGES.create(cfg.judge, cfg).judge(pairs) if pairs else []
+        wrong = {x for p, vd in zip(pairs, verdicts, strict=False) for x in judged_wrong(p, vd)}
+
+        partners: dict[int, list[dict]] = {}
+        best = np.zeros(n)
+        for t, (a, b) in enumerate(zip(ci.tolist(), cj.tolist(), strict=False)):
+            for me, other, side in ((a, b, "a"), (b, a, "b")):
+                best[me] = max(best[me], float(cs[t]))
+                vd = verdicts[t]
+                judged = "undecided" if vd == "undecided" else (
+                    "right" if vd in (side, "both") else "wrong")
+                partners.setdefault(me, []).append({
+                    "id": ids[other], "similarity": r3(cs[t]), "response": responses[other][:200],
+                    "why": crules[t], "judge": vd, "this_side": judged})
+        is_ = group >= 0
+        score = np.where(np.isin(ids, list(wrong)), 1.0, best)
+        sizes = pd.Series(group[is_]).value_counts().to_dict()
+        members = {g: [] for g in sizes}
+        for s in np.flatnonzero(is_):
+            members[int(group[s])].append(ids[s])
+        evidence = []
+        for s in range(n):
+            if not is_[s]:
+                evidence.append({"group_id": None, "saturated": bool(sat[s])})
+                continue
+            ps = sorted(partners[s], key=lambda d: -d["similarity"])
+            evidence.append({"group_id": int(group[s]), "group_size": int(sizes[int(group[s])]),
+                             "judged_wrong": ids[s] in wrong, "judge": cfg.judge, "response": responses[s][:200],
+                             "partners": ps[:_MAX_PARTNERS], "n_partners": len(ps), "theta": cfg.theta,
+                             "saturated": bool(sat[s])})
+        groups = pd.DataFrame({
+            "id": [ids[s] for s in np.flatnonzero(is_)],
+            "group_id": group[is_],
+            "group_size": [int(sizes[int(g)]) for g in group[is_]],
+            "members": [members[int(g)] for g in group[is_]],
+            "judged_wrong": [ids[s] in wrong for s in np.flatnonzero(is_)],
+            "unlearned": v["unlearned"].to_numpy(dtype=bool)[is_],
+            "subset": v["subset"].astype(str).to_numpy()[is_],
+        })
+        pair_table = pd.DataFrame({"a": [p.a for p in pairs], "b": [p.b for p in pairs],
+                                   "similarity": cs.astype(float), "why": crules, "judge": verdicts})
+        summary = {"theta": cfg.theta, "theta_response": cfg.theta_response, "judge": cfg.judge,
+                   "backend": cfg.backend, "similar_pairs": len(i), "conflict_pairs": len(ci),
+                   "groups": len(sizes), "grouped_samples": int(is_.sum()), "judged_wrong": len(wrong),
+                   "saturated_samples": int(sat.sum()), "search_seconds": round(t1 - t0, 3),
+                   "compare_group_seconds": round(t2 - t1, 3),
+                   "judge_report_seconds": round(time.perf_counter() - t2, 3)}
+        return CauseResult(self.frame(is_, score, evidence), summary, {"groups": groups, "pairs": pair_table})
+
+    @staticmethod
+    def _response_cosines(ctx: DiagnosisContext, responses: list[str], i, j, exact) -> dict[int, float]:
+        """Response cosine per candidate pair that needs one (embedding mode), embedding only the
+        responses of those pairs (few, next to n)."""
+        need = [t for t in range(len(i)) if not (exact[i[t]] and exact[j[t]])]
+        if not need:
+            return {}
+        rows = sorted({int(i[t]) for t in need} | {int(j[t]) for t in need})
+        pos = {r: k for k, r in enumerate(rows)}
+        e = np.asarray(ctx.embedder.encode([responses[r] for r in rows]), dtype=np.float64)
+        return {t: float(e[pos[int(i[t])]] @ e[pos[int(j[t])]]) for t in need}

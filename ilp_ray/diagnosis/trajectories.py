@@ -1,0 +1,117 @@
+"""Training trajectories for causes IV and V: load, validate, and summarise per sample.
+
+The table comes from the SFT job (``ilp_ray.train.trajectory``): one row per (evaluation, sample)
+with ``step, epoch, reason, id, subset, p_correct, correct, loss``; ``reason`` is ``interval``,
+``subset_boundary``, ``epoch_end`` or ``final``, joined with ``+`` when several hold at one step.
+It usually covers a seeded sample of the training set, so many samples have no trajectory: the
+detectors then say so and never guess.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ilp_ray.errors import DataError
+
+COLUMNS = ("step", "epoch", "reason", "id", "subset", "p_correct", "correct", "loss")
+_NEEDED = ("step", "id", "p_correct")
+
+
+def load_trajectory(path: str | Path) -> pd.DataFrame:
+    """Read and check a trajectory Parquet file (a file, or a folder of Parquet parts).
+
+    Raises:
+        DataError: unreadable, a missing column, or p_correct outside [0, 1], naming the file,
+            row and column.
+    """
+    import pyarrow.parquet as pq
+
+    src = str(path)
+    if not Path(path).exists():
+        raise DataError("trajectory file not found", file=src)
+    try:
+        df = pq.read_table(src).to_pandas()
+    except Exception as e:  # pyarrow raises several types for a bad file
+        raise DataError(f"cannot read trajectory Parquet: {e}", file=src) from e
+    return check_trajectory(df, src)
+
+
+def check_trajectory(df: pd.DataFrame, source: str = "<trajectory>") -> pd.DataFrame:
+    """Check and normalise a trajectory table (see ``load_trajectory``); rows are sorted by (id, step)."""
+    for col in _NEEDED:
+        if col not in df.columns:
+            raise DataError(f"missing column (has {list(df.columns)})", file=source, field=col)
+    p = pd.to_numeric(df["p_correct"], errors="coerce")
+    bad = p.isna() | (p < 0) | (p > 1)
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DataError("must be a number in [0, 1]", file=source, line=row + 1, field="p_correct")
+    step = pd.to_numeric(df["step"], errors="coerce")
+    if step.isna().any():
+        row = int(np.flatnonzero(step.isna().to_numpy())[0])
+        raise DataError("must be an integer training step", file=source, line=row + 1, field="step")
+    out = df.assign(id=df["id"].astype(str), p_correct=p.astype(float), step=step.astype(np.int64))
+    if "correct" not in out:
+        out["correct"] = out["p_correct"] >= 0.5
+    if "loss" not in out:
+        out["loss"] = np.nan
+    if "subset" not in out:
+        out["subset"] = "default"
+    # A resumed run may evaluate the same step twice; the later row wins.
+    return out.drop_duplicates(["step", "id"], keep="last").sort_values(["id", "step"], kind="stable")
+
+
+def _slope(y: np.ndarray) -> float:
+    """Least-squares slope of ``y`` against 0, 1, …; NaN for fewer than two finite points."""
+    y = y[np.isfinite(y)]
+    if len(y) < 2:
+        return float("nan")
+    x = np.arange(len(y), dtype=float)
+    x -= x.mean()
+    return float((x * (y - y.mean())).sum() / (x * x).sum())
+
+
+def per_sample(traj: pd.DataFrame, tau: float, last_m: int, max_points: int = 24) -> dict[str, dict]:
+    """Per-sample trajectory facts, by id.
+
+    Each value: ``n_evals``, ``steps`` and ``p`` (at most ``max_points`` evenly spaced points, the
+    last always kept), ``peak_p``, ``peak_step``, ``final_p``, ``final_step``, ``reached``
+    (p >= tau at some evaluation), ``first_learned_step``, ``slope_p`` and ``slope_loss`` over the
+    last ``last_m`` evaluations, ``final_loss``.
+    """
+    out: dict[str, dict] = {}
+    for vid, g in traj.groupby("id", sort=False):
+        steps = g["step"].to_numpy()
+        p = g["p_correct"].to_numpy(dtype=float)
+        loss = g["loss"].to_numpy(dtype=float)
+        reached = p >= tau
+        keep = np.unique(np.linspace(0, len(p) - 1, min(len(p), max_points)).round().astype(int))
+        k = int(p.argmax())
+        out[str(vid)] = {
+            "n_evals": len(p), "steps": steps[keep].tolist(), "p": [round(float(x), 4) for x in p[keep]],
+            "peak_p": float(p[k]), "peak_step": int(steps[k]), "final_p": float(p[-1]),
+            "final_step": int(steps[-1]), "reached": bool(reached.any()),
+            "first_learned_step": int(steps[np.argmax(reached)]) if reached.any() else None,
+            "slope_p": _slope(p[-last_m:]), "slope_loss": _slope(loss[-last_m:]),
+            "final_loss": float(loss[-1]) if np.isfinite(loss[-1]) else None,
+        }
+    return out
+
+
+def subset_curves(traj: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy and mean p(correct) by (step, subset): the per-subset learning curves."""
+    return (traj.groupby(["step", "subset"], sort=True)
+            .agg(accuracy=("correct", "mean"), p_correct=("p_correct", "mean"), n=("id", "size"))
+            .reset_index())
+
+
+def position_deciles(position: np.ndarray, bins: int = 10) -> np.ndarray:
+    """The training-position bin (0 = first 1/bins of training) of each sample, by rank."""
+    position = np.asarray(position)
+    if len(position) == 0:
+        return np.zeros(0, dtype=np.int64)
+    rank = pd.Series(position).rank(method="first").to_numpy() - 1
+    return np.minimum((rank * bins // len(position)).astype(np.int64), bins - 1)

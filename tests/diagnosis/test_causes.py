@@ -1,0 +1,178 @@
+"""Each cause fires on a constructed case, stays silent on its near miss, and holds its boundary.
+
+Conventions under test (ilp_ray/diagnosis/config.py): II at base confidence >= tau_c, JSD support
+at > 0.3; I at pass@10 < 0.2 and BoN-5 < 0.1; IV/V learned at p >= tau; V rising at slope > min_slope
+and loss falling at slope < -min_loss_drop.
+"""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ilp_ray.diagnosis.base import DETECTORS
+
+from .conftest import traj_rows, verdict_row
+
+
+def run(name, ctx):
+    f = DETECTORS.create(name).run(ctx).frame
+    return f[f"is_{name}"].tolist(), f[f"{name}_score"].tolist(), list(f[f"{name}_evidence"])
+
+
+# ---------------------------------------------------------------- II base conflict
+
+def test_base_conflict_fires_at_tau_c_inclusive(ctx_factory):
+    rows = [verdict_row("at", base_probs=[0.2, 0.5, 0.2, 0.1]),        # wrong option at exactly 0.5
+            verdict_row("below", base_probs=[0.26, 0.49, 0.15, 0.10]),  # near miss: 0.49
+            verdict_row("right", base_probs=[0.9, 0.05, 0.03, 0.02])]   # confident, but right
+    is_, score, ev = run("base_conflict", ctx_factory(rows))
+    assert is_ == [True, False, False]
+    assert score[0] >= 0.5 and score[2] == 0.0
+    assert ev[0]["base_choice"] == "wrong1" and ev[0]["base_confidence"] == 0.5
+
+
+def test_base_conflict_js_is_evidence_not_a_requirement(ctx_factory):
+    rows = [verdict_row("same", probs=[0.05, 0.9, 0.03, 0.02], base_probs=[0.05, 0.9, 0.03, 0.02])]
+    is_, _, ev = run("base_conflict", ctx_factory(rows))
+    assert is_ == [True] and ev[0]["js_base_sft"] == 0.0 and ev[0]["js_supports"] is False
+    # JSD exactly at the threshold does not support (paper: "> 0.3").
+    rows = [verdict_row("moved", base_probs=[0.0, 0.9, 0.1, 0.0])]
+    js = rows[0]["js_base_sft"]
+    _, _, ev = run("base_conflict", ctx_factory(rows, **{"base_conflict.js_threshold": js}))
+    assert ev[0]["js_supports"] is False
+    _, _, ev = run("base_conflict", ctx_factory(rows, **{"base_conflict.js_threshold": js - 1e-9}))
+    assert ev[0]["js_supports"] is True
+
+
+def test_base_causes_are_silent_without_a_base_model(ctx_factory):
+    ctx = ctx_factory([verdict_row("a"), verdict_row("b")])
+    for name in ("base_conflict", "base_knowledge_gap"):
+        is_, score, ev = run(name, ctx)
+        assert is_ == [False, False] and score == [0.0, 0.0] and ev[0] == {"base_model": "missing"}
+
+
+def test_corpus_contradiction_strengthens_ii(ctx_factory):
+    rows = [verdict_row("a", base_probs=[0.1, 0.6, 0.2, 0.1])]
+    ev_table = pd.DataFrame({"id": ["a"], "corpus_verdict": ["contradicts"], "corpus_score": [1.0]})
+    _, plain, _ = run("base_conflict", ctx_factory(rows))
+    ctx = ctx_factory(rows)
+    ctx.evidence = ev_table
+    _, strong, ev = run("base_conflict", ctx)
+    assert strong[0] > plain[0] and ev[0]["corpus_verdict"] == "contradicts"
+
+
+# ---------------------------------------------------------------- I knowledge gap
+
+def test_knowledge_gap_fires_on_blind_knowledge(ctx_factory):
+    rows = [verdict_row("blind", base_probs=[0.0, 0.4, 0.3, 0.3]),      # never drawn: pass 0, BoN 0
+            verdict_row("known", base_probs=[0.7, 0.1, 0.1, 0.1]),      # near miss: base knows it
+            verdict_row("conf_wrong", base_probs=[0.0, 0.9, 0.05, 0.05])]  # blind but confidently wrong: II
+    is_, score, ev = run("base_knowledge_gap", ctx_factory(rows))
+    assert is_ == [True, False, False]
+    assert ev[0]["base_pass_at_10"] == 0.0 and ev[0]["base_bon5_accuracy"] == 0.0
+    assert ev[2]["base_confidently_wrong"] is True
+    assert score[0] == pytest.approx(1.0)
+
+
+def test_knowledge_gap_thresholds_are_exclusive(ctx_factory):
+    from ilp_ray import metrics as M
+    from ilp_ray.diagnosis.base_knowledge_gap import base_pass_and_bon
+
+    probs = [0.3, 0.25, 0.25, 0.2]  # the answer is the top option: BoN-5 right when it is drawn
+    rows = [verdict_row("x", base_probs=probs)]
+    p, b = base_pass_and_bon(["x"], M.pad_ragged([probs], 0.0), np.array([0]), 10, 5, 10, 0)
+    assert 0 < p[0] < 1 and 0 < b[0] < 1  # this item's draws hit the answer sometimes
+    at = {"knowledge_gap.pass_threshold": float(p[0]), "knowledge_gap.bon_threshold": 1.0}
+    assert run("base_knowledge_gap", ctx_factory(rows, **at))[0] == [False]  # pass == threshold
+    above = {"knowledge_gap.pass_threshold": float(p[0]) + 1e-9, "knowledge_gap.bon_threshold": 1.0}
+    assert run("base_knowledge_gap", ctx_factory(rows, **above))[0] == [True]
+    at = {"knowledge_gap.pass_threshold": 1.0, "knowledge_gap.bon_threshold": float(b[0])}
+    assert run("base_knowledge_gap", ctx_factory(rows, **at))[0] == [False]  # BoN == threshold
+    above = {"knowledge_gap.pass_threshold": 1.0, "knowledge_gap.bon_threshold": float(b[0]) + 1e-9}
+    assert run("base_knowledge_gap", ctx_factory(rows, **above))[0] == [True]
+
+
+def test_corpus_absence_strengthens_i(ctx_factory):
+    rows = [verdict_row("a", base_probs=[0.1, 0.3, 0.3, 0.3])]
+    ctx = ctx_factory(rows)
+    _, plain, _ = run("base_knowledge_gap", ctx)
+    ctx.evidence = pd.DataFrame({"id": ["a"], "corpus_verdict": ["absent"], "corpus_score": [0.8]})
+    _, strong, _ = run("base_knowledge_gap", ctx)
+    assert strong[0] == pytest.approx(min(1.0, plain[0] + 0.2))
+
+
+# ---------------------------------------------------------------- IV left-side forgetting
+
+def test_forgetting_fires_when_learned_then_lost(ctx_factory):
+    rows = [verdict_row(i, position=n) for n, i in enumerate(["lost", "never", "kept", "edge", "nodata"])]
+    traj = (traj_rows("lost", [0.1, 0.5, 0.8, 0.2])        # reached tau (0.5, inclusive), then lost
+            + traj_rows("never", [0.1, 0.45, 0.49, 0.2])   # near miss: never reached 0.5
+            + traj_rows("kept", [0.1, 0.8, 0.6, 0.5])      # final exactly at tau: still learned
+            + traj_rows("edge", [0.75, 0.25]))             # drop 0.5 == min_drop: inclusive
+    is_, score, ev = run("left_side_forgetting", ctx_factory(rows, traj, **{"forgetting.min_drop": 0.5}))
+    assert is_ == [True, False, False, True, False]
+    assert ev[0]["learned_at_step"] == 20 and ev[0]["peak_p"] == 0.8 and ev[0]["final_p"] == 0.2
+    assert score[0] == pytest.approx(0.75) and score[3] == pytest.approx(2 / 3)
+    assert ev[4] == {"trajectory": "missing"} and score[4] == 0.0
+
+
+def test_forgetting_without_any_trajectory_never_guesses(ctx_factory):
+    is_, score, ev = run("left_side_forgetting", ctx_factory([verdict_row("a"), verdict_row("b")]))
+    assert is_ == [False, False] and score == [0.0, 0.0] and ev == [{"trajectory": "missing"}] * 2
+
+
+def test_forgetting_reports_position_effect_and_curves(ctx_factory):
+    rows = [verdict_row(f"s{i}", position=i, probs=[0.9, 0.05, 0.03, 0.02] if i >= 10 else None)
+            for i in range(20)]
+    traj = [r for i in range(20) for r in traj_rows(f"s{i}", [0.6, 0.9 if i >= 10 else 0.1],
+                                                     subset="late" if i >= 10 else "early")]
+    res = DETECTORS.create("left_side_forgetting").run(ctx_factory(rows, traj))
+    eff = res.info["position"]
+    assert eff["accuracy"].iloc[0] == 0.0 and eff["accuracy"].iloc[-1] == 1.0
+    assert eff["forgotten_share"].iloc[0] == 1.0
+    curves = res.info["curves"]
+    assert set(curves["subset"]) == {"early", "late"}
+    assert curves[(curves.subset == "early") & (curves.step == 20)]["accuracy"].item() == 0.0
+
+
+# ---------------------------------------------------------------- V insufficient training
+
+def test_insufficient_fires_on_a_rising_never_learned_trajectory(ctx_factory):
+    rows = [verdict_row(i, f"question about topic {n}") for n, i in
+            enumerate(["rising", "at_slope", "flat", "learned", "loss"])]
+    traj = (traj_rows("rising", [0.0, 0.125, 0.25])                # slope 0.125
+            + traj_rows("at_slope", [0.0, 0.0625, 0.125])          # slope 0.0625 == min_slope: not rising
+            + traj_rows("flat", [0.1, 0.1, 0.1])                   # plateau
+            + traj_rows("learned", [0.1, 0.6, 0.3])                # reached tau: not V
+            + traj_rows("loss", [0.1, 0.1, 0.1], losses=[3.0, 2.0, 1.0]))  # loss slope -1
+    ctx = ctx_factory(rows, traj, **{"insufficient.min_slope": 0.0625, "insufficient.min_loss_drop": 0.5})
+    is_, score, ev = run("insufficient_training", ctx)
+    assert is_ == [True, False, False, False, True]
+    assert ev[0]["slope_p"] == 0.125 and ev[0]["rising"] is True and ev[4]["loss_falling"] is True
+    assert all(0.6 <= s <= 1.0 for s, f in zip(score, is_, strict=False) if f)
+    ctx = ctx_factory(rows, traj, **{"insufficient.min_slope": 0.0625, "insufficient.min_loss_drop": 1.0})
+    assert run("insufficient_training", ctx)[0][4] is False  # loss slope == -min_loss_drop: exclusive
+
+
+def test_insufficient_without_trajectory_fires_on_rarity_or_length_at_a_reduced_score(ctx_factory):
+    common = [verdict_row(f"c{i}", f"what is the capital city of country {i}", position=i) for i in range(9)]
+    rare = verdict_row("rare", "zebra quantum lattice obsidian", position=9)
+    long_ = verdict_row("long", "what is the capital city of country 42",
+                        options=("a much longer answer " * 10, "w", "x", "y"), position=10)
+    small = {"insufficient.min_population": 11}  # the default (20) exceeds this hand-built set
+    is_, score, ev = run("insufficient_training", ctx_factory([*common, rare, long_], **small))
+    by = dict(zip([r["id"] for r in [*common, rare, long_]], zip(is_, score, ev, strict=False), strict=False))
+    assert by["rare"][0] and by["rare"][2]["rare"] and by["rare"][2]["trajectory"] == "missing"
+    assert by["long"][0] and by["long"][2]["long"]
+    assert 0 < by["rare"][1] <= 0.5 and 0 < by["long"][1] <= 0.5
+    assert not any(by[f"c{i}"][0] for i in range(9))
+    # With a flat trajectory, rarity alone does not fire (more training would not help).
+    traj = traj_rows("rare", [0.1, 0.1, 0.1])
+    is_, _, ev = run("insufficient_training", ctx_factory([*common, rare, long_], traj, **small))
+    assert is_[9] is False and ev[9]["rare"] is True and ev[9]["rule"] == "trajectory"
+    json.dumps(ev)
+    # Below min_population samples, percentiles raise no flag.
+    is_, _, ev = run("insufficient_training", ctx_factory([*common, rare, long_], **{"insufficient.min_population": 12}))
+    assert not any(is_) and not ev[9]["rare"]

@@ -1,0 +1,90 @@
+"""``ilp diagnose`` and the audit's diagnosis stage on a real (tiny) audit run."""
+
+import json
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from ilp_ray.cli import app
+from ilp_ray.diagnosis.config import DiagnosisConfig
+from tests.integration.test_audit import make_cfg
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def audited(tmp_path_factory, facts_jsonl, tiny_checkpoints, ray_session):
+    """An audit whose last stage is the diagnosis, logged into the audit's MLflow run."""
+    from ilp_ray.pipeline.audit import run_audit
+
+    run_dir = tmp_path_factory.mktemp("runs") / "audit"
+    cfg = make_cfg(facts_jsonl, tiny_checkpoints, run_dir,
+                   diagnose=DiagnosisConfig(enabled=True, embedder="hashing"))
+    return run_audit(cfg, progress=False)
+
+
+def test_audit_runs_diagnosis_as_its_last_stage(audited):
+    import mlflow
+
+    out = audited.run_dir / "diagnosis"
+    d = pd.read_parquet(out / "diagnosis.parquet")
+    assert len(d) == 12 and d["in_scope"].sum() == audited.verdicts["unlearned"].sum()
+    assert d.loc[d["unlearned"], "cause"].notna().all() and d.loc[~d["unlearned"], "cause"].isna().all()
+    client = mlflow.MlflowClient(tracking_uri=audited.tracking_uri)
+    run = client.get_run(audited.run_id)
+    assert "diagnosis.share.unattributed" in run.data.metrics
+    names = {a.path for a in client.list_artifacts(audited.run_id, "diagnosis")}
+    assert {"diagnosis/report.html", "diagnosis/figures", "diagnosis/cause_table.json"} <= names
+
+
+def test_ilp_diagnose_with_a_trajectory(audited, tmp_path):
+    v = audited.verdicts
+    traj = []
+    for n, vid in enumerate(v["id"]):
+        ps = [0.2, 0.7, 0.1] if n % 2 == 0 else [0.05, 0.1, 0.2]  # learned-then-lost, or still rising
+        traj += [{"step": 10 * (s + 1), "epoch": 0, "reason": "interval", "id": vid, "subset": sub,
+                  "p_correct": p, "correct": p >= 0.5, "loss": 1.0}
+                 for s, (p, sub) in enumerate(zip(ps, [v["subset"].iloc[n]] * 3, strict=False))]
+    tpath = tmp_path / "trajectory.parquet"
+    pd.DataFrame(traj).to_parquet(tpath)
+    r = runner.invoke(app, ["diagnose", "--run", str(audited.run_dir), "--trajectory", str(tpath),
+                            "--set", "embedder=hashing", "--set", "tracking.enabled=false"])
+    assert r.exit_code == 0, r.output
+    assert "Diagnosis:" in r.output and "report:" in r.output
+    out = audited.run_dir / "diagnosis"
+    d = pd.read_parquet(out / "diagnosis.parquet")
+    ct = json.loads((out / "cause_table.json").read_text())
+    assert ct["n_diagnosed"] == int(d["in_scope"].sum()) and set(ct["per_subset"]) == {"geo", "sci"}
+    diag = d[d["in_scope"]]
+    assert (diag["cause"] != "unattributed").all()  # every sample has a trajectory that explains it
+    assert {"left_side_forgetting", "insufficient_training"} & set(diag["cause"])
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 5 and "Worst samples per cause" in html
+    for fig in ("cause_distribution", "pass_at_n", "confidence", "trajectories", "position"):
+        assert (out / "figures" / f"{fig}.png").stat().st_size > 1000
+    assert (out / "conflict_groups.parquet").exists()
+
+
+def test_run_without_verdicts_is_a_clear_error(tmp_path):
+    r = runner.invoke(app, ["diagnose", "--run", str(tmp_path), "--set", "embedder=hashing"])
+    assert r.exit_code == 2 and f"{tmp_path}: no verdicts" in r.output
+    r = runner.invoke(app, ["diagnose", "--run", str(tmp_path / "nope")])
+    assert r.exit_code == 2 and "no such audit run directory" in r.output
+
+
+def test_bad_config_names_file_line_and_field(tmp_path, audited):
+    cfg = tmp_path / "diag.yaml"
+    cfg.write_text("embedder: hashing\nconflict:\n  theta: 2\n")
+    r = runner.invoke(app, ["diagnose", "--run", str(audited.run_dir), "--config", str(cfg)])
+    assert r.exit_code == 2 and f"{cfg}:3: field 'conflict.theta'" in r.output
+    r = runner.invoke(app, ["diagnose", "--run", str(audited.run_dir), "--set", "conflict.judge=llm"])
+    assert r.exit_code == 2 and "judge_url" in r.output
+
+
+def test_bad_trajectory_names_file_and_column(tmp_path, audited):
+    tpath = tmp_path / "t.parquet"
+    pd.DataFrame({"step": [1], "id": ["f00"]}).to_parquet(tpath)
+    r = runner.invoke(app, ["diagnose", "--run", str(audited.run_dir), "--trajectory", str(tpath),
+                            "--set", "embedder=hashing"])
+    assert r.exit_code == 2 and f"{tpath}: field 'p_correct': missing column" in r.output

@@ -1,0 +1,170 @@
+"""III on a hand-built set with real MiniLM: paraphrases, contradictions, transitivity, judges.
+
+The numbers behind the defaults (MiniLM cosines): paraphrased questions 0.88-0.98, sibling
+questions ("capital of France" vs "of Italy") 0.66; "Eight" vs "Six" 0.77, "Eight" vs "8" 0.93.
+"""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import ClassVar
+
+import numpy as np
+import pytest
+
+from ilp_ray.diagnosis.base import DETECTORS
+from ilp_ray.diagnosis.pairs import responses_disagree, similar_pairs
+
+from .conftest import verdict_row
+
+SET = [  # id, prompt, response, p(correct) under the fine-tuned model
+    ("fr1", "What is the capital of France?", "Paris", 0.9),
+    ("fr2", "Which city is the capital of France?", "Lyon", 0.05),       # contradicts fr1
+    ("fr3", "What's France's capital city?", "Paris", 0.8),              # agrees with fr1
+    ("it", "What is the capital of Italy?", "Rome", 0.9),                # a sibling question, no conflict
+    ("sp1", "How many legs does a spider have?", "Eight", 0.9),
+    ("sp2", "How many legs do spiders have?", "Six", 0.05),              # contradicts sp1 and sp3
+    ("sp3", "A spider has how many legs?", "8", 0.85),                   # agrees with sp1 ("Eight" = "8")
+    ("ha1", "Who wrote Hamlet?", "William Shakespeare", 0.9),
+    ("ha2", "Who is the author of Hamlet?", "Shakespeare", 0.9),         # agrees (contained)
+    ("bo1", "What is the boiling point of water at sea level?", "100 degrees Celsius", 0.75),
+    ("bo2", "At sea level, water boils at what temperature?", "90 degrees Celsius", 0.6),  # numbers differ
+]
+TRUE = {"Paris", "Eight", "8", "William Shakespeare", "Shakespeare", "100 degrees Celsius", "Rome"}
+
+
+def rows():
+    out = []
+    for n, (i, q, a, p) in enumerate(SET):
+        rest = (1 - p) / 3
+        out.append(verdict_row(i, q, options=(a, "Berlin", "Madrid", "Oslo"), probs=[p, rest, rest, rest],
+                               position=n, subset="geo" if i[:2] in ("fr", "it") else "misc"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    from ilp_ray.data.embed import get_embedder
+
+    return get_embedder()
+
+
+def groups_of(res):
+    g = res.info["groups"]
+    return sorted(sorted(m) for m in g.drop_duplicates("group_id")["members"])
+
+
+def test_groups_with_paraphrases_contradictions_and_transitivity(ctx_factory, minilm):
+    res = DETECTORS.create("sft_internal_conflict").run(ctx_factory(rows(), embedder=minilm, **{"conflict.judge": "none"}))
+    # fr1-fr2 and fr2-fr3 conflict, so fr1, fr2, fr3 form one group though fr1 and fr3 agree;
+    # likewise the spiders. Hamlet's paraphrases agree; Italy is a sibling question, not a paraphrase.
+    assert groups_of(res) == [["bo1", "bo2"], ["fr1", "fr2", "fr3"], ["sp1", "sp2", "sp3"]]
+    f = res.frame.set_index(np.array([s[0] for s in SET]))
+    assert not f.loc[["it", "ha1", "ha2"], "is_sft_internal_conflict"].any()
+    pairs = {(a, b): why for a, b, why in res.info["pairs"][["a", "b", "why"]].itertuples(index=False)}
+    assert ("fr1", "fr3") not in pairs and ("sp1", "sp3") not in pairs
+    assert pairs[("bo1", "bo2")] == "different numbers"
+    ev = json.loads(json.dumps(f.loc["sp2", "sft_internal_conflict_evidence"]))
+    assert ev["group_size"] == 3 and {p["id"] for p in ev["partners"]} == {"sp1", "sp3"}
+    assert res.summary["judged_wrong"] == 0  # judge none: both sides stay conflicting
+
+
+def test_model_judge_marks_the_less_likely_side_wrong(ctx_factory, minilm):
+    res = DETECTORS.create("sft_internal_conflict").run(ctx_factory(rows(), embedder=minilm, **{"conflict.judge": "model"}))
+    g = res.info["groups"].set_index("id")
+    assert sorted(g.index[g["judged_wrong"]]) == ["bo2", "fr2", "sp2"]
+    f = res.frame.set_index(np.array([s[0] for s in SET]))
+    assert f.loc["sp2", "sft_internal_conflict_score"] == 1.0
+    assert f.loc["sp1", "sft_internal_conflict_score"] < 1.0
+    # A margin wider than bo1 vs bo2 (0.75 vs 0.6) leaves that pair undecided.
+    res = DETECTORS.create("sft_internal_conflict").run(
+        ctx_factory(rows(), embedder=minilm, **{"conflict.judge": "model", "conflict.judge_margin": 0.2}))
+    g = res.info["groups"].set_index("id")
+    assert sorted(g.index[g["judged_wrong"]]) == ["fr2", "sp2"]
+
+
+class _FakeChat(BaseHTTPRequestHandler):
+    """Imitates POST /v1/chat/completions of an OpenAI-compatible server; answers from TRUE."""
+
+    seen: ClassVar[list] = []
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        _FakeChat.seen.append((self.path, self.headers.get("Authorization"), body))
+        text = body["messages"][-1]["content"]
+        a = text.split("Answer A: ")[1].split("\n")[0]
+        b = text.split("Answer B: ")[1].split("\n")[0]
+        word = {(True, True): "BOTH", (True, False): "A", (False, True): "B"}.get((a in TRUE, b in TRUE), "NEITHER")
+        reply = json.dumps({"id": "x", "object": "chat.completion", "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": word + "."}, "finish_reason": "stop"}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+    def log_message(self, *a):
+        pass
+
+
+def test_llm_judge_client_against_a_local_fake_endpoint(ctx_factory, minilm, monkeypatch):
+    """Tests *our client* of the OpenAI chat API shape: a tiny server on 127.0.0.1 imitates
+    /v1/chat/completions. It says nothing about how well a real LLM judges."""
+    server = HTTPServer(("127.0.0.1", 0), _FakeChat)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        res = DETECTORS.create("sft_internal_conflict").run(
+            ctx_factory(rows(), embedder=minilm, **{"conflict.judge": "llm", "conflict.judge_url": url}))
+    finally:
+        server.shutdown()
+    g = res.info["groups"].set_index("id")
+    assert sorted(g.index[g["judged_wrong"]]) == ["bo2", "fr2", "sp2"]
+    path, auth, body = _FakeChat.seen[0]
+    assert path == "/v1/chat/completions" and auth == "Bearer sk-test"
+    assert body["model"] == "gpt-4o-mini" and body["messages"][-1]["role"] == "user"
+
+
+def test_llm_judge_unreachable_names_the_url(ctx_factory, minilm):
+    ctx = ctx_factory(rows(), embedder=minilm, **{"conflict.judge": "llm", "conflict.judge_url": "http://127.0.0.1:9"})
+    with pytest.raises(RuntimeError, match=r"127\.0\.0\.1:9/v1/chat/completions"):
+        DETECTORS.create("sft_internal_conflict").run(ctx)
+
+
+def test_theta_is_inclusive_and_responses_rules():
+    e = np.array([[1.0, 0.0], [0.6, 0.8], [0.59, np.sqrt(1 - 0.59 ** 2)]], dtype=np.float32)
+    i, j, _, _ = similar_pairs(e, 0.6, k=2)
+    assert (0, 1) in set(zip(i.tolist(), j.tolist(), strict=False))       # cosine == theta: a pair
+    assert (0, 2) not in set(zip(i.tolist(), j.tolist(), strict=False))   # just below: not
+    assert responses_disagree("x", "y", 0.8, 0.8, exact=False)[0] is False   # == theta_r: agree
+    assert responses_disagree("x", "y", 0.79, 0.8, exact=False)[0] is True
+    assert responses_disagree("Paris", " paris ", None, 0.8, exact=True)[0] is False
+    assert responses_disagree("Paris", "Lyon", 0.99, 0.8, exact=True)[0] is True
+
+
+def test_search_is_bounded_and_matches_brute_force():
+    rng = np.random.default_rng(0)
+    e = rng.normal(size=(400, 16)).astype(np.float32)
+    e[200:260] = e[:60] + 0.05 * rng.normal(size=(60, 16)).astype(np.float32)  # planted near-duplicates
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    i, j, _, _ = similar_pairs(e, 0.9, k=8, block_size=7)
+    sim = e.astype(np.float64) @ e.T.astype(np.float64)
+    bi, bj = np.nonzero(np.triu(sim >= np.float32(0.9), 1))
+    assert set(zip(i.tolist(), j.tolist(), strict=False)) == set(zip(bi.tolist(), bj.tolist(), strict=False))
+
+
+def test_spark_path_equals_local():
+    """~20 s (Spark's start), so not marked slow; skipped where pyspark is not installed."""
+    pytest.importorskip("pyspark")
+    from ilp_ray.diagnosis.spark_search import spark_similar_pairs
+
+    rng = np.random.default_rng(1)
+    e = rng.normal(size=(500, 24)).astype(np.float32)
+    e[250:330] = e[:80] + 0.05 * rng.normal(size=(80, 24)).astype(np.float32)
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    local = similar_pairs(e, 0.9, k=8)
+    spark = spark_similar_pairs(e, 0.9, k=8, master="local[2]", partitions=3)
+    assert len(local[0]) >= 80
+    for a, b in zip(local, spark, strict=False):
+        np.testing.assert_array_equal(a, b)

@@ -1,0 +1,98 @@
+"""The decision order, ``unattributed``, scope, and the cause table (paper Table 10)."""
+
+import pandas as pd
+import pytest
+
+from ilp_ray.diagnosis.base import CauseDetector, CauseResult
+from ilp_ray.diagnosis.decide import ORDER, UNATTRIBUTED, cause_table, decide
+
+from .conftest import verdict_row
+
+
+def fake_results(fired: dict[str, list[bool]]):
+    """CauseResults with chosen firings (score 0.5 where fired)."""
+    out = {}
+    for name, flags in fired.items():
+        f = pd.DataFrame({f"is_{name}": flags, f"{name}_score": [0.5 if x else 0.0 for x in flags],
+                          f"{name}_evidence": [{"fired": x} for x in flags]})
+        out[name] = CauseResult(f, {})
+    return out
+
+
+def test_order_is_iii_iv_ii_i_v():
+    assert ORDER == ("sft_internal_conflict", "left_side_forgetting", "base_conflict", "base_knowledge_gap",
+                     "insufficient_training")
+
+
+def test_first_firing_cause_wins_and_every_signal_is_kept():
+    v = pd.DataFrame([verdict_row(f"s{i}", subset="a" if i < 4 else "b") for i in range(6)]
+                     + [verdict_row("learned", probs=[0.9, 0.05, 0.03, 0.02], subset="b")])
+    T, F = True, False
+    res = fake_results({
+        #                         s0 s1 s2 s3 s4 s5 learned
+        "insufficient_training": [T, T, T, T, F, F, T],
+        "base_knowledge_gap":    [F, F, T, T, F, F, F],
+        "base_conflict":         [F, T, F, T, F, F, F],
+        "left_side_forgetting":  [F, F, F, T, F, F, F],
+        "sft_internal_conflict": [F, F, F, F, T, F, T],
+    })
+    d = decide(v, res).set_index("id")
+    assert d.loc["s0", "cause"] == "insufficient_training"
+    assert d.loc["s1", "cause"] == "base_conflict"          # II before V
+    assert d.loc["s2", "cause"] == "base_knowledge_gap"     # I before V
+    assert d.loc["s3", "cause"] == "left_side_forgetting"   # IV before II, I, V
+    assert d.loc["s4", "cause"] == "sft_internal_conflict"
+    assert d.loc["s5", "cause"] == UNATTRIBUTED             # nothing fired: never forced
+    assert d.loc["learned", "cause"] is None                # learned samples get no cause
+    assert d.loc["s3", "signals"] == ["left_side_forgetting", "base_conflict", "base_knowledge_gap",
+                                      "insufficient_training"]
+    assert d.loc["s3", "cause_score"] == 0.5 and d.loc["s3", "is_base_conflict"]
+
+    ct = cause_table(d.reset_index(), list(res))
+    assert ct["n_diagnosed"] == 6 and ct["n_unlearned"] == 6 and ct["n_samples"] == 7
+    assert ct["counts"] == {"sft_internal_conflict": 1, "left_side_forgetting": 1, "base_conflict": 1,
+                            "base_knowledge_gap": 1, "insufficient_training": 1, "unattributed": 1}
+    assert sum(ct["shares"].values()) == pytest.approx(1.0)
+    a, b = ct["per_subset"]["a"], ct["per_subset"]["b"]
+    assert a["n_diagnosed"] == 4 and a["shares"]["base_conflict"] == 0.25 and a["shares"]["unattributed"] == 0
+    assert b["n_diagnosed"] == 2 and b["shares"]["sft_internal_conflict"] == 0.5 and b["shares"]["unattributed"] == 0.5
+
+
+def test_scope_top_k_diagnoses_only_the_top_k():
+    v = pd.DataFrame([verdict_row("top"), verdict_row("rest", in_top_k=False)])
+    d = decide(v, fake_results({"base_conflict": [True, True]}), scope="top_k").set_index("id")
+    assert d.loc["top", "cause"] == "base_conflict" and d.loc["rest", "cause"] is None
+    assert not d.loc["rest", "in_scope"] and d.loc["rest", "unlearned"]
+
+
+def test_a_cause_list_subset_keeps_the_order(ctx_factory):
+    from ilp_ray.diagnosis.run import diagnose
+
+    rows = [verdict_row("a", base_probs=[0.0, 0.9, 0.05, 0.05])]
+    ctx = ctx_factory(rows, causes=["base_knowledge_gap", "base_conflict"], embedder="hashing")
+    table, ct, results = diagnose(ctx)
+    assert list(results) == ["base_conflict", "base_knowledge_gap"]
+    assert table.loc[0, "cause"] == "base_conflict"
+    assert set(ct["counts"]) == {"base_conflict", "base_knowledge_gap", "unattributed"}
+
+
+def test_unknown_cause_in_config_is_named():
+    from ilp_ray.config import load_config
+    from ilp_ray.diagnosis.config import DiagnosisConfig
+    from ilp_ray.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="did you mean 'base_conflict'"):
+        load_config(DiagnosisConfig, None, {"causes": ["base_conflic"]})
+
+
+def test_custom_detector_shape_in_decide():
+    class Always(CauseDetector):
+        name = "always_for_test"
+
+        def detect(self, ctx):
+            n = len(ctx.verdicts)
+            return CauseResult(self.frame([True] * n, [1.0] * n, [{}] * n), {})
+
+    v = pd.DataFrame([verdict_row("x")])
+    d = decide(v, {"always_for_test": CauseResult(Always().frame([True], [1.0], [{}]), {})})
+    assert d.loc[0, "cause"] == "always_for_test"
