@@ -10,15 +10,16 @@ import difflib
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from ilp_ray.config_base import TrackingConfig, _Section
+from ilp_ray.diagnosis.config import DiagnosisConfig
 from ilp_ray.errors import ConfigError
 
+__all__ = ["AuditConfig", "DetectConfig", "McConfig", "RayConfig", "ScoringConfig", "TrackingConfig",
+           "load_config", "parse_overrides"]
+
 C = TypeVar("C", bound=BaseModel)
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class McConfig(_Section):
@@ -86,15 +87,6 @@ class RayConfig(_Section):
     shard_size: int = Field(256, ge=1, description="Items per output shard; a complete shard is never recomputed.")
 
 
-class TrackingConfig(_Section):
-    enabled: bool = Field(True, description="Log the audit to MLflow.")
-    uri: str | None = Field(None, description="MLflow tracking URI; None: sqlite under the run root.")
-    experiment: str = Field("ilp-audit", description="MLflow experiment name.")
-
-
-# After _Section and TrackingConfig, which it imports: the diagnosis package imports this module
-# first whichever of the two is imported first (see ilp_ray/diagnosis/__init__.py).
-from ilp_ray.diagnosis.config import DiagnosisConfig  # noqa: E402
 
 
 class AuditConfig(_Section):

@@ -5,12 +5,8 @@ contract ``CauseDetector`` and its registry ``DETECTORS`` (``base.py``); the jud
 (``judges.py``); ``decide`` and ``cause_table`` (``decide.py``).
 
 Light on import (pydantic only; the rest loads on first attribute access): ``ilp_ray.config``
-imports ``DiagnosisConfig`` from here. Importing ``ilp_ray.config`` first makes the two modules'
-import order safe whichever is imported first (``ilp_ray.config`` defines ``_Section`` before it
-imports ``ilp_ray.diagnosis.config``).
+imports ``DiagnosisConfig`` from here.
 """
-
-import ilp_ray.config  # noqa: F401  (see the docstring: fixes the import order)
 
 CAUSES = ("sft_internal_conflict", "left_side_forgetting", "base_conflict", "base_knowledge_gap",
           "insufficient_training")

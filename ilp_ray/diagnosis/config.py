@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ilp_ray.config import TrackingConfig, _Section
+from ilp_ray.config_base import TrackingConfig, _Section
 
 _ALL = ("sft_internal_conflict", "left_side_forgetting", "base_conflict", "base_knowledge_gap",
         "insufficient_training")

@@ -1,0 +1,17 @@
+"""The base of every config section, and the tracking section every job shares (pydantic only).
+
+Kept apart from ``ilp_ray.config`` so that section modules of other packages (diagnosis, train,
+evidence) can build on it without importing the audit config, which in turn imports them.
+"""
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TrackingConfig(_Section):
+    enabled: bool = Field(True, description="Log the audit to MLflow.")
+    uri: str | None = Field(None, description="MLflow tracking URI; None: sqlite under the run root.")
+    experiment: str = Field("ilp-audit", description="MLflow experiment name.")
