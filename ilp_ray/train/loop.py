@@ -1,0 +1,281 @@
+"""``train_loop_per_worker``: the one training loop, for SFT and CPT, run by Ray Train on every rank.
+
+Per step, the global batch is the next ``batch_size × world`` entries of the epoch's order (the
+last batch wraps around to the order's start, so every rank has a full batch); rank r trains on
+every world-th of them. The loop checkpoints every ``checkpoint.every_steps`` steps and at the
+end, and on start resumes from ``ray.train.get_checkpoint()`` (the latest checkpoint of this run
+in Ray's storage) at the same step, epoch, position and order.
+
+Trajectories (SFT) are evaluated on rank 0 at the configured interval, at every epoch end and,
+when the sampler marks them (sequential order), after the last step of each subset.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Train one rank. ``config`` is the driver's plan (see ``ilp_ray.train.run.plan``):
+
+    ``kind`` ("sft"/"cpt"), ``cfg`` (the pydantic config), ``init_dir`` (the starting HF
+    checkpoint), ``payload`` (records or documents), ``items`` (trajectory MC items), ``run_path``,
+    ``tracking`` ({uri, run_id} or None) and ``slow_step_s`` (test hook: sleep per step).
+    """
+    import ray.train
+    import torch
+
+    from ilp_ray.env import apply_defaults
+    from ilp_ray.train import state as S
+    from ilp_ray.train.strategy import lr_at, make_strategy
+    from ilp_ray.train.tasks import build_task
+
+    apply_defaults(local_ray=False)
+    cfg, kind = config["cfg"], config["kind"]
+    torch.set_num_threads(cfg.scaling.threads_per_worker)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    run_path = Path(config["run_path"])
+
+    ckpt = ray.train.get_checkpoint()
+    resume_dir = None
+    if ckpt is not None:
+        resume_dir = Path(tempfile.mkdtemp(prefix="ilp-resume-"))
+        ckpt.to_directory(str(resume_dir))
+    torch.manual_seed(cfg.optim.seed)
+    model, tokenizer = _load(resume_dir or config["init_dir"], cfg.scaling.use_gpu)
+    task = build_task(kind, cfg, config["payload"], tokenizer)
+    strategy = make_strategy(model, cfg.optim, cfg.engine, cfg.scaling.use_gpu, cfg.optim.batch_size, world)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    st = {"step": 0, "epoch": 0, "position": 0, "order": None, "sampler": {}, "history": []}
+    if resume_dir is not None:
+        strategy.load(resume_dir / S.ENGINE)
+        saved = S.load_train_state(resume_dir)
+        S.set_rng_state(saved.pop("rng"))
+        st.update(saved)
+        if task.sampler is not None:
+            task.sampler.load_state_dict(st["sampler"])
+        shutil.rmtree(resume_dir, ignore_errors=True)
+    start_step = st["step"]
+    if resume_dir is not None and rank == 0:
+        print(f"ilp-train: resumed at step {start_step} (epoch {st['epoch']}, position {st['position']})",
+              flush=True)
+
+    logs = {"trajectory": S.RowLog(run_path / "ilp_logs" / "trajectory", rank == 0),
+            "batches": S.RowLog(run_path / "ilp_logs" / "batches", rank == 0)}
+    tracker = _tracker(config.get("tracking")) if rank == 0 else None
+    evaluator = _evaluator(config, task, tokenizer, pad_id) if rank == 0 else None
+    if rank == 0:
+        for rl in logs.values():
+            rl.truncate_after(start_step if resume_dir is not None else -1)
+        if tracker is not None and start_step == 0:
+            tracker.log_metrics({"data.truncated_prompts": task.truncated}, step=0)
+
+    G = cfg.optim.batch_size * world
+    epochs, max_steps = cfg.optim.epochs, cfg.optim.max_steps or math.inf
+    planned = min(max_steps, sum(math.ceil(len(task.order(e)) / G) for e in range(epochs)))
+    step, epoch = st["step"], st["epoch"]
+    timing = {"t0": None, "tokens": 0, "paused": 0.0, "steps": 0}
+    win = {"t": time.perf_counter(), "tokens": 0, "loss": 0.0, "n": 0}
+    last_eval_step = start_step if resume_dir is not None else -1
+    trained_epoch = epoch
+    slow = float(config.get("slow_step_s") or 0)
+    metrics: dict = {}
+
+    while epoch < epochs and step < max_steps:
+        resumed_epoch = st["order"] is not None and st["epoch"] == epoch
+        order = list(st["order"]) if resumed_epoch else task.order(epoch)
+        pos = st["position"] if resumed_epoch else 0
+        st["order"] = None
+        examples = task.examples(epoch)
+        sampler = task.sampler
+        bounds = _boundary_steps(order, task, epoch, G) if sampler and sampler.marks_subset_boundaries else set()
+        n_steps = math.ceil(len(order) / G)
+        while pos < n_steps and step < max_steps:
+            idx = [order[(pos * G + j) % len(order)] for j in range(G)]
+            batch = _collate([examples[i] for i in idx[rank::world]], pad_id, model)
+            strategy.set_lr(lr := lr_at(step, planned, cfg.optim))
+            if timing["t0"] is None and step - start_step >= cfg.timing_skip_steps:
+                timing["t0"] = time.perf_counter()
+            loss = strategy.forward(**batch).loss
+            strategy.backward_step(loss)
+            if slow:
+                time.sleep(slow)
+            step, pos, trained_epoch = step + 1, pos + 1, epoch
+            n_tok = int(batch["attention_mask"].sum()) * world
+            if timing["t0"] is not None:
+                timing["tokens"] += n_tok
+                timing["steps"] += 1
+            win["tokens"] += n_tok
+            win["loss"] += float(loss.detach())
+            win["n"] += 1
+            logs["batches"].extend([{"step": step, "epoch": epoch, "ids": [examples[i].id for i in idx]}])
+            if step % cfg.log_every == 0:
+                metrics = _window_metrics(win, world, lr, epoch)
+                if tracker is not None:
+                    tracker.log_metrics(metrics, step=step)
+            last = step >= max_steps or (epoch == epochs - 1 and pos == n_steps)
+            reasons = _eval_reasons(cfg, kind, step, pos, n_steps, bounds)
+            if reasons:
+                t = time.perf_counter()
+                new = _evaluate(evaluator, strategy.module, step, epoch, reasons, logs, tracker, st, sampler,
+                                order, pos, world, rank)
+                if new is not None:
+                    order = order[:pos * G] + new
+                    n_steps = math.ceil(len(order) / G)
+                    bounds = (_boundary_steps(order, task, epoch, G)
+                              if sampler and sampler.marks_subset_boundaries else set())
+                last_eval_step = step
+                timing["paused"] += time.perf_counter() - t
+            if step % cfg.checkpoint.every_steps == 0 and not last:
+                t = time.perf_counter()
+                _checkpoint(step, epoch, pos, order, st, task, strategy, tokenizer, logs, rank, run_path,
+                            {**metrics, "step": step, "epoch": epoch})
+                timing["paused"] += time.perf_counter() - t
+        if pos >= n_steps:
+            epoch += 1
+            pos = 0
+
+    # The end: a final evaluation (unless this step was just evaluated) and the final checkpoint.
+    if kind == "sft" and cfg.trajectory.enabled and last_eval_step != step and step > 0:
+        _evaluate(evaluator, strategy.module, step, trained_epoch, ["final"], logs, tracker, st, None,
+                  [], 0, world, rank)
+    end = time.perf_counter()
+    final = {**metrics, "step": step, "epoch": epoch, "done": 1}
+    if timing["t0"] is not None and timing["steps"]:
+        span = end - timing["t0"] - timing["paused"]
+        final.update({"steady_tokens_per_s": timing["tokens"] / span, "steady_steps": timing["steps"],
+                      "steady_seconds": span})
+    if tracker is not None:
+        tracker.log_metrics({k: v for k, v in final.items() if k.startswith("steady_")}, step=step)
+    # Always: the end's report carries the final metrics (a finished run restarted re-reports it).
+    _checkpoint(step, epoch, 0, [], st, task, strategy, tokenizer, logs, rank, run_path, final)
+
+
+def _load(path, use_gpu: bool):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    if use_gpu:
+        model = model.to("cuda")
+    model.train()
+    return model, AutoTokenizer.from_pretrained(str(path))
+
+
+def _collate(examples, pad_id: int, model):
+    from ilp_ray.train.sft_data import collate
+
+    dev = next(model.parameters()).device
+    return {k: v.to(dev) for k, v in collate(examples, pad_id).items()}
+
+
+def _boundary_steps(order, task, epoch: int, G: int) -> set[int]:
+    """Steps (1-based within the epoch) whose batch holds the last example of a subset."""
+    from ilp_ray.train.order import boundary_positions
+
+    return {p // G + 1 for p in boundary_positions(order, task.subsets(epoch))}
+
+
+def _eval_reasons(cfg, kind: str, step: int, pos: int, n_steps: int, bounds: set[int]) -> list[str]:
+    if kind != "sft" or not cfg.trajectory.enabled:
+        return []
+    every = cfg.trajectory.every_steps
+    reasons = [r for r, hit in (("interval", bool(every) and step % every == 0),
+                                ("subset_boundary", pos in bounds), ("epoch_end", pos == n_steps)) if hit]
+    return reasons
+
+
+def _evaluate(evaluator, module, step, epoch, reasons, logs, tracker, st, sampler, order, pos, world, rank):
+    """Rank 0 scores the trajectory sample; the sampler may revise the order (broadcast to all ranks)."""
+    from ilp_ray.train.order import Feedback
+    from ilp_ray.train.trajectory import metrics_of
+
+    new = None
+    if rank == 0 and evaluator is not None:
+        ev = evaluator.evaluate(module, step, epoch, "+".join(reasons))
+        logs["trajectory"].extend(ev.rows)
+        if tracker is not None:
+            tracker.log_metrics(metrics_of(ev), step=step)
+        log.info("trajectory at step %d (%s): acc %s, %.2fs", step, "+".join(reasons), ev.acc, ev.seconds)
+        if sampler is not None:
+            fb = Feedback(step=step, epoch=epoch, acc=ev.acc, p_correct=ev.p_correct, samples=ev.samples,
+                          history=tuple((s, dict(a)) for s, a in st["history"]))
+            new = sampler.revise(epoch, pos, order, fb)
+        st["history"].append((step, ev.acc))
+    if world > 1 and sampler is not None:
+        import torch.distributed as dist
+
+        box = [new]
+        dist.broadcast_object_list(box, src=0)
+        new = box[0]
+    return new
+
+
+def _checkpoint(step, epoch, pos, order, st, task, strategy, tokenizer, logs, rank, run_path, metrics):
+    import ray.train
+
+    from ilp_ray.train import state as S
+
+    for rl in logs.values():
+        rl.flush(step)
+    d = Path(tempfile.mkdtemp(prefix=f"ilp-ckpt-{step}-"))
+    try:
+        # No order: the next start computes epoch ``epoch``'s order afresh (the final checkpoint).
+        train_state = {"step": step, "epoch": epoch, "position": pos, "order": list(order) or None,
+                       "sampler": task.sampler.state_dict() if task.sampler else {}, "history": st["history"]}
+        marker = {"id": S.make_checkpoint_id(str(run_path), step), "step": step, "epoch": epoch,
+                  "run": str(run_path)}
+        S.save_checkpoint(d, rank=rank, module=strategy.module, tokenizer=tokenizer, strategy=strategy,
+                          train_state=train_state, marker=marker)
+        # Rank 0 carries the checkpoint; other ranks only when they hold a ZeRO partition of it.
+        has_part = rank == 0 or any((d / S.ENGINE).glob("*"))
+        ckpt = ray.train.Checkpoint.from_directory(str(d)) if has_part else None
+        ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"checkpoint_step{step:09d}")
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _window_metrics(win: dict, world: int, lr: float, epoch: int) -> dict:
+    """Loss (mean over the window's steps and ranks), lr and tokens/s since the last log; resets ``win``."""
+    loss = win["loss"] / max(win["n"], 1)
+    if world > 1:
+        import torch
+        import torch.distributed as dist
+
+        t = torch.tensor([loss])
+        dist.all_reduce(t)
+        loss = float(t) / world
+    now = time.perf_counter()
+    out = {"loss": loss, "lr": lr, "tokens_per_s": win["tokens"] / max(now - win["t"], 1e-9), "epoch": epoch}
+    win.update(t=now, tokens=0, loss=0.0, n=0)
+    return out
+
+
+def _tracker(tracking: dict | None):
+    if not tracking:
+        return None
+    from ilp_ray.track import MLflowTracker
+
+    tracker = MLflowTracker(tracking["uri"], tracking["experiment"])
+    tracker.run_id = tracking["run_id"]
+    return tracker
+
+
+def _evaluator(config, task, tokenizer, pad_id):
+    cfg = config["cfg"]
+    if config["kind"] != "sft" or not cfg.trajectory.enabled or not config.get("items"):
+        return None
+    from ilp_ray.train.trajectory import TrajectoryEvaluator
+
+    by_id = {e.id: e for e in task.examples(0)}
+    return TrajectoryEvaluator(config["items"], by_id, tokenizer, task.format, cfg.trajectory.batch_size,
+                               cfg.sft.max_length, pad_id)

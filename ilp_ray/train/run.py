@@ -1,0 +1,174 @@
+"""The driver of a training job: prepare data and the starting model, run ``TorchTrainer``, log.
+
+Run layout (``run_dir/name``, Ray Train's run folder)::
+
+    checkpoint_step<NNN>/       Ray Train checkpoints (HF model + train state + engine state)
+    init/                       the starting model of a ``tiny`` config (built once, reused on resume)
+    ilp_logs/trajectory/        trajectory rows, one file per checkpoint interval
+    ilp_logs/batches/           the example ids of every step's global batch
+    trajectory.parquet          all trajectory rows (written at the end; also an MLflow artifact)
+    ilp_run.json                the MLflow run id, so a restarted job logs into the same run
+
+Restarting the same config continues the run: Ray Train v2 restores the run's checkpoint manager
+from ``run_dir/name`` and ``ray.train.get_checkpoint()`` in the loop returns the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ilp_ray.train.config import CptTrainConfig, SftTrainConfig
+
+log = logging.getLogger(__name__)
+
+# Seconds to sleep per training step: lets the kill-and-resume test land its kill mid-run.
+_SLOW_STEP_S = float(os.environ.get("ILP_SLOW_STEP_S", "0") or 0)
+
+
+@dataclass
+class TrainResult:
+    run_path: Path
+    checkpoint: Path          # the final checkpoint: a HF checkpoint directory
+    checkpoint_id: str
+    metrics: dict[str, Any]   # the final report (step, loss, steady_tokens_per_s, …)
+    trajectory: Path | None   # trajectory.parquet (SFT with trajectories)
+    run_id: str | None        # MLflow run
+
+
+def training_texts(kind: str, payload: dict) -> list[str]:
+    """Texts a ``tiny`` model's tokenizer is trained on: the training data itself."""
+    if kind == "sft":
+        return [f"{r.prompt}\n{r.response}" for r in payload["records"]]
+    return list(payload["knowledge"]) + list(payload["general"])
+
+
+def prepare_model(cfg, kind: str, payload: dict, run_path: Path) -> Path:
+    """The starting checkpoint directory: a resolved spec, or a tiny model built (once) under ``init/``."""
+    from ilp_ray.models import resolve_model
+
+    if cfg.model.spec is not None:
+        return resolve_model(cfg.model.spec)
+    init = run_path / "init"
+    if (init / "config.json").is_file():  # a restarted job must start from the same weights
+        return init
+    from ilp_ray.models.tiny import make_tiny_llama, make_tiny_tokenizer
+
+    t = cfg.model.tiny
+    tokenizer = make_tiny_tokenizer(training_texts(kind, payload), vocab_size=t.vocab_size)
+    model = make_tiny_llama(tokenizer, seed=t.seed, hidden_size=t.hidden_size, num_layers=t.num_layers,
+                            num_heads=t.num_heads, num_kv_heads=t.num_kv_heads,
+                            max_position_embeddings=t.max_position_embeddings)
+    tmp = run_path / ".init-tmp"
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    os.replace(tmp, init)
+    return init
+
+
+def load_payload(cfg, kind: str) -> dict:
+    """Read and validate the training data on the driver (errors name file, line and field)."""
+    if kind == "sft":
+        from ilp_ray.data import read_sft
+
+        return {"records": read_sft(cfg.data)}
+    from ilp_ray.train.cpt_data import read_documents
+
+    m = cfg.mixture
+    return {"knowledge": read_documents(m.knowledge), "general": read_documents(m.general) if m.general else []}
+
+
+def _start_tracking(cfg, run_path: Path):
+    from ilp_ray.track import flatten, make_tracker
+
+    t = cfg.tracking
+    tracker = make_tracker(t.enabled, t.uri, t.experiment, cfg.run_dir)
+    if not t.enabled:
+        return tracker, None
+    marker = run_path / "ilp_run.json"
+    if marker.is_file():
+        tracker.run_id = json.loads(marker.read_text())["mlflow_run_id"]
+    else:
+        tracker.start(cfg.name, tags={"ilp.job": "train"})
+        tracker.log_params(flatten(cfg.model_dump(mode="json")))
+        marker.write_text(json.dumps({"mlflow_run_id": tracker.run_id}))
+    return tracker, {"uri": tracker.tracking_uri, "experiment": t.experiment, "run_id": tracker.run_id}
+
+
+def run_training(cfg: SftTrainConfig | CptTrainConfig) -> TrainResult:
+    """Run (or continue) the training job that ``cfg`` describes on Ray Train, and log it.
+
+    Raises:
+        DataError / ConfigError: bad data or config, before any Ray work starts.
+    """
+    from ilp_ray.env import apply_defaults, init_ray
+    from ilp_ray.train import checkpoint_id
+    from ilp_ray.train.state import read_rows
+
+    apply_defaults(local_ray=cfg.scaling.address is None)
+    kind = "sft" if isinstance(cfg, SftTrainConfig) else "cpt"
+    payload = load_payload(cfg, kind)
+    items = None
+    if kind == "sft":
+        from ilp_ray.train.order import make_sampler
+
+        # Fail on a bad sampler or subset_order now, not inside a Ray worker.
+        make_sampler(cfg.order.sampler, [r.subset for r in payload["records"]], cfg.order.seed,
+                     cfg.order.subset_order, dict(cfg.order.options))
+        if cfg.trajectory.enabled:
+            from ilp_ray.train.trajectory import build_items
+
+            items = build_items(payload["records"], cfg.trajectory)
+    run_path = Path(cfg.run_dir).resolve() / cfg.name
+    run_path.mkdir(parents=True, exist_ok=True)
+    init_dir = prepare_model(cfg, kind, payload, run_path)
+    tracker, tracking = _start_tracking(cfg, run_path)
+
+    init_ray(cfg.scaling.address)
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from ilp_ray.train.loop import train_loop_per_worker
+
+    s = cfg.scaling
+    resources = {"CPU": s.cpus_per_worker, **(s.resources_per_worker or {})}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"kind": kind, "cfg": cfg, "init_dir": str(init_dir), "payload": payload,
+                           "items": items, "run_path": str(run_path), "tracking": tracking,
+                           "slow_step_s": _SLOW_STEP_S},
+        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(storage_path=str(Path(cfg.run_dir).resolve()), name=cfg.name,
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep)))
+    try:
+        result = trainer.fit()
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    final = Path(result.checkpoint.path)
+    ckpt_id = checkpoint_id(final)
+    traj_path = None
+    rows = read_rows(run_path / "ilp_logs" / "trajectory")
+    if len(rows):
+        traj_path = run_path / "trajectory.parquet"
+        rows.to_parquet(traj_path, index=False)
+        tracker.log_artifact(traj_path, "trajectory")
+    tracker.set_tags({"ilp.checkpoint_id": ckpt_id, "ilp.checkpoint_path": str(final)})
+    if not _has_param(tracker, "final_checkpoint"):
+        tracker.log_params({"final_checkpoint": str(final)})
+    tracker.end("FINISHED")
+    return TrainResult(run_path=run_path, checkpoint=final, checkpoint_id=ckpt_id,
+                       metrics=dict(result.metrics or {}), trajectory=traj_path, run_id=tracker.run_id)
+
+
+def _has_param(tracker, key: str) -> bool:
+    """MLflow refuses to change a logged param; a restarted run must not try (it logs a tag anyway)."""
+    client = getattr(tracker, "_client", None)
+    if client is None or tracker.run_id is None:
+        return True
+    return key in client.get_run(tracker.run_id).data.params

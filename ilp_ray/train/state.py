@@ -1,0 +1,134 @@
+"""What a checkpoint holds, how it is written and read back, and the run's append-only row logs.
+
+A checkpoint directory is a loadable Hugging Face checkpoint (config, safetensors, tokenizer) that
+the audit core scores directly, plus:
+
+- ``ilp_checkpoint.json``: the checkpoint's stable id, step, epoch and run (``checkpoint_id``);
+- ``train_state.pt``: step, epoch, position within the epoch's order, that order itself, the order
+  sampler's state and the RNG states;
+- ``engine/``: the optimizer state (DeepSpeed's ZeRO partitions, one file per rank, or DDP's
+  optimizer ``state_dict``).
+
+Row logs (trajectories, the batches trained at each step) are buffered in memory and written at
+checkpoint time as ``<table>/upto-<step>.parquet``, covering the steps since the previous
+checkpoint. A resumed run deletes every file past its checkpoint's step before it starts, so the
+rows it recomputes are never duplicated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+MARKER = "ilp_checkpoint.json"
+STATE = "train_state.pt"
+ENGINE = "engine"
+
+
+def make_checkpoint_id(run_path: str, step: int) -> str:
+    """A stable id: the run's storage path and the step, hashed (the same on every rank and retry)."""
+    return hashlib.sha256(f"{run_path}|step={step}".encode()).hexdigest()[:16]
+
+
+def checkpoint_id(path: str | os.PathLike) -> str:
+    """The id of a saved checkpoint, as MLflow tags name it (``ilp.checkpoint_id``).
+
+    Read from the checkpoint's ``ilp_checkpoint.json``, so it does not change when the directory
+    is copied or moved. A directory without one (a checkpoint from elsewhere) gets a hash of its
+    resolved path.
+    """
+    marker = Path(path) / MARKER
+    if marker.is_file():
+        return json.loads(marker.read_text())["id"]
+    return hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:16]
+
+
+def rng_state() -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    import numpy as np
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def save_checkpoint(directory: Path, *, rank: int, module, tokenizer, strategy, train_state: dict,
+                    marker: dict) -> None:
+    """Write this rank's part of a checkpoint into ``directory`` (a fresh local folder per rank).
+
+    Rank 0 writes the HF model, tokenizer, train state and marker; every rank writes its engine
+    state (DeepSpeed partitions have per-rank names, so Ray Train merges them into one folder).
+    """
+    import torch
+
+    directory.mkdir(parents=True, exist_ok=True)
+    strategy.save(directory / ENGINE, rank)
+    if rank != 0:
+        return
+    module.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    torch.save({**train_state, "rng": rng_state()}, directory / STATE)
+    (directory / MARKER).write_text(json.dumps(marker, indent=1))
+
+
+def load_train_state(directory: Path) -> dict:
+    import torch
+
+    return torch.load(directory / STATE, weights_only=False)
+
+
+class RowLog:
+    """Rows appended during training, written at checkpoints as ``<root>/upto-<step>.parquet``."""
+
+    def __init__(self, root: Path, enabled: bool = True):
+        self.root, self.enabled = Path(root), enabled
+        self.rows: list[dict] = []
+
+    def truncate_after(self, step: int) -> None:
+        """Delete files written after ``step`` (by a run that died before its next checkpoint
+        counted); with ``step`` < 0 delete all (a fresh start)."""
+        if not self.root.is_dir():
+            return
+        for f in self.root.glob("upto-*.parquet"):
+            if int(f.stem.split("-")[1]) > step:
+                f.unlink()
+        for f in self.root.glob(".tmp-*"):
+            f.unlink()
+
+    def extend(self, rows: list[dict]) -> None:
+        if self.enabled:
+            self.rows.extend(rows)
+
+    def flush(self, step: int) -> None:
+        """Write the buffered rows as ``upto-<step>.parquet`` (atomically), then forget them."""
+        if not self.enabled or not self.rows:
+            return
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".tmp-{os.getpid()}.parquet"
+        pq.write_table(pa.Table.from_pylist(self.rows), tmp)
+        os.replace(tmp, self.root / f"upto-{step:09d}.parquet")
+        self.rows = []
+
+
+def read_rows(root: str | os.PathLike):
+    """All row-log files under ``root`` as one pandas DataFrame, in step order (empty if none)."""
+    import pandas as pd
+
+    files = sorted(Path(root).glob("upto-*.parquet"))
+    if not files:
+        return pd.DataFrame()
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)

@@ -1,0 +1,109 @@
+"""Per-sample learning trajectories: p(correct) and SFT loss of a fixed MC sample during training.
+
+The MC items are built once, before training, from the whole training set (the audit's own
+``build_mc_items``), then a seeded sample of at most ``max_items`` is kept, so the cost of one
+evaluation is bounded whatever the data size. Each evaluation scores the items with the audit
+core's ``TransformersEngine`` on the live (unwrapped) model, so a trajectory's last point and a
+later audit of the saved checkpoint agree.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ilp_ray.records import McItem, SftRecord
+from ilp_ray.train.config import TrajectoryConfig
+
+COLUMNS = ("step", "epoch", "reason", "id", "subset", "p_correct", "correct", "loss")
+
+
+def build_items(records: Sequence[SftRecord], cfg: TrajectoryConfig) -> list[McItem]:
+    """MC items for the trajectory sample: all records' items, then a seeded sample of ``max_items``.
+
+    Distractors come from the whole set (a sample-only search would give easier items).
+    """
+    from ilp_ray.data import HashingEmbedder, build_mc_items
+
+    embedder = HashingEmbedder() if cfg.embedder == "hashing" else None
+    items = build_mc_items(records, k=cfg.k, seed=cfg.seed, embedder=embedder)
+    if len(items) <= cfg.max_items:
+        return items
+    keep = np.sort(np.random.default_rng(cfg.seed).choice(len(items), cfg.max_items, replace=False))
+    return [items[i] for i in keep.tolist()]
+
+
+@dataclass
+class Evaluation:
+    rows: list[dict]
+    acc: dict[str, float]
+    p_correct: dict[str, float]
+    samples: dict[str, float]
+    seconds: float
+
+
+class TrajectoryEvaluator:
+    """Scores the trajectory sample with the live model (rank 0 only).
+
+    Args:
+        items: the MC items (ids are training example ids).
+        examples: the training ``Example`` of each item, by id (for the per-sample SFT loss).
+        tokenizer: the model's tokenizer.
+        fmt: the scoring format, the one the SFT examples were rendered in.
+        batch_size: items per scoring batch.
+        max_length: the training max_length (prompts beyond it are left-truncated, as in training).
+        pad_id: padding token id.
+    """
+
+    def __init__(self, items: Sequence[McItem], examples: dict, tokenizer, fmt: str, batch_size: int,
+                 max_length: int, pad_id: int):
+        self.items = list(items)
+        self.examples = [examples[it.id] for it in self.items]
+        self.tokenizer, self.fmt = tokenizer, fmt
+        self.batch_size, self.max_length, self.pad_id = batch_size, max_length, pad_id
+
+    def evaluate(self, model, step: int, epoch: int, reason: str) -> Evaluation:
+        """Score every item with ``model`` in eval mode under no_grad; leaves it in train mode."""
+        import torch
+
+        from ilp_ray.metrics import option_probs, pad_ragged, pass_expected
+        from ilp_ray.scoring.hf import TransformersEngine
+        from ilp_ray.train.sft_data import per_sample_loss
+
+        t0 = time.perf_counter()
+        try:
+            with torch.no_grad():
+                engine = TransformersEngine((model, self.tokenizer), fmt=self.fmt, batch_size=self.batch_size,
+                                            max_length=self.max_length, tag="trajectory")  # sets eval mode
+                scores = engine.score(self.items)
+                losses = per_sample_loss(model, self.examples, self.pad_id, self.batch_size)
+        finally:
+            model.train()
+        probs = option_probs(pad_ragged([s.logprob_sum for s in scores], -np.inf))
+        answers = np.array([it.answer for it in self.items])
+        p = pass_expected(probs, answers)
+        correct = probs.argmax(axis=1) == answers
+        rows = [{"step": step, "epoch": epoch, "reason": reason, "id": it.id, "subset": it.subset,
+                 "p_correct": float(p[i]), "correct": bool(correct[i]), "loss": float(losses[i])}
+                for i, it in enumerate(self.items)]
+        acc, pc = defaultdict(list), defaultdict(list)
+        for r in rows:
+            acc[r["subset"]].append(r["correct"])
+            pc[r["subset"]].append(r["p_correct"])
+        return Evaluation(rows=rows, acc={s: float(np.mean(v)) for s, v in acc.items()},
+                          p_correct={s: float(np.mean(v)) for s, v in pc.items()},
+                          samples={r["id"]: r["p_correct"] for r in rows},
+                          seconds=time.perf_counter() - t0)
+
+
+def metrics_of(ev: Evaluation) -> dict[str, float]:
+    """MLflow metrics of one evaluation: per-subset accuracy and p(correct), overall, and its cost."""
+    out = {f"traj.acc.{s}": v for s, v in ev.acc.items()}
+    out.update({f"traj.p_correct.{s}": v for s, v in ev.p_correct.items()})
+    out["traj.acc"] = float(np.mean([r["correct"] for r in ev.rows]))
+    out["traj.seconds"] = ev.seconds
+    return out

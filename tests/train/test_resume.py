@@ -1,0 +1,92 @@
+"""A real SFT job killed mid-run (SIGKILL of its process group) resumes where its checkpoint left it."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.train.conftest import train_config
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def _start(cfg_path: Path, log: Path, slow_s: float) -> subprocess.Popen:
+    env = {**os.environ, "ILP_SLOW_STEP_S": str(slow_s)}
+    return subprocess.Popen([sys.executable, str(ROOT / "jobs" / "sft.py"), "--config", str(cfg_path)],
+                            cwd=ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def _latest_registered(run: Path) -> int:
+    """The step of the latest checkpoint in Ray Train's run snapshot (what a restart resumes from)."""
+    try:
+        latest = json.loads((run / "checkpoint_manager_snapshot.json").read_text())["latest_checkpoint_result"]
+    except (FileNotFoundError, json.JSONDecodeError):
+        return -1
+    return latest["metrics"]["step"] if latest else -1
+
+
+def _pgroup_pids(pgid: int) -> list[int]:
+    out = subprocess.run(["ps", "-eo", "pid=,pgid="], capture_output=True, text=True, check=True).stdout.split("\n")
+    return [int(p) for p, g in (line.split() for line in out if line.strip()) if int(g) == pgid]
+
+
+def test_killed_job_resumes_at_its_checkpoint(tmp_path, interference_jsonl, ray_session):
+    import pandas as pd
+
+    from ilp_ray.train.config import SftTrainConfig
+    from ilp_ray.train.run import run_training
+
+    # 16 records, batch 4, 15 epochs: 60 steps, reshuffled every epoch; a checkpoint every 10.
+    over = {"order.sampler": "shuffled", "optim.epochs": 15, "checkpoint.every_steps": 10,
+            "trajectory.every_steps": 5, "engine.strategy": "deepspeed"}
+    cfg = train_config(interference_jsonl, tmp_path / "runs", "killed", **over)
+    cfg_path = tmp_path / "sft.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "runs" / "killed"
+
+    job = _start(cfg_path, tmp_path / "first.log", slow_s=0.25)
+    deadline = time.time() + 240
+    while _latest_registered(run) < 20:
+        assert job.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        assert time.time() < deadline, "no checkpoint registered in time"
+        time.sleep(0.2)
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+    for pid in _pgroup_pids(job.pid):  # anything of that group still alive (there should be none)
+        os.kill(pid, signal.SIGKILL)
+    killed_at = _latest_registered(run)
+    assert 20 <= killed_at < 60
+
+    job = _start(cfg_path, tmp_path / "second.log", slow_s=0)
+    assert job.wait(timeout=300) == 0, (tmp_path / "second.log").read_text()[-3000:]
+    second = (tmp_path / "second.log").read_text()
+    assert f"ilp-train: resumed at step {killed_at} " in second
+    assert "trained to step 60" in second
+
+    ref = run_training(SftTrainConfig.model_validate(train_config(interference_jsonl, tmp_path / "runs",
+                                                                  "uninterrupted", **over)))
+    assert ref.metrics["step"] == 60
+
+    def logs(name):
+        batches = pd.read_parquet(tmp_path / "runs" / name / "ilp_logs" / "batches")
+        traj = pd.read_parquet(tmp_path / "runs" / name / "trajectory.parquet")
+        return batches, traj
+
+    (b, t), (rb, rt) = logs("killed"), logs("uninterrupted")
+    # Same steps, each once, and the same examples at every step as the uninterrupted run.
+    assert b.step.tolist() == list(range(1, 61))
+    assert [list(x) for x in b.ids] == [list(x) for x in rb.ids]
+    # The trajectory: no (step, id) twice, the same evaluation steps, and the same figures.
+    assert not t.duplicated(["step", "id"]).any()
+    assert sorted(set(t.step)) == sorted(set(rt.step))
+    merged = t.merge(rt, on=["step", "id"], suffixes=("", "_ref"))
+    assert len(merged) == len(rt)
+    assert (merged.p_correct - merged.p_correct_ref).abs().max() < 1e-3
