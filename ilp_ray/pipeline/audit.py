@@ -261,7 +261,7 @@ def run_audit(cfg: AuditConfig, progress: bool = True) -> AuditResult:
     S.write_json_atomic(summary, run_dir / "summary.json")
 
     tracker = make_tracker(cfg.tracking.enabled, cfg.tracking.uri, cfg.tracking.experiment, run_dir.parent)
-    with tracker.start(cfg.name or run_dir.name, tags={"ilp.kind": "audit", "ilp.sft_model": cfg.sft_model}):
+    with tracker.start(cfg.name or run_dir.name, tags=_run_tags(cfg)):
         tracker.log_params(flatten(cfg.model_dump()))
         tracker.log_metrics(_metric_view(summary))
         tracker.log_artifact(run_dir / "summary.json")
@@ -272,6 +272,17 @@ def run_audit(cfg: AuditConfig, progress: bool = True) -> AuditResult:
             diag = cfg.diagnose if cfg.diagnose.data else cfg.diagnose.model_copy(update={"data": cfg.data})
             run_diagnosis(run_dir, diag, tracker=tracker)
     return AuditResult(run_dir, summary, verdicts, tracker.run_id, tracker.tracking_uri)
+
+
+def _run_tags(cfg: AuditConfig) -> dict[str, str]:
+    """MLflow tags; ``ilp.checkpoint_id`` links the audit to the training run that made the model."""
+    from ilp_ray.train.state import checkpoint_id
+
+    tags = {"ilp.kind": "audit", "ilp.sft_model": cfg.sft_model}
+    for key, spec in (("ilp.checkpoint_id", cfg.sft_model), ("ilp.base_checkpoint_id", cfg.base_model)):
+        if spec and Path(spec).expanduser().is_dir():
+            tags[key] = checkpoint_id(Path(spec).expanduser())
+    return tags
 
 
 def _write_verdicts(df, folder: Path, size: int) -> None:

@@ -67,12 +67,16 @@ def test_summary_and_files(first_run):
     assert len(list((first_run.run_dir / "verdicts").glob("shard-*.parquet"))) == 3
 
 
-def test_mlflow_run_has_params_metrics_artifacts(first_run):
+def test_mlflow_run_has_params_metrics_artifacts(first_run, tiny_checkpoints):
     import mlflow
+
+    from ilp_ray.train.state import checkpoint_id
 
     client = mlflow.MlflowClient(tracking_uri=first_run.tracking_uri)
     run = client.get_run(first_run.run_id)
     assert run.info.status == "FINISHED"
+    assert run.data.tags["ilp.checkpoint_id"] == checkpoint_id(tiny_checkpoints["sft"])
+    assert run.data.tags["ilp.base_checkpoint_id"] == checkpoint_id(tiny_checkpoints["base"])
     assert run.data.params["detect.n"] == "5" and run.data.params["mc.k"] == "3"
     assert run.data.metrics["accuracy"] == pytest.approx(first_run.summary["accuracy"])
     assert "subset.geo.learn_rate" in run.data.metrics
