@@ -48,6 +48,10 @@ def print_summary(result: Any, top: int = 5) -> None:
                       _short(r["options"][r["answer"]], 30), _short(r["options"][r["pred"]], 30),
                       f"{r['pass_expected']:.3f}")
         con.print(w)
+    if getattr(result, "diagnosis", None) is not None:
+        from ilp_ray.diagnosis.run import print_result
+
+        print_result(result.diagnosis)
     con.print(f"results: {result.run_dir}/verdicts/ (Parquet), {result.run_dir}/summary.json")
     if result.run_id:
         con.print(f"MLflow run {result.run_id}: mlflow ui --backend-store-uri {result.tracking_uri}")

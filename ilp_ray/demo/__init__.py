@@ -16,8 +16,10 @@ def demo_data_path() -> str:
 
 def demo_config(run_dir: str = "runs/demo"):
     from ilp_ray.config import AuditConfig, DetectConfig, RayConfig, ScoringConfig
+    from ilp_ray.diagnosis.config import DiagnosisConfig
 
     return AuditConfig(data=demo_data_path(), sft_model="smollm2-135m", run_dir=run_dir, name="demo",
                        scoring=ScoringConfig(format="lm-eval", batch_size=16),
                        detect=DetectConfig(top_k=20),
-                       ray=RayConfig(num_actors=1, cpus_per_actor=1.0, shard_size=32))
+                       ray=RayConfig(num_actors=1, cpus_per_actor=1.0, shard_size=32),
+                       diagnose=DiagnosisConfig(enabled=True))

@@ -42,6 +42,7 @@ class AuditResult:
     verdicts: Any  # pandas.DataFrame
     run_id: str | None
     tracking_uri: str | None
+    diagnosis: Any = None  # DiagnosisResult when diagnose.enabled
 
 
 # --------------------------------------------------------------------------- stages
@@ -261,6 +262,7 @@ def run_audit(cfg: AuditConfig, progress: bool = True) -> AuditResult:
     S.write_json_atomic(summary, run_dir / "summary.json")
 
     tracker = make_tracker(cfg.tracking.enabled, cfg.tracking.uri, cfg.tracking.experiment, run_dir.parent)
+    diagnosis = None
     with tracker.start(cfg.name or run_dir.name, tags=_run_tags(cfg)):
         tracker.log_params(flatten(cfg.model_dump()))
         tracker.log_metrics(_metric_view(summary))
@@ -270,8 +272,8 @@ def run_audit(cfg: AuditConfig, progress: bool = True) -> AuditResult:
             from ilp_ray.diagnosis.run import run_diagnosis
 
             diag = cfg.diagnose if cfg.diagnose.data else cfg.diagnose.model_copy(update={"data": cfg.data})
-            run_diagnosis(run_dir, diag, tracker=tracker)
-    return AuditResult(run_dir, summary, verdicts, tracker.run_id, tracker.tracking_uri)
+            diagnosis = run_diagnosis(run_dir, diag, tracker=tracker)
+    return AuditResult(run_dir, summary, verdicts, tracker.run_id, tracker.tracking_uri, diagnosis)
 
 
 def _run_tags(cfg: AuditConfig) -> dict[str, str]:
