@@ -149,26 +149,18 @@ def test_killed_job_resumes_without_recomputing(tmp_path, facts_jsonl, tiny_chec
 
 def test_mlflow_ui_server_shows_the_run(first_run):
     """`mlflow ui` over the same sqlite store lists the audit run (real server, real HTTP)."""
-    import socket
     import urllib.request
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from tests.helpers import free_port, wait_http
+
+    port = free_port()
     mlflow_bin = Path(sys.executable).with_name("mlflow")
     proc = subprocess.Popen([str(mlflow_bin), "server", "--backend-store-uri", first_run.tracking_uri,
                              "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/health", timeout=2)
-                break
-            except OSError:
-                assert time.time() < deadline and proc.poll() is None, "mlflow server did not start"
-                time.sleep(0.5)
+        wait_http(f"{base}/health", timeout=90, proc=proc)
         req = urllib.request.Request(
             f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=ilp-audit")
         exp = json.load(urllib.request.urlopen(req, timeout=10))["experiment"]

@@ -2,7 +2,6 @@
 
 import concurrent.futures as cf
 import json
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -10,13 +9,9 @@ import urllib.request
 import numpy as np
 import pytest
 
+from tests.helpers import free_port, wait_http
+
 TOKEN = "test-token-123"
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +22,7 @@ def service(ray_session, tiny_checkpoints, tmp_path_factory):
 
     root = tiny_checkpoints["sft"].parent  # ids: "sft", "base"
     data_root = tmp_path_factory.mktemp("serve-data")
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     app = build_app({"checkpoint_roots": [str(root)], "allow_bundled": False, "batch_size": 4,
                      "limits": {"max_items": 8, "max_n": 50, "max_item_chars": 400},
@@ -35,14 +30,7 @@ def service(ray_session, tiny_checkpoints, tmp_path_factory):
                      "data_roots": [str(data_root)]})
     serve.run(app, name="ilp", route_prefix="/", blocking=False)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{base}/healthz", timeout=2)
-            break
-        except OSError:
-            assert time.time() < deadline, "service did not come up"
-            time.sleep(0.5)
+    wait_http(f"{base}/healthz")
     yield {"url": base, "root": root, "data_root": data_root}
     serve.shutdown()
 
