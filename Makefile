@@ -41,8 +41,12 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -q --timeout=300 -m "not slow" tests
 
+# Each prints its figures and ends with one JSON line; docs/benchmarks.md records them.
 bench: install
-	$(BIN)/python bench/score_throughput.py
+	OMP_NUM_THREADS=2 $(BIN)/python bench/score_throughput.py
+	$(BIN)/python bench/serve.py
+	$(BIN)/python bench/train_overhead.py
+	$(BIN)/python bench/conflicts.py
 
 lint: install
 	$(BIN)/ruff check ilp_ray jobs tests bench
