@@ -132,6 +132,10 @@ from ilp_ray.train.cli import train_app  # noqa: E402  (typer only; training imp
 
 app.add_typer(train_app, name="train")
 
+from ilp_ray.evidence.cli import corpus_app  # noqa: E402  (typer only; corpus imports load per command)
+
+app.add_typer(corpus_app, name="corpus")
+
 
 def main() -> None:  # pragma: no cover - console script shim
     app()

@@ -12,10 +12,6 @@ Judges live in ``JUDGES`` (lazy entries; ``"module:attr"`` strings work for your
 
 from __future__ import annotations
 
-import json
-import os
-import urllib.error
-import urllib.request
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -127,25 +123,13 @@ class LlmJudge(ConflictJudge):
         return [self._one(p) for p in pairs]
 
     def _one(self, p: ConflictPair) -> str:
-        url = self.cfg.judge_url.rstrip("/") + "/v1/chat/completions"
-        body = {"model": self.cfg.judge_model, "temperature": 0, "max_tokens": 4,
-                "messages": [{"role": "system", "content": "You check facts in training data."},
-                             {"role": "user", "content": PROMPT.format(**p.__dict__)}]}
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.cfg.judge_api_key_env)
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
-        try:
-            with urllib.request.urlopen(req, timeout=self.cfg.judge_timeout_s) as resp:
-                reply = json.loads(resp.read().decode())
-        except (urllib.error.URLError, TimeoutError, json.JSONDecodeError) as e:
-            raise RuntimeError(f"conflict judge at {url} failed: {e}") from e
-        try:
-            text = str(reply["choices"][0]["message"]["content"])
-        except (KeyError, IndexError, TypeError) as e:
-            raise RuntimeError(f"conflict judge at {url}: no choices[0].message.content in {reply!r:.200}") from e
-        word = text.strip().split()[0].strip(".:,!\"'").lower() if text.strip() else ""
+        from ilp_ray.llm_client import chat_first_word
+
+        word = chat_first_word(
+            self.cfg.judge_url, self.cfg.judge_model,
+            [{"role": "system", "content": "You check facts in training data."},
+             {"role": "user", "content": PROMPT.format(**p.__dict__)}],
+            api_key_env=self.cfg.judge_api_key_env, timeout=self.cfg.judge_timeout_s, who="conflict judge")
         return self._WORDS.get(word, "undecided")
 
 

@@ -13,8 +13,6 @@ Empty documents are errors (they name the file and line/row): they would only wa
 
 from __future__ import annotations
 
-import gzip
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,65 +24,24 @@ from ilp_ray.errors import DataError
 def read_documents(path: str | Path) -> list[str]:
     """Read a document file (see the module docstring for the formats).
 
+    One reader serves CPT and the corpus index (``ilp_ray.evidence.corpus_files``), so a corpus
+    file means the same documents to both.
+
     Raises:
-        DataError: unreadable file, unknown extension, a row without a non-empty string ``text``
-            (names the line or row), or no documents at all.
+        DataError: unreadable file, unknown extension, a bad row (names the line or row), or no
+            documents at all.
     """
+    from ilp_ray.evidence.corpus_files import file_kind
+    from ilp_ray.evidence.corpus_files import read_documents as iter_documents
+
     name = str(path)
-    low = name.lower().removesuffix(".gz")
     if not Path(name).is_file():
         raise DataError("document file does not exist", file=name)
-    if low.endswith((".jsonl", ".ndjson")):
-        docs = _jsonl(name)
-    elif low.endswith((".parquet", ".pq")):
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(name)
-        if "text" not in table.column_names:
-            raise DataError(f"no 'text' column (columns: {', '.join(table.column_names)})", file=name, field="text")
-        docs = table.column("text").to_pylist()
-        for i, d in enumerate(docs):
-            if not isinstance(d, str) or not d.strip():
-                raise DataError("expected a non-empty string", file=name, line=i + 1, field="text")
-    elif low.endswith(".txt"):
-        text = _read_text(name)
-        docs, cur = [], []
-        for line in text.splitlines():
-            if line.strip():
-                cur.append(line)
-            elif cur:
-                docs.append("\n".join(cur))
-                cur = []
-        if cur:
-            docs.append("\n".join(cur))
-    else:
+    if file_kind(name) is None:
         raise DataError("unsupported document file; use .jsonl, .parquet or .txt", file=name)
+    docs = [text for _, text in iter_documents(name, Path(name).read_bytes())]
     if not docs:
         raise DataError("no documents", file=name)
-    return docs
-
-
-def _read_text(name: str) -> str:
-    try:
-        raw = Path(name).read_bytes()
-        return (gzip.decompress(raw) if name.endswith(".gz") else raw).decode("utf-8")
-    except (OSError, UnicodeDecodeError, gzip.BadGzipFile) as e:
-        raise DataError(f"cannot read: {e}", file=name) from e
-
-
-def _jsonl(name: str) -> list[str]:
-    docs = []
-    for n, line in enumerate(_read_text(name).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"invalid JSON: {e.msg}", file=name, line=n) from e
-        text = row.get("text") if isinstance(row, dict) else None
-        if not isinstance(text, str) or not text.strip():
-            raise DataError("expected a non-empty string", file=name, line=n, field="text")
-        docs.append(text)
     return docs
 
 

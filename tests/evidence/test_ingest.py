@@ -1,0 +1,97 @@
+"""Corpus ingest with Ray Data: formats, resumability, idempotent ids, and bad input."""
+
+import json
+
+import pytest
+
+from ilp_ray.errors import DataError
+from ilp_ray.evidence.config import ChunkConfig, IndexConfig, IngestConfig
+from ilp_ray.evidence.corpus_files import chunk_words, expand_inputs, read_documents
+from ilp_ray.evidence.index import open_index
+from ilp_ray.evidence.ingest import ingest, manifest_path
+
+
+def write_corpus(root):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "a.jsonl").write_text("\n".join(json.dumps(r) for r in [
+        {"id": "fr", "text": "Paris is the capital of France."},
+        {"id": 7, "text": "Tokyo is the capital of Japan."},
+        {"text": "Bees make honey."}]) + "\n\n")
+    (root / "b.txt").write_text("Rome is the capital\nof Italy.\n\n  \nMadrid is the capital of Spain.\n")
+    pq.write_table(pa.table({"id": ["k"], "text": ["Nairobi is the capital of Kenya."]}), root / "c.parquet")
+    return root
+
+
+def run(inputs, loc, **kw):
+    return ingest([str(i) for i in inputs], IndexConfig(location=str(loc)), ChunkConfig(words=8, overlap=2),
+                  IngestConfig(), progress=False, **kw)
+
+
+def test_chunk_rule():
+    words = " ".join(str(i) for i in range(25))
+    assert chunk_words(words, 10, 3) == ["0 1 2 3 4 5 6 7 8 9", "7 8 9 10 11 12 13 14 15 16",
+                                         "14 15 16 17 18 19 20 21 22 23", "21 22 23 24"]
+    assert chunk_words("one two", 10, 3) == ["one two"]
+    assert chunk_words("   ", 10, 3) == []
+
+
+def test_text_blocks_and_ids():
+    docs = list(read_documents("x.txt", b"Rome is\nthe capital.\n\n\n  \nMadrid.\n"))
+    assert [t for _, t in docs] == ["Rome is\nthe capital.", "Madrid."]  # lines kept (CPT reads these too)
+    ids = [i for i, _ in read_documents("x.jsonl", b'{"id": 3, "text": "t"}\n{"text": "t"}\n')]
+    assert ids[0] == "3" and len(ids[1]) == 16
+
+
+def test_ingest_resume_and_idempotent(ray_session, tmp_path):
+    corpus = write_corpus(tmp_path / "corpus")
+    loc = tmp_path / "idx"
+    r1 = run([corpus / "a.jsonl", str(corpus / "*.txt"), corpus / "c.parquet"], loc)
+    assert (r1["files"], r1["docs"], r1["index_passages"]) == (3, 6, 6)
+    assert r1["passages_per_s"] > 0 and r1["index_bytes"] > 0
+    with open_index(IndexConfig(location=str(loc)), must_exist=True) as ix:
+        assert ix.search(["capital of Italy"], 1)[0][0].text == "Rome is the capital of Italy."
+    r2 = run([corpus], loc)  # the directory: same three files, all done
+    assert (r2["files"], r2["files_skipped"], r2["index_passages"]) == (0, 3, 6)
+    # A job killed after indexing but before the manifest: everything is redone, nothing doubles.
+    manifest_path(IndexConfig(location=str(loc))).unlink()
+    r3 = run([corpus], loc)
+    assert (r3["files"], r3["index_passages"]) == (3, 6)
+    # A changed file is re-read; only its new passages are added.
+    with open(corpus / "a.jsonl", "a") as f:
+        f.write(json.dumps({"id": "pe", "text": "Lima is the capital of Peru."}) + "\n")
+    r4 = run([corpus], loc)
+    assert (r4["files"], r4["files_skipped"], r4["index_passages"]) == (1, 2, 7)
+    assert run([corpus], loc)["files_skipped"] == 3  # the changed file is recorded again
+
+
+def test_bad_line_names_file_and_line(ray_session, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n\n{"text": 3}\n')
+    with pytest.raises(DataError) as e:
+        run([bad], tmp_path / "idx")
+    assert str(e.value).startswith(f"{bad}:3: field 'text'")
+    bad.write_text('{"text": "fine"}\n{oops\n')
+    with pytest.raises(DataError, match=r"bad\.jsonl:2: invalid JSON"):
+        run([bad], tmp_path / "idx")
+
+
+def test_empty_corpus_and_missing_input(ray_session, tmp_path):
+    (tmp_path / "empty.txt").write_text("\n\n   \n")
+    with pytest.raises(DataError, match="empty corpus"):
+        run([tmp_path / "empty.txt"], tmp_path / "idx")
+    with pytest.raises(DataError, match="no corpus files found"):
+        expand_inputs([str(tmp_path / "nope-*.jsonl")])
+    (tmp_path / "x.csv").write_text("a\n")
+    with pytest.raises(DataError, match="unsupported corpus file type"):
+        expand_inputs([str(tmp_path / "x.csv")])
+
+
+def test_reading_a_missing_index_is_an_error(tmp_path):
+    from ilp_ray.evidence.index import EvidenceError
+
+    with pytest.raises(EvidenceError, match="no tantivy index"):
+        open_index(IndexConfig(location=str(tmp_path / "typo")), must_exist=True)
+    assert not (tmp_path / "typo").exists()
