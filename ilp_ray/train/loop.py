@@ -12,6 +12,7 @@ when the sampler marks them (sequential order), after the last step of each subs
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import shutil
@@ -68,6 +69,11 @@ def train_loop_per_worker(config: dict) -> None:
     if resume_dir is not None and rank == 0:
         print(f"ilp-train: resumed at step {start_step} (epoch {st['epoch']}, position {st['position']})",
               flush=True)
+        # Also on disk: a worker's stdout reaches the driver asynchronously and can be cut off.
+        resumes = run_path / "ilp_logs" / "resumes.jsonl"
+        resumes.parent.mkdir(parents=True, exist_ok=True)
+        with open(resumes, "a") as f:
+            f.write(json.dumps({"step": start_step, "epoch": st["epoch"], "position": st["position"]}) + "\n")
 
     logs = {"trajectory": S.RowLog(run_path / "ilp_logs" / "trajectory", rank == 0),
             "batches": S.RowLog(run_path / "ilp_logs" / "batches", rank == 0)}
