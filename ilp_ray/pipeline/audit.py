@@ -32,9 +32,6 @@ log = logging.getLogger(__name__)
 # Seconds to sleep per shard: lets the kill-and-resume test land its kill mid-run. Zero otherwise.
 _SLOW_SHARD_S = float(os.environ.get("ILP_SLOW_SHARD_S", "0") or 0)
 
-ITEM_COLUMNS = ("id", "question", "options", "answer", "distractor_ids", "subset", "position")
-
-
 @dataclass
 class AuditResult:
     run_dir: Path
