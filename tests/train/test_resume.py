@@ -1,5 +1,6 @@
 """A real SFT job killed mid-run (SIGKILL of its process group) resumes where its checkpoint left it."""
 
+import contextlib
 import json
 import os
 import signal
@@ -33,9 +34,26 @@ def _latest_registered(run: Path) -> int:
     return latest["metrics"]["step"] if latest else -1
 
 
-def _pgroup_pids(pgid: int) -> list[int]:
-    out = subprocess.run(["ps", "-eo", "pid=,pgid="], capture_output=True, text=True, check=True).stdout.split("\n")
-    return [int(p) for p, g in (line.split() for line in out if line.strip()) if int(g) == pgid]
+def _session_pids(sid: int) -> list[int]:
+    """Live processes of session ``sid`` (zombies are already dead: they only wait to be reaped)."""
+    out = subprocess.run(["ps", "-eo", "pid=,sid=,stat="], capture_output=True, text=True, check=True).stdout
+    rows = (line.split() for line in out.splitlines() if line.strip())
+    return [int(p) for p, s, stat in rows if int(s) == sid and not stat.startswith("Z")]
+
+
+def _kill_session(sid: int) -> None:
+    """SIGKILL every process of the job's session and wait until none is left.
+
+    Ray puts each worker in its own process group (same session), so killing the job's group alone
+    leaves the train workers running for a moment, long enough to write one more checkpoint.
+    """
+    deadline = time.time() + 30
+    while pids := _session_pids(sid):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        assert time.time() < deadline, f"processes of the killed job still alive: {pids}"
+        time.sleep(0.1)
 
 
 def test_killed_job_resumes_at_its_checkpoint(tmp_path, interference_jsonl, ray_session):
@@ -60,10 +78,9 @@ def test_killed_job_resumes_at_its_checkpoint(tmp_path, interference_jsonl, ray_
         time.sleep(0.2)
     os.killpg(job.pid, signal.SIGKILL)
     job.wait()
-    for pid in _pgroup_pids(job.pid):  # anything of that group still alive (there should be none)
-        os.kill(pid, signal.SIGKILL)
-    # Ray may have registered a later checkpoint than its snapshot file shows when the kill landed;
-    # what a restart resumes from is the latest checkpoint directory that was fully written.
+    _kill_session(job.pid)
+    # With every process of the job gone, nothing writes to the run any more; what a restart resumes
+    # from is the latest checkpoint that was registered (and so fully written) before the kill.
     registered = _latest_registered(run)
     on_disk = sorted(int(p.name.removeprefix("checkpoint_step")) for p in run.glob("checkpoint_step*"))
     assert 20 <= registered < 60 and registered in on_disk
