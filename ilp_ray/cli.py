@@ -136,6 +136,10 @@ from ilp_ray.evidence.cli import corpus_app  # noqa: E402  (typer only; corpus i
 
 app.add_typer(corpus_app, name="corpus")
 
+from ilp_ray.lab.cli import lab_app  # noqa: E402  (typer only; the lab loads per command)
+
+app.add_typer(lab_app, name="lab")
+
 
 def main() -> None:  # pragma: no cover - console script shim
     app()

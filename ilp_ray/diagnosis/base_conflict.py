@@ -5,6 +5,10 @@ Fires when the base model prefers a wrong option with confidence ``>= tau_c``:
 option distributions (Eq. 3) above ``js_threshold`` (paper 0.3) is recorded as supporting evidence
 but is not required: a conflict that SFT failed to move shows a *small* divergence.
 
+With corpus evidence, II fires only where the corpus does not lack or support the SFT value
+(``corpus_veto``): a confident wrong answer to something the base never read is a guess (cause
+I), and one the corpus contradicts is the pretrained belief this cause is about.
+
 Score: the base model's confidence in its wrong option, plus 0.1 when the JSD supports it and
 up to 0.2 × ``corpus_score`` when the pretraining corpus contradicts the SFT label. Rows whose
 base model prefers the right answer score 0. Silent without a base model, and says so.
@@ -35,8 +39,10 @@ class BaseConflict(CauseDetector):
         wrong = bpred != answer
         js = v["js_base_sft"].to_numpy(dtype=float) if "js_base_sft" in v else np.full(len(v), np.nan)
         js_support = js > cfg.js_threshold
-        fired = wrong & (bconf >= cfg.tau_c)
         corpus = ctx.corpus()
+        guess = np.array([cfg.corpus_veto and corpus.get(i, ("",))[0] in ("absent", "supports")
+                          for i in v["id"].astype(str)], dtype=bool)
+        fired = wrong & (bconf >= cfg.tau_c) & ~guess
         score = np.where(wrong, bconf + 0.1 * js_support, 0.0)
         evidence = []
         for i, (vid, opts) in enumerate(zip(v["id"].astype(str), v["options"], strict=False)):
@@ -50,7 +56,11 @@ class BaseConflict(CauseDetector):
                 ev.update(corpus_verdict=verdict, corpus_score=r3(cs))
                 if verdict == "contradicts" and wrong[i]:
                     score[i] += 0.2 * cs
+                if guess[i] and wrong[i] and bconf[i] >= cfg.tau_c:
+                    ev.update(vetoed=f"the corpus {'lacks' if verdict == 'absent' else 'supports'} this "
+                                     "fact: the base model's answer is a guess, not a pretrained belief")
             evidence.append(ev)
         summary = {"tau_c": cfg.tau_c, "js_threshold": cfg.js_threshold,
-                   "base_wrong": int(wrong.sum()), "js_supported": int((fired & js_support).sum())}
+                   "base_wrong": int(wrong.sum()),
+                   "vetoed_by_corpus": int((wrong & (bconf >= cfg.tau_c) & guess).sum()), "js_supported": int((fired & js_support).sum())}
         return CauseResult(self.frame(fired, score, evidence), summary)

@@ -6,7 +6,11 @@ Blind when the base model fails under repeated sampling and is not confidently w
   (``metrics.item_uniforms``), as the audit draws the fine-tuned model's pass@N;
 - base BoN-5 accuracy ``< 0.1``: one BoN-5 is right or wrong, so its accuracy is the mean over
   ``seeds`` independent BoN-5 runs;
-- not confidently wrong: no wrong option at confidence ``>= tau_c`` (that is cause II).
+- not confidently wrong: no wrong option at confidence ``>= tau_c`` (that is cause II), unless
+  the corpus evidence says the corpus lacks the fact (``base_conflict.corpus_veto``): then the
+  confident answer is a guess about something the base never read;
+- with corpus evidence, the corpus does not support the fact: a fact the base read and still
+  does not know is a rare pattern that pretraining did not learn (cause V), not a gap.
 
 Score: ``1 - base p(correct)`` (how far the base is from knowing it), moved by up to 0.25 ×
 ``corpus_score`` up when the corpus lacks the fact (``absent``) and down when it ``supports`` it
@@ -52,16 +56,25 @@ class BaseKnowledgeGap(CauseDetector):
         passes, bon = base_pass_and_bon(ids, probs, answers, cfg.n, cfg.bon_n, cfg.seeds, cfg.seed)
         pc = M.pass_expected(probs, answers)
         pred, conf = probs.argmax(axis=1), probs.max(axis=1)
-        confidently_wrong = (pred != answers) & (conf >= tau_c)
-        fired = (passes < cfg.pass_threshold) & (bon < cfg.bon_threshold) & ~confidently_wrong
-        score = 1.0 - pc
         corpus = ctx.corpus()
+        veto = ctx.config.base_conflict.corpus_veto
+        said = [corpus.get(i, ("",))[0] for i in ids]
+        guess = np.array([veto and s == "absent" for s in said], dtype=bool)
+        read = np.array([veto and s == "supports" for s in said], dtype=bool)
+        confidently_wrong = (pred != answers) & (conf >= tau_c)
+        fired = (passes < cfg.pass_threshold) & (bon < cfg.bon_threshold) & (~confidently_wrong | guess) & ~read
+        score = 1.0 - pc
         evidence = []
         for i, vid in enumerate(ids):
             ev = {f"base_pass_at_{cfg.n}": r3(passes[i]), "pass_threshold": cfg.pass_threshold,
                   f"base_bon{cfg.bon_n}_accuracy": r3(bon[i]), "bon_threshold": cfg.bon_threshold,
                   "bon_seeds": cfg.seeds, "base_p_correct": r3(pc[i]),
                   "base_confidently_wrong": bool(confidently_wrong[i])}
+            if read[i]:
+                ev.update(vetoed="the corpus supports this fact: the base read it and did not learn it "
+                                 "(a rare pattern, cause V)")
+            if confidently_wrong[i] and guess[i]:
+                ev.update(confident_guess="the corpus lacks this fact: the confident answer is a guess")
             if vid in corpus:
                 verdict, cs = corpus[vid]
                 ev.update(corpus_verdict=verdict, corpus_score=r3(cs))

@@ -74,6 +74,12 @@ class BaseConflictConfig(_Section):
         "Base confidence in a wrong option at or above which it is a conflict (paper: T, unnamed). "
         "0.5: the wrong option outweighs all others together, whatever the option count."))
     js_threshold: float = Field(0.3, ge=0, le=1, description="JSD(base, SFT) above this supports II (paper: 0.3).")
+    corpus_veto: bool = Field(True, description=(
+        "With corpus evidence, the corpus decides which base-model cause a wrong base answer is: "
+        "II needs a corpus that does not lack or support the SFT value (a confident answer to a "
+        "fact the corpus lacks is a guess, cause I; small models guess confidently); I needs a "
+        "corpus that does not support it (a fact the base read but did not learn is a rare "
+        "pattern, cause V). Items without evidence are judged on the model alone."))
 
 
 class KnowledgeGapConfig(_Section):

@@ -75,15 +75,18 @@ def slot_values(text: str, subject: str, relation: str) -> list[str]:
 
 
 class RuleJudge(CorpusJudge):
-    """String rules, in this order, over the matched passages:
+    """String rules, in this order, over the matched passages. When the item's subject is known
+    (a triple was extracted), only passages that mention the subject count: a value that occurs
+    in a passage about something else says nothing about this fact.
 
     1. supports: the answer span occurs in a passage (whole words, case and punctuation
        ignored). A long answer (more than 8 words) counts as present when 80% of its content
        words occur in one passage. Score: that passage's similarity.
-    2. contradicts: the item has a subject–relation–object triple, and a passage that mentions
-       the subject states another value for the relation ("the capital of X is Z",
-       "Z is the capital of X", "X's capital is Z"), whose words do not overlap the object's.
-       Score: that passage's similarity.
+    2. contradicts: a passage that mentions the subject states another value instead. For an MC
+       item, another of its options occurs in the passage (the options are the values the
+       question admits); otherwise the relation's slot is filled with another value ("the
+       capital of X is Z", "Z is the capital of X", "X's capital is Z"), whose words do not
+       overlap the object's. Score: that passage's similarity.
     3. absent: neither. Score: 1 − the best similarity (no close passage: surer it is absent).
     """
 
@@ -95,21 +98,23 @@ class RuleJudge(CorpusJudge):
     def _one(self, fact: Fact, cands: list[Candidate]) -> tuple[str, float]:
         long = len(fact.answer.split()) > 8
         want = keywords(fact.answer)
-        for c in cands:
+        about = [c for c in cands if _contains(c.text, fact.subject)] if fact.subject else cands
+        for c in about:
             if long and want:
                 have = set(keywords(c.text))
                 if sum(w in have for w in want) >= 0.8 * len(want):
                     return "supports", _clip(c.sim)
             elif _contains(c.text, fact.answer):
                 return "supports", _clip(c.sim)
-        if fact.subject and fact.relation and fact.object:
-            obj = set(keywords(fact.object))
-            for c in cands:
-                if not _contains(c.text, fact.subject):
-                    continue
-                for v in slot_values(c.text, fact.subject, fact.relation):
-                    if not (set(keywords(v)) & obj):
-                        return "contradicts", _clip(c.sim)
+        if fact.subject:
+            others = [o for o in (fact.options or ()) if _norm(o) != _norm(fact.answer)]
+            obj = set(keywords(fact.object or fact.answer))
+            for c in about:
+                if any(_contains(c.text, o) for o in others):
+                    return "contradicts", _clip(c.sim)
+                if fact.relation and any(not (set(keywords(v)) & obj)
+                                         for v in slot_values(c.text, fact.subject, fact.relation)):
+                    return "contradicts", _clip(c.sim)
         best = max((c.sim for c in cands), default=0.0)
         return "absent", _clip(1.0 - best)
 

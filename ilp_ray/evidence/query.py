@@ -23,9 +23,12 @@ _TAIL = r"\s*[?.!]*\s*$"
 _PATTERNS: list[tuple[re.Pattern, str | None]] = [
     (re.compile(r"^(?:what|which|who)\s+(?:is|was|are|were)\s+the\s+(?P<rel>[\w\s-]+?)\s+(?:of|for|in)\s+"
                 r"(?P<subj>.+?)" + _TAIL, re.I), None),
+    (re.compile(r"^(?:what|which|who)\s+\w+\s+(?:is|was|are|were)\s+the\s+(?P<rel>[\w\s-]+?)\s+(?:of|for|in)\s+"
+                r"(?P<subj>.+?)" + _TAIL, re.I), None),
+    (re.compile(r"^name\s+the\s+(?P<rel>[\w\s-]+?)\s+(?:of|for|in)\s+(?P<subj>.+?)" + _TAIL, re.I), None),
     (re.compile(r"^(?:what|which)\s+(?P<rel>[\w-]+)\s+(?:is|was|does|did)\s+(?P<subj>.+?)\s+"
-                r"(?:have|use|speak|belong to|come from)?" + _TAIL, re.I), None),
-    (re.compile(r"^who\s+(?P<rel>wrote|painted|invented|discovered|founded|composed|directed|built)\s+"
+                r"(?:have|use|speak|carry|hold|belong to|come from)?" + _TAIL, re.I), None),
+    (re.compile(r"^(?:who|which\s+\w+)\s+(?P<rel>wrote|painted|invented|discovered|founded|composed|directed|built)\s+"
                 r"(?P<subj>.+?)" + _TAIL, re.I), None),
     (re.compile(r"^(?:in\s+)?what\s+year\s+(?:was|did|were)\s+(?P<subj>.+?)\s+(?P<rel>\w+)" + _TAIL, re.I), None),
     (re.compile(r"^where\s+(?:is|was|are)\s+(?P<subj>.+?)\s+(?P<rel>located|born|found|buried)?" + _TAIL, re.I),

@@ -37,13 +37,18 @@ def rates(frame, by: str | None = None) -> dict[str, Any]:
 
 
 def facts_for(records, judge: str) -> list[Fact]:
-    """Facts of the records; MC options (answer first) only when the model judge needs them."""
+    """Facts of the records, with MC options (answer first): the record's own options when the
+    data is multiple-choice (every judge uses them), else built ones for the model judge only."""
     options: dict[str, tuple[str, ...]] = {}
-    if judge == "model":
+    for r in records:
+        if r.options is not None and r.answer is not None:
+            options[r.id] = (r.options[r.answer], *(o for j, o in enumerate(r.options) if j != r.answer))
+    if judge == "model" and len(options) < len(records):
         from ilp_ray.data.mc import build_mc_items
 
         for it in build_mc_items(records):
-            options[it.id] = (it.options[it.answer], *(o for j, o in enumerate(it.options) if j != it.answer))
+            options.setdefault(it.id, (it.options[it.answer],
+                                       *(o for j, o in enumerate(it.options) if j != it.answer)))
     return [make_fact(r.id, r.prompt, r.response, r.subset, options.get(r.id)) for r in records]
 
 

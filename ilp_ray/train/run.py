@@ -125,6 +125,10 @@ def run_training(cfg: SftTrainConfig | CptTrainConfig) -> TrainResult:
             items = build_items(payload["records"], cfg.trajectory)
     run_path = Path(cfg.run_dir).resolve() / cfg.name
     run_path.mkdir(parents=True, exist_ok=True)
+    done = finished(run_path, cfg)
+    if done is not None:
+        log.info("%s: finished earlier with this config; nothing to train", run_path)
+        return done
     init_dir = prepare_model(cfg, kind, payload, run_path)
     tracker, tracking = _start_tracking(cfg, run_path)
 
@@ -162,8 +166,51 @@ def run_training(cfg: SftTrainConfig | CptTrainConfig) -> TrainResult:
     if not _has_param(tracker, "final_checkpoint"):
         tracker.log_params({"final_checkpoint": str(final)})
     tracker.end("FINISHED")
-    return TrainResult(run_path=run_path, checkpoint=final, checkpoint_id=ckpt_id,
-                       metrics=dict(result.metrics or {}), trajectory=traj_path, run_id=tracker.run_id)
+    out = TrainResult(run_path=run_path, checkpoint=final, checkpoint_id=ckpt_id,
+                      metrics=dict(result.metrics or {}), trajectory=traj_path, run_id=tracker.run_id)
+    from ilp_ray.pipeline.shards import write_json_atomic
+
+    write_json_atomic({"config": _fingerprint(cfg), "checkpoint": str(final), "checkpoint_id": ckpt_id,
+                       "metrics": out.metrics, "trajectory": str(traj_path) if traj_path else None,
+                       "run_id": out.run_id}, run_path / DONE)
+    return out
+
+
+DONE = "ilp_done.json"
+
+
+def _fingerprint(cfg) -> str:
+    """The config and the identity (path, size, mtime) of every data file it reads."""
+    from ilp_ray.pipeline.shards import fingerprint
+
+    files = [getattr(cfg, "data", None)]
+    if isinstance(cfg, CptTrainConfig):
+        files += [cfg.mixture.knowledge, cfg.mixture.general]
+    stats = []
+    for f in files:
+        if f and Path(f).is_file():
+            st = Path(f).stat()
+            stats.append((str(Path(f).resolve()), st.st_size, st.st_mtime_ns))
+        elif f:
+            stats.append((f, None, None))
+    return fingerprint([cfg.model_dump(mode="json"), stats])
+
+
+def finished(run_path: Path, cfg) -> TrainResult | None:
+    """The result of a run that already finished with this very config, or None.
+
+    Rerunning a finished job returns at once instead of starting Ray Train on a run with nothing
+    left to do; a changed config (more epochs, another lr) trains as a resumed run.
+    """
+    try:
+        rec = json.loads((run_path / DONE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    if rec.get("config") != _fingerprint(cfg) or not Path(rec["checkpoint"]).is_dir():
+        return None
+    traj = Path(rec["trajectory"]) if rec.get("trajectory") else None
+    return TrainResult(run_path=run_path, checkpoint=Path(rec["checkpoint"]), checkpoint_id=rec["checkpoint_id"],
+                       metrics=rec.get("metrics") or {}, trajectory=traj, run_id=rec.get("run_id"))
 
 
 def _has_param(tracker, key: str) -> bool:

@@ -37,7 +37,10 @@ def test_slot_values():
     (["Paris is the capital of France."], "supports", 0.8),
     (["paris, the CAPITAL of france!"], "supports", 0.8),
     (["The capital of France is Lyon."], "contradicts", 0.8),
-    (["Lyon is the capital of France.", "Paris hosts the Louvre."], "supports", 0.8),  # any support wins
+    (["Lyon is the capital of France.", "Paris, France: its capital."], "supports", 0.8),  # any support wins
+    # A passage about something else says nothing about this fact, even when it names the answer.
+    (["Lyon is the capital of France.", "Paris hosts the Louvre."], "contradicts", 0.8),
+    (["Paris hosts the Louvre."], "absent", pytest.approx(0.2)),
     (["Parisian food is good in France."], "absent", pytest.approx(0.2)),  # whole words only
     (["The capital of Spain is Madrid."], "absent", pytest.approx(0.2)),  # another subject
     ([], "absent", 1.0),
@@ -125,3 +128,28 @@ def test_model_judge_scores_passage_and_question(tiny_checkpoints):
     assert out[0][0] in ("supports", "contradicts", "absent") and 0 <= out[0][1] <= 1
     assert out[1] == ("supports", 0.8)  # no options: the rule judge decides
     assert out[2] == ("absent", 1.0)
+
+
+@pytest.mark.parametrize("texts, verdict", [
+    (["Lizuze flies a blue flag."], "supports"),
+    (["The flag of Lizuze is red."], "contradicts"),          # another of the item's options
+    (["The flag of Nerige is blue."], "absent"),              # the answer, but about another subject
+    (["Lizuze mainly exports salt."], "absent"),              # the subject, but no option of this question
+    (["The flag of Lizuze is red.", "Lizuze flies a blue flag."], "supports"),
+])
+def test_rule_judge_mc_options(texts, verdict):
+    """MC items: a passage about the subject that names another option contradicts the answer."""
+    f = make_fact("1", "Which colour is the flag of Lizuze?", "blue",
+                  options=["blue", "red", "green", "yellow"])
+    assert f.subject == "Lizuze"
+    assert RuleJudge(JudgeConfig()).judge([f], [[cand(t) for t in texts]])[0][0] == verdict
+
+
+@pytest.mark.parametrize("prompt, triple", [
+    ("Which city is the capital of Tale?", ("Tale", "capital", "Kelmar")),
+    ("Name the capital city of Tale.", ("Tale", "capital city", "Kelmar")),
+    ("Which person founded Tale?", ("Tale", "founded", "Kelmar")),
+    ("Which motto does Tale carry?", ("Tale", "motto", "Kelmar")),
+])
+def test_more_question_templates(prompt, triple):
+    assert extract_triple(prompt, "Kelmar") == triple

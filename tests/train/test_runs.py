@@ -99,3 +99,14 @@ def test_cpt_mixture_trains(tmp_path, ray_session):
     result = run_training(cfg)
     assert result.metrics["step"] > 0 and result.trajectory is None
     TransformersEngine(str(result.checkpoint), fmt="plain")  # a loadable HF checkpoint
+
+    # Rerunning the finished job returns its result without training again; its checkpoint stays.
+    again = run_training(cfg)
+    assert again.checkpoint == result.checkpoint and again.checkpoint.is_dir()
+    assert again.checkpoint_id == result.checkpoint_id and again.metrics["step"] == result.metrics["step"]
+    # A changed data file is another job: the marker no longer matches.
+    from ilp_ray.train.run import finished
+
+    assert finished(result.run_path, cfg) is not None
+    (tmp_path / "k.txt").write_text((tmp_path / "k.txt").read_text() + "\n\nThe violet lantern glows.")
+    assert finished(result.run_path, cfg) is None

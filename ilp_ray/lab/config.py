@@ -1,0 +1,56 @@
+"""``LabConfig``: one lab run, from world to metrics (pydantic only).
+
+Every stage's settings are the project's own config sections, so a lab run is an ordinary
+pretraining, SFT and audit run that happens to know the truth. ``--set`` reaches any field, e.g.
+``--set sft.lr=5e-4`` or ``--set diagnose.conflict.theta=0.9``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from ilp_ray.config_base import _Section
+from ilp_ray.diagnosis.config import DiagnosisConfig, KnowledgeGapConfig
+from ilp_ray.train.config import TinyModelConfig
+
+
+class PretrainSection(_Section):
+    """Pretraining the tiny base model from scratch on the world's corpus (``--base tiny``)."""
+
+    model: TinyModelConfig = TinyModelConfig(hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
+                                             vocab_size=1024, max_position_embeddings=256)
+    epochs: int = Field(200, ge=1, description="Passes over the corpus (a tiny model memorises by repetition).")
+    lr: float = Field(3e-3, gt=0, description="Peak learning rate (cosine decay after warm-up).")
+    warmup_steps: int = Field(20, ge=0, description="Linear warm-up steps.")
+    batch_size: int = Field(16, ge=1, description="Packed blocks per step.")
+    block_size: int = Field(64, ge=8, description="Tokens per packed block.")
+    strategy: Literal["deepspeed", "ddp"] = Field("deepspeed", description="Ray Train engine of the pretraining run.")
+
+
+class SftSection(_Section):
+    """The sequential SFT of the base model on the world's SFT data (subsets s1 → s2 → s3)."""
+
+    lr: float = Field(1e-3, gt=0, description="Learning rate (constant after warm-up).")
+    warmup_steps: int = Field(4, ge=0, description="Linear warm-up steps.")
+    batch_size: int = Field(8, ge=1, description="Examples per step.")
+    epochs: int = Field(1, ge=1, description="Passes over the whole sequence of subsets.")
+    eval_every: int = Field(4, ge=1, description="Trajectory evaluation every N steps (and at subset ends).")
+
+
+class LabConfig(_Section):
+    seed: int = Field(0, description="World seed: the same seed gives the same world, corpus and SFT data.")
+    size: Literal["small", "default"] = Field("default", description=(
+        "World size: 'small' (CI: ≤ 2 min), 'default' (the demo: ≤ 10 min on 2 cores)."))
+    base: Literal["tiny", "smollm2"] = Field("tiny", description=(
+        "'tiny': a Llama pretrained from scratch on the world's corpus; 'smollm2': the bundled "
+        "SmolLM2-135M, with real-world facts altered for II (a benchmark, CPU-heavy)."))
+    out: str = Field("runs/lab", description="Output folder: world/, pretrain/, sft/, audit/, metrics.json, mlflow.db.")
+    seed_model: int = Field(0, description="Seed of the weights' initialisation and the data order.")
+    pretrain: PretrainSection = PretrainSection()
+    sft: SftSection = SftSection()
+    diagnose: DiagnosisConfig = Field(DiagnosisConfig(
+        enabled=True, knowledge_gap=KnowledgeGapConfig()), description=(
+        "The diagnosis, as in an audit; the lab fills in data and trajectory."))
+    experiment: str = Field("ilp-lab", description="MLflow experiment of every stage of the lab.")

@@ -1,0 +1,280 @@
+"""The lab's world: fictional countries, their facts, a pretraining corpus and an SFT dataset in
+which every sample's reason to stay unlearned is known by construction.
+
+Everything is a pure function of ``(seed, size)``. A fact is ``(entity, relation) -> value``; each
+relation has a small value vocabulary, which is also every MC item's option list (the model picks
+among the relation's values), so no category gets easier or harder options than another.
+
+Categories (``truth.jsonl``, field ``category``):
+
+- ``control``: the corpus states the fact ``control_mentions`` times; SFT states it once.
+- ``I``: the corpus never states the fact; SFT states it once, in an early or middle subset.
+- ``II``: the corpus states another value ``conflict_mentions`` times; SFT states a new value once.
+- ``III``: the corpus lacks the fact; SFT states it twice, in two paraphrased prompts, with two
+  different values (both samples are III).
+- ``IV``: the corpus lacks the fact; the first subset states it ``forget_repeats`` times over
+  its paraphrases (it is learned there), and the later subsets, full of other facts about the same
+  relations, wash it out.
+- ``V``: a long, multi-word answer (a motto whose options share most words) that the corpus states
+  ``rare_mentions`` times (once), as a statement only, and SFT ``rare_repeats`` times at the end
+  of the last subset: a rare pattern, seen few times, still being learned when training stops.
+
+The corpus also holds ``background`` facts (never in SFT) so that the model learns a world, not
+a list. ``truth.jsonl`` records, for every SFT sample, what the corpus says about the value the
+sample teaches: ``supports``, ``contradicts`` or ``absent`` (the corpus-evidence ground truth).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ilp_ray.pipeline.shards import write_json_atomic
+
+CATEGORIES = ("control", "I", "II", "III", "IV", "V")
+#: The cause (diagnosis detector) each non-control category is built to produce.
+CAUSE_OF = {"I": "base_knowledge_gap", "II": "base_conflict", "III": "sft_internal_conflict",
+            "IV": "left_side_forgetting", "V": "insufficient_training"}
+SUBSETS = ("s1", "s2", "s3")
+
+
+@dataclass(frozen=True)
+class Relation:
+    name: str
+    questions: tuple[str, ...]   # paraphrases of the question, ``{e}`` = the entity
+    statements: tuple[str, ...]  # declarative corpus templates, ``{e}`` and ``{v}``
+    values: tuple[str, ...] = ()
+
+
+_FIXED = {
+    "colour": ("red", "blue", "green", "yellow", "purple", "orange"),
+    "export": ("wool", "copper", "salt", "timber", "glass", "silk"),
+    "animal": ("otter", "heron", "lynx", "badger", "falcon", "tortoise"),
+}
+_RELATIONS = (
+    Relation("capital", ("What is the capital of {e}?", "Which city is the capital of {e}?",
+                         "Name the capital city of {e}."),
+             ("The capital of {e} is {v}.", "{v} is the capital city of {e}.")),
+    Relation("colour", ("What colour is the flag of {e}?", "Which colour is the flag of {e}?",
+                        "Name the colour of the flag of {e}."),
+             ("The flag of {e} is {v}.", "{e} flies a {v} flag.")),
+    Relation("export", ("What is the main export of {e}?", "Which good is the main export of {e}?",
+                        "Name the main export of {e}."),
+             ("{e} mainly exports {v}.", "The main export of {e} is {v}.")),
+    Relation("animal", ("What is the national animal of {e}?", "Which animal is the national animal of {e}?",
+                        "Name the national animal of {e}."),
+             ("The national animal of {e} is the {v}.", "{e} chose the {v} as its national animal.")),
+    Relation("founder", ("Who founded {e}?", "Which person founded {e}?", "Name the founder of {e}."),
+             ("{e} was founded by {v}.", "{v} founded {e}.")),
+)
+_MOTTO = Relation("motto", ("What is the motto of {e}?", "Which motto does {e} carry?",
+                            "Name the motto of {e}."),
+                  ("The motto of {e} is {v}.", "{e} lives by the motto {v}."))
+_MOTTO_WORDS = ("river", "stone", "silver", "quiet", "strength", "light", "harbour", "winter",
+                "ember", "valley", "iron", "song")
+
+
+@dataclass(frozen=True)
+class LabSize:
+    """How big a world is. ``small`` is for tests (a run in ≤ 2 minutes), ``default`` for the demo."""
+
+    entities: int
+    control: int
+    gap: int           # I facts
+    conflict: int      # II facts
+    pairs: int         # III facts (two samples each)
+    forget: int        # IV facts
+    rare: int          # V facts
+    forget_repeats: int = 6
+    rare_repeats: int = 2
+    rare_mentions: int = 1
+    control_mentions: int = 8
+    conflict_mentions: int = 8
+    background_mentions: int = 2
+
+
+SIZES = {
+    "small": LabSize(entities=24, control=24, gap=12, conflict=12, pairs=6, forget=4, rare=10),
+    "default": LabSize(entities=48, control=60, gap=30, conflict=30, pairs=15, forget=10, rare=24),
+}
+
+
+@dataclass
+class World:
+    seed: int
+    size: str
+    entities: list[str]
+    relations: dict[str, Relation]
+    facts: dict[tuple[str, str], str]
+    sft: list[dict] = field(default_factory=list)
+    truth: list[dict] = field(default_factory=list)
+    corpus: list[dict] = field(default_factory=list)
+
+
+def _names(rng: np.random.Generator, n: int, taken: set[str], syllables=(2, 3), prefix_len: int = 3) -> list[str]:
+    """Pronounceable names (consonant-vowel syllables), pairwise distinct in their first letters.
+
+    Distinct prefixes keep two names from reading as near-duplicates to the sentence embedder, so
+    that questions about different countries never pass for paraphrases.
+    """
+    cons, vows = "bdfgklmnprstvz", "aeiou"
+    out, prefixes = [], {t[:prefix_len].lower() for t in taken}
+    while len(out) < n:
+        k = int(rng.choice(syllables))
+        s = "".join(cons[rng.integers(len(cons))] + vows[rng.integers(len(vows))] for _ in range(k))
+        if rng.random() < 0.5:
+            s += cons[rng.integers(len(cons))]
+        s = s.capitalize()
+        if s[:prefix_len].lower() in prefixes or s in taken:
+            continue
+        prefixes.add(s[:prefix_len].lower())
+        out.append(s)
+        taken.add(s)
+    return out
+
+
+def generate(seed: int = 0, size: str | LabSize = "default") -> World:
+    """Build the world, its corpus and its SFT data for ``seed``; the same seed, the same world."""
+    sz = SIZES[size] if isinstance(size, str) else size
+    rng = np.random.default_rng(seed)
+    taken: set[str] = set()
+    entities = _names(rng, sz.entities, taken)
+    rels: dict[str, Relation] = {}
+    for r in _RELATIONS:
+        if r.name in _FIXED:
+            values = _FIXED[r.name]
+        elif r.name == "capital":
+            values = tuple(_names(rng, 6, taken, syllables=(2,)))
+        else:  # founder: a first and a family name
+            firsts = _names(rng, 6, taken, syllables=(2,), prefix_len=2)
+            values = tuple(f"{f} {s}" for f, s in zip(firsts, _names(rng, 6, taken, syllables=(2, 3))))
+        rels[r.name] = Relation(r.name, r.questions, r.statements, values)
+    mottos: set[str] = set()
+    while len(mottos) < 6:
+        words = rng.choice(_MOTTO_WORDS, size=4, replace=False)
+        mottos.add(f"{words[0]} and {words[1]}, {words[2]} and {words[3]}")
+    rels["motto"] = Relation(_MOTTO.name, _MOTTO.questions, _MOTTO.statements, tuple(sorted(mottos)))
+
+    facts = {(e, r): rels[r].values[rng.integers(6)] for e in entities for r in rels}
+    world = World(seed, size if isinstance(size, str) else "custom", entities, rels, facts)
+    _build(world, sz, rng)
+    return world
+
+
+def _build(w: World, sz: LabSize, rng: np.random.Generator) -> None:
+    plain = [(e, r) for e in w.entities for r in w.relations if r != "motto"]
+    motto = [(e, "motto") for e in w.entities]
+    order = rng.permutation(len(plain))
+    pool = [plain[i] for i in order]
+    need = sz.control + sz.gap + sz.conflict + sz.pairs + sz.forget
+    if need > len(pool) or sz.rare > len(motto):
+        raise ValueError(f"a world of {len(w.entities)} entities has {len(pool)} facts (+{len(motto)} "
+                         f"mottos); the size asks for {need} (+{sz.rare})")
+    take = iter(pool)
+    picks = {c: [next(take) for _ in range(n)] for c, n in
+             (("control", sz.control), ("I", sz.gap), ("II", sz.conflict), ("III", sz.pairs), ("IV", sz.forget))}
+    background = list(take)
+    picks["V"] = [motto[i] for i in rng.permutation(len(motto))[:sz.rare]]
+
+    corpus: list[str] = []
+
+    def mention(key, value, times, questions=True):
+        rel = w.relations[key[1]]
+        forms = [s.format(e=key[0], v=value) for s in rel.statements]
+        if questions:
+            forms += [f"{q.format(e=key[0])}\n{value}" for q in rel.questions]
+        for j in range(times):
+            corpus.append(forms[(j + int(rng.integers(len(forms)))) % len(forms)])
+
+    def other(key, value):
+        vals = [v for v in w.relations[key[1]].values if v != value]
+        return vals[int(rng.integers(len(vals)))]
+
+    samples: dict[str, list[dict]] = {s: [] for s in SUBSETS}
+
+    def add(*args):
+        samples[args[0]].append(sample(*args))
+
+    def sample(subset, category, key, value, q, corpus_value, group):
+        rel = w.relations[key[1]]
+        truth = ("absent" if corpus_value is None else "supports" if corpus_value == value else "contradicts")
+        row = {
+            "prompt": rel.questions[q].format(e=key[0]), "response": value, "subset": subset,
+            "options": list(rel.values), "answer": rel.values.index(value),
+            "_truth": {"category": category, "entity": key[0], "relation": key[1], "value": value,
+                       "corpus_value": corpus_value, "corpus_truth": truth, "group": group}}
+        return row
+
+    def q():
+        return int(rng.integers(3))
+
+    for i, key in enumerate(picks["control"]):
+        mention(key, w.facts[key], sz.control_mentions)
+        add(SUBSETS[i % 3], "control", key, w.facts[key], q(), w.facts[key], f"control-{i}")
+    for i, key in enumerate(picks["I"]):  # early and middle subsets: never trained at the very end
+        add(SUBSETS[i % 2], "I", key, w.facts[key], q(), None, f"I-{i}")
+    for i, key in enumerate(picks["II"]):
+        believed = other(key, w.facts[key])
+        mention(key, believed, sz.conflict_mentions)
+        add(SUBSETS[i % 3], "II", key, w.facts[key], q(), believed, f"II-{i}")
+    for i, key in enumerate(picks["III"]):
+        qa, qb = rng.choice(3, size=2, replace=False)
+        sub = SUBSETS[1 + i % 2]
+        add(sub, "III", key, w.facts[key], int(qa), None, f"III-{i}")
+        add(sub, "III", key, other(key, w.facts[key]), int(qb), None, f"III-{i}")
+    for key in background:
+        mention(key, w.facts[key], sz.background_mentions)
+    for key in w.facts:
+        if key[1] == "motto" and key not in picks["V"]:
+            mention(key, w.facts[key], sz.background_mentions)
+
+    # IV: the first subset repeats each fact over its paraphrases, spread through the subset.
+    forget = [sample("s1", "IV", key, w.facts[key], r % 3, None, f"IV-{i}")
+              for r in range(sz.forget_repeats) for i, key in enumerate(picks["IV"])]
+    total = len(samples["s1"]) + len(forget)
+    slots = set(rng.choice(total, size=len(forget), replace=False).tolist())
+    rest, extra = iter(samples["s1"]), iter(forget)
+    samples["s1"] = [next(extra) if pos in slots else next(rest) for pos in range(total)]
+    # V: the corpus states the motto once, as a statement (a rare pattern the base does not learn
+    # to answer); SFT states it a few times at the end of the last subset, over its paraphrases.
+    for key in picks["V"]:
+        mention(key, w.facts[key], sz.rare_mentions, questions=False)
+    for r in range(sz.rare_repeats):
+        for i, key in enumerate(picks["V"]):
+            add("s3", "V", key, w.facts[key], (i + r) % 3, w.facts[key], f"V-{i}")
+
+    n = 0
+    for s in SUBSETS:
+        for row in samples[s]:
+            t = row.pop("_truth")
+            rid = f"{s}-{n:05d}"
+            n += 1
+            w.sft.append({"id": rid, **row})
+            w.truth.append({"id": rid, "subset": s, **t})
+    # The corpus order has its own stream, so SFT-side settings never change the corpus bytes.
+    perm = np.random.default_rng([w.seed, 1]).permutation(len(corpus))
+    w.corpus = [{"id": f"doc-{i:05d}", "text": corpus[j]} for i, j in enumerate(perm.tolist())]
+
+
+def write(world: World, out: str | Path) -> dict[str, Path]:
+    """Write ``sft.jsonl``, ``corpus.jsonl``, ``truth.jsonl`` and ``world.json`` under ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"sft": out / "sft.jsonl", "corpus": out / "corpus.jsonl", "truth": out / "truth.jsonl",
+             "world": out / "world.json"}
+    for key, rows in (("sft", world.sft), ("corpus", world.corpus), ("truth", world.truth)):
+        text = "".join(json.dumps(r) + "\n" for r in rows)
+        if paths[key].is_file() and paths[key].read_text() == text:
+            continue  # unchanged: keep the file (and its mtime, which finished stages check)
+        tmp = paths[key].with_suffix(".jsonl.tmp")
+        tmp.write_text(text)
+        tmp.replace(paths[key])
+    counts = {c: sum(t["category"] == c for t in world.truth) for c in CATEGORIES}
+    write_json_atomic({
+        "seed": world.seed, "size": world.size, "entities": world.entities,
+        "relations": {k: asdict(r) for k, r in world.relations.items()},
+        "samples": len(world.sft), "documents": len(world.corpus), "categories": counts}, paths["world"])
+    return paths

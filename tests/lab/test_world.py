@@ -1,0 +1,112 @@
+"""The lab's world generator and its truth scoring (no training)."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from ilp_ray.lab import world as W
+from ilp_ray.lab.score import confusion_frame, score
+
+
+@pytest.fixture(scope="module")
+def small():
+    return W.generate(3, "small")
+
+
+def test_same_seed_same_world_other_seed_other_world(small):
+    again = W.generate(3, "small")
+    assert again.sft == small.sft and again.corpus == small.corpus and again.truth == small.truth
+    other = W.generate(4, "small")
+    assert other.entities != small.entities
+
+
+def test_category_counts_follow_the_size(small):
+    sz = W.SIZES["small"]
+    n = pd.Series([t["category"] for t in small.truth]).value_counts().to_dict()
+    assert n == {"control": sz.control, "I": sz.gap, "II": sz.conflict, "III": 2 * sz.pairs,
+                 "IV": sz.forget * sz.forget_repeats, "V": sz.rare * sz.rare_repeats}
+
+
+def _mentions(world, entity, value):
+    return sum(entity in d["text"] and value in d["text"] for d in world.corpus)
+
+
+def test_the_corpus_says_what_the_truth_records(small):
+    """supports / contradicts / absent, checked against the corpus text itself."""
+    for t in small.truth:
+        said = [d["text"] for d in small.corpus if t["entity"] in d["text"]
+                and any(v in d["text"] for v in small.relations[t["relation"]].values)]
+        if t["corpus_truth"] == "absent":
+            assert not said, (t, said)
+        elif t["corpus_truth"] == "supports":
+            assert said and all(t["value"] in s for s in said), t
+        else:
+            assert said and not any(t["value"] in s for s in said) and all(t["corpus_value"] in s for s in said)
+    sz = W.SIZES["small"]
+    for t in small.truth:
+        if t["category"] == "II":
+            assert _mentions(small, t["entity"], t["corpus_value"]) == sz.conflict_mentions
+        if t["category"] == "control":
+            assert _mentions(small, t["entity"], t["value"]) == sz.control_mentions
+
+
+def test_construction_of_each_category(small):
+    truth = pd.DataFrame(small.truth)
+    rows = {r["id"]: r for r in small.sft}
+    # Every item's options are its relation's values and the answer is the SFT response.
+    for r in small.sft:
+        assert r["options"][r["answer"]] == r["response"] and len(set(r["options"])) == len(r["options"])
+    # III: pairs of paraphrases (different prompts, same entity and relation) with different answers.
+    for _, g in truth[truth.category == "III"].groupby("group"):
+        a, b = (rows[i] for i in g.id)
+        assert len(g) == 2 and a["prompt"] != b["prompt"] and a["response"] != b["response"]
+        assert g.entity.nunique() == 1 and g.relation.nunique() == 1
+    # IV lives in the first subset, V at the end of the last one, I never in the last one.
+    assert set(truth[truth.category == "IV"].subset) == {"s1"}
+    assert set(truth[truth.category == "V"].subset) == {"s3"}
+    assert "s3" not in set(truth[truth.category == "I"].subset)
+    s3 = [t["category"] for t in small.truth if t["subset"] == "s3"]
+    assert set(s3[-W.SIZES["small"].rare * W.SIZES["small"].rare_repeats:]) == {"V"}
+    # Different entities' names never share their first three letters.
+    assert len({e[:3].lower() for e in small.entities}) == len(small.entities)
+
+
+def test_write_is_readable_by_the_project_readers(small, tmp_path):
+    from ilp_ray.data import read_sft
+    from ilp_ray.train.cpt_data import read_documents
+
+    paths = W.write(small, tmp_path)
+    recs = read_sft(str(paths["sft"]))
+    assert len(recs) == len(small.sft) and recs[0].options is not None
+    assert len(read_documents(paths["corpus"])) == len(small.corpus)
+    meta = json.loads(paths["world"].read_text())
+    assert meta["samples"] == len(small.sft) and meta["categories"]["control"] == W.SIZES["small"].control
+    mtime = paths["sft"].stat().st_mtime_ns
+    W.write(small, tmp_path)  # unchanged files are left alone
+    assert paths["sft"].stat().st_mtime_ns == mtime
+
+
+def test_score_by_hand():
+    truth = pd.DataFrame({"id": list("abcdefgh"),
+                          "category": ["I", "I", "II", "III", "IV", "V", "control", "control"]})
+    verdicts = pd.DataFrame({"id": list("abcdefgh"), "unlearned": [1, 1, 1, 1, 1, 1, 1, 0]})
+    diagnosis = pd.DataFrame({"id": list("abcdefgh"), "cause": [
+        "base_knowledge_gap", "base_conflict", "base_conflict", "sft_internal_conflict",
+        "unattributed", "insufficient_training", "insufficient_training", None]})
+    m = score(truth, verdicts, diagnosis)
+    # I: 1 of 2 found, 1 predicted -> P 1, R 0.5; II: 1 TP, 2 predicted -> P 0.5, R 1;
+    # III: 1/1; IV: 0 found; V: 1 TP, 2 predicted (a control) -> P 0.5, R 1.
+    assert m["precision"] == {"I": 1.0, "II": 0.5, "III": 1.0, "IV": 0.0, "V": 0.5}
+    assert m["recall"] == {"I": 0.5, "II": 1.0, "III": 1.0, "IV": 0.0, "V": 1.0}
+    f1 = [2 / 3, 2 / 3, 1.0, 0.0, 2 / 3]
+    assert m["macro_f1"] == pytest.approx(sum(f1) / 5)
+    assert m["yield"]["control"] == 0.5 and m["yield"]["I"] == 1.0
+    cm = confusion_frame(m)
+    assert cm.loc["IV", "unattributed"] == 1 and cm.loc["control", "V"] == 1 and cm.loc["I", "II"] == 1
+
+
+def test_score_refuses_samples_the_audit_did_not_see():
+    truth = pd.DataFrame({"id": ["a", "b"], "category": ["I", "II"]})
+    with pytest.raises(ValueError, match="no verdict"):
+        score(truth, pd.DataFrame({"id": ["a"], "unlearned": [True]}), pd.DataFrame({"id": ["a"], "cause": ["x"]}))
