@@ -33,7 +33,7 @@ $(BIN)/ilp: pyproject.toml constraints.txt
 install: $(BIN)/ilp
 
 demo: install
-	$(BIN)/ilp demo --out runs/demo
+	$(BIN)/ilp lab run --size default --seed 0 --out runs/lab/demo
 
 test: install
 	$(BIN)/python -m pytest -q --timeout=900 tests

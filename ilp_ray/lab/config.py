@@ -21,8 +21,8 @@ class PretrainSection(_Section):
 
     model: TinyModelConfig = TinyModelConfig(hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
                                              vocab_size=1024, max_position_embeddings=256)
-    epochs: int = Field(200, ge=1, description="Passes over the corpus (a tiny model memorises by repetition).")
-    lr: float = Field(3e-3, gt=0, description="Peak learning rate (cosine decay after warm-up).")
+    epochs: int = Field(150, ge=1, description="Passes over the corpus (a tiny model memorises by repetition).")
+    lr: float = Field(4e-3, gt=0, description="Peak learning rate (cosine decay after warm-up).")
     warmup_steps: int = Field(20, ge=0, description="Linear warm-up steps.")
     batch_size: int = Field(16, ge=1, description="Packed blocks per step.")
     block_size: int = Field(64, ge=8, description="Tokens per packed block.")
@@ -43,6 +43,8 @@ class LabConfig(_Section):
     seed: int = Field(0, description="World seed: the same seed gives the same world, corpus and SFT data.")
     size: Literal["small", "default"] = Field("default", description=(
         "World size: 'small' (CI: ≤ 2 min), 'default' (the demo: ≤ 10 min on 2 cores)."))
+    world: dict[str, int] = Field(default_factory=dict, description=(
+        "Overrides of the size's LabSize fields, e.g. {forget_repeats: 4} (see ilp_ray.lab.world)."))
     base: Literal["tiny", "smollm2"] = Field("tiny", description=(
         "'tiny': a Llama pretrained from scratch on the world's corpus; 'smollm2': the bundled "
         "SmolLM2-135M, with real-world facts altered for II (a benchmark, CPU-heavy)."))

@@ -18,6 +18,7 @@ shards), so rerunning an interrupted lab continues it.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,7 +126,8 @@ def run_lab(cfg: LabConfig, progress: bool = True) -> LabResult:
     t_all = time.perf_counter()
 
     t = time.perf_counter()
-    world = W.generate(cfg.seed, cfg.size)
+    size = dataclasses.replace(W.SIZES[cfg.size], **cfg.world) if cfg.world else cfg.size
+    world = W.generate(cfg.seed, size)
     paths = W.write(world, out / "world")
     walls["world"] = time.perf_counter() - t
     _log(f"world: {len(world.sft)} SFT samples, {len(world.corpus)} corpus documents -> {paths['sft'].parent}",
