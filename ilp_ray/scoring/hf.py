@@ -155,7 +155,7 @@ class TransformersEngine(ScoringEngine):
         mask = _tree_mask(seg, self.model.config, self.model.dtype).to(dev)
         out = self._forward(input_ids=ids.to(dev), attention_mask=mask, position_ids=pos.to(dev))
         src_row, src_col = [], []
-        for r, (b, j) in enumerate(slots.rows):
+        for b, j in slots.rows:
             e = batch[b]
             for a in range(e.ctx_len - 1, len(e.wholes[j]) - 1):  # absolute positions scored
                 src_row.append(b)

@@ -1,7 +1,7 @@
 """The small lab end to end through the CLI: every stage for real (Ray Train + DeepSpeed
 pretraining and SFT, tantivy evidence, the Ray Data audit, the diagnosis with MiniLM, MLflow).
 
-The floors are below what the small world gave on the seeds tried while building it (macro-F1
+The floors are well below what the small world gives (seed 0: macro-F1 0.897; earlier settings
 0.69-0.77, docs/benchmarks.md); they catch a broken stage, not a tuning regression.
 """
 
@@ -26,7 +26,7 @@ def test_small_lab_run(tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     y = m["yield"]
     # What the world is built to do: control facts mostly survive, the categories mostly don't.
-    assert y["control"] <= 0.4
+    assert y["control"] <= 0.5
     assert y["II"] >= 0.4 and y["III"] >= 0.4 and y["V"] >= 0.4 and y["I"] >= 0.3
     assert m["macro_f1"] >= 0.5
     # III (paraphrased contradictions) and II (a corpus that says otherwise) are the sharpest signals.
