@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ilp_ray.config_base import _Section
-from ilp_ray.diagnosis.config import DiagnosisConfig, KnowledgeGapConfig
+from ilp_ray.diagnosis.config import DiagnosisConfig
 from ilp_ray.train.config import TinyModelConfig
 
 
@@ -52,7 +52,21 @@ class LabConfig(_Section):
     seed_model: int = Field(0, description="Seed of the weights' initialisation and the data order.")
     pretrain: PretrainSection = PretrainSection()
     sft: SftSection = SftSection()
-    diagnose: DiagnosisConfig = Field(DiagnosisConfig(
-        enabled=True, knowledge_gap=KnowledgeGapConfig()), description=(
+    diagnose: DiagnosisConfig = Field(DiagnosisConfig(enabled=True), description=(
         "The diagnosis, as in an audit; the lab fills in data and trajectory."))
     experiment: str = Field("ilp-lab", description="MLflow experiment of every stage of the lab.")
+
+    @field_validator("world")
+    @classmethod
+    def _world_fields(cls, v: dict[str, int]) -> dict[str, int]:
+        import dataclasses
+
+        from ilp_ray.lab.world import LabSize
+
+        known = [f.name for f in dataclasses.fields(LabSize)]
+        for k, n in v.items():
+            if k not in known:
+                raise ValueError(f"unknown world field {k!r}; known: {', '.join(known)}")
+            if n < (1 if k.endswith(("repeats", "mentions")) or k == "entities" else 0):
+                raise ValueError(f"world.{k} must be positive, got {n}")
+        return v

@@ -121,13 +121,12 @@ def run_lab(cfg: LabConfig, progress: bool = True) -> LabResult:
     if cfg.base != "tiny":
         raise NotImplementedError("--base smollm2 is not built yet")
     out = Path(cfg.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
     walls: dict[str, float] = {}
     t_all = time.perf_counter()
 
     t = time.perf_counter()
     size = dataclasses.replace(W.SIZES[cfg.size], **cfg.world) if cfg.world else cfg.size
-    world = W.generate(cfg.seed, size)
+    world = W.generate(cfg.seed, size)  # a size the world cannot hold fails here, before any output
     paths = W.write(world, out / "world")
     walls["world"] = time.perf_counter() - t
     _log(f"world: {len(world.sft)} SFT samples, {len(world.corpus)} corpus documents -> {paths['sft'].parent}",

@@ -201,12 +201,11 @@ def _build(w: World, sz: LabSize, rng: np.random.Generator) -> None:
     def sample(subset, category, key, value, q, corpus_value, group):
         rel = w.relations[key[1]]
         truth = ("absent" if corpus_value is None else "supports" if corpus_value == value else "contradicts")
-        row = {
+        return {
             "prompt": rel.questions[q].format(e=key[0]), "response": value, "subset": subset,
             "options": list(rel.values), "answer": rel.values.index(value),
             "_truth": {"category": category, "entity": key[0], "relation": key[1], "value": value,
                        "corpus_value": corpus_value, "corpus_truth": truth, "group": group}}
-        return row
 
     def q():
         return int(rng.integers(3))
@@ -254,7 +253,7 @@ def _build(w: World, sz: LabSize, rng: np.random.Generator) -> None:
             n += 1
             w.sft.append({"id": rid, **row})
             w.truth.append({"id": rid, "subset": s, **t})
-    # The corpus order has its own stream, so SFT-side settings never change the corpus bytes.
+    # The corpus order has its own stream: reordering SFT samples does not reshuffle the corpus.
     perm = np.random.default_rng([w.seed, 1]).permutation(len(corpus))
     w.corpus = [{"id": f"doc-{i:05d}", "text": corpus[j]} for i, j in enumerate(perm.tolist())]
 

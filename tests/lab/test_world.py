@@ -110,3 +110,24 @@ def test_score_refuses_samples_the_audit_did_not_see():
     truth = pd.DataFrame({"id": ["a", "b"], "category": ["I", "II"]})
     with pytest.raises(ValueError, match="no verdict"):
         score(truth, pd.DataFrame({"id": ["a"], "unlearned": [True]}), pd.DataFrame({"id": ["a"], "cause": ["x"]}))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--size", "huge"], "field 'size'"),
+    (["--set", "sft.lr=-1"], "field 'sft.lr'"),
+    (["--set", "world.forgett=3"], "unknown world field 'forgett'"),
+    (["--set", "world.entities=0"], "world.entities must be positive"),
+    (["--set", "world.forget=999"], "the size asks for"),
+    (["--base", "smollm2"], "not built yet"),
+])
+def test_lab_cli_bad_input(tmp_path, args, message):
+    """Bad lab settings fail with a message that names the field, and write nothing."""
+    from typer.testing import CliRunner
+
+    from ilp_ray.cli import app
+
+    out = tmp_path / "lab"
+    res = CliRunner().invoke(app, ["lab", "run", "--size", "small", "--out", str(out), "--no-progress", *args])
+    assert res.exit_code == 2, res.output
+    assert message in res.output
+    assert not out.exists()
