@@ -176,3 +176,35 @@ def test_insufficient_without_trajectory_fires_on_rarity_or_length_at_a_reduced_
     # Below min_population samples, percentiles raise no flag.
     is_, _, ev = run("insufficient_training", ctx_factory([*common, rare, long_], **{"insufficient.min_population": 12}))
     assert not any(is_) and not ev[9]["rare"]
+
+
+# ---------------------------------------------------------------- the corpus decides I vs II vs V
+
+def _evidence(verdicts):
+    return pd.DataFrame({"id": list(verdicts), "corpus_verdict": list(verdicts.values()),
+                         "corpus_score": [1.0] * len(verdicts)})
+
+
+def test_corpus_veto_sorts_a_confident_wrong_base(ctx_factory):
+    """One base behaviour (confidently wrong, never right), three corpus verdicts, three answers."""
+    wrong = [0.0, 0.9, 0.05, 0.05]
+    rows = [verdict_row(i, base_probs=wrong) for i in ("contra", "absent", "supports", "none")]
+    ev = _evidence({"contra": "contradicts", "absent": "absent", "supports": "supports"})  # "none": no row
+    ii, _, ii_ev = run("base_conflict", ctx_factory(rows, evidence=ev))
+    i, _, i_ev = run("base_knowledge_gap", ctx_factory(rows, evidence=ev))
+    assert ii == [True, False, False, True]   # II: the corpus says otherwise, or nothing is known
+    assert i == [False, True, False, False]   # I: the corpus lacks it (a guess); never where it supports
+    assert "guess" in ii_ev[1]["vetoed"] and "supports" in ii_ev[2]["vetoed"]
+    assert "guess" in i_ev[1]["confident_guess"] and "rare pattern" in i_ev[2]["vetoed"]
+    # With the veto off, the model alone decides again: every row is II, none is I.
+    off = {"base_conflict.corpus_veto": False, "embedder": "hashing"}
+    assert run("base_conflict", ctx_factory(rows, evidence=ev, **off))[0] == [True] * 4
+    assert run("base_knowledge_gap", ctx_factory(rows, evidence=ev, **off))[0] == [False] * 4
+
+
+def test_corpus_support_vetoes_a_blind_base(ctx_factory):
+    """A base that does not know a fact its corpus states is not a knowledge gap."""
+    blind = [0.0, 0.4, 0.3, 0.3]
+    rows = [verdict_row("read", base_probs=blind), verdict_row("unread", base_probs=blind)]
+    ev = _evidence({"read": "supports", "unread": "absent"})
+    assert run("base_knowledge_gap", ctx_factory(rows, evidence=ev))[0] == [False, True]
