@@ -32,7 +32,7 @@ class PretrainSection(_Section):
 class SftSection(_Section):
     """The sequential SFT of the base model on the world's SFT data (subsets s1 → s2 → s3)."""
 
-    lr: float = Field(1e-3, gt=0, description="Learning rate (constant after warm-up).")
+    lr: float = Field(6e-4, gt=0, description="Learning rate (constant after warm-up).")
     warmup_steps: int = Field(4, ge=0, description="Linear warm-up steps.")
     batch_size: int = Field(8, ge=1, description="Examples per step.")
     epochs: int = Field(1, ge=1, description="Passes over the whole sequence of subsets.")

@@ -88,8 +88,8 @@ class LabSize:
     pairs: int         # III facts (two samples each)
     forget: int        # IV facts
     rare: int          # V facts
-    forget_repeats: int = 6
-    rare_repeats: int = 2
+    forget_repeats: int = 9
+    rare_repeats: int = 3
     rare_mentions: int = 1
     control_mentions: int = 8
     conflict_mentions: int = 8
@@ -230,6 +230,11 @@ def _build(w: World, sz: LabSize, rng: np.random.Generator) -> None:
         if key[1] == "motto" and key not in picks["V"]:
             mention(key, w.facts[key], sz.background_mentions)
 
+    # V in the corpus: the motto once, as a statement (a rare pattern the base does not learn to
+    # answer). Drawn before any SFT-only choice, so SFT-side sizes never change the corpus.
+    for key in picks["V"]:
+        mention(key, w.facts[key], sz.rare_mentions, questions=False)
+
     # IV: the first subset repeats each fact over its paraphrases, spread through the subset.
     forget = [sample("s1", "IV", key, w.facts[key], r % 3, None, f"IV-{i}")
               for r in range(sz.forget_repeats) for i, key in enumerate(picks["IV"])]
@@ -237,10 +242,7 @@ def _build(w: World, sz: LabSize, rng: np.random.Generator) -> None:
     slots = set(rng.choice(total, size=len(forget), replace=False).tolist())
     rest, extra = iter(samples["s1"]), iter(forget)
     samples["s1"] = [next(extra) if pos in slots else next(rest) for pos in range(total)]
-    # V: the corpus states the motto once, as a statement (a rare pattern the base does not learn
-    # to answer); SFT states it a few times at the end of the last subset, over its paraphrases.
-    for key in picks["V"]:
-        mention(key, w.facts[key], sz.rare_mentions, questions=False)
+    # V: SFT states each motto a few times at the end of the last subset, over its paraphrases.
     for r in range(sz.rare_repeats):
         for i, key in enumerate(picks["V"]):
             add("s3", "V", key, w.facts[key], (i + r) % 3, w.facts[key], f"V-{i}")
