@@ -15,6 +15,11 @@ class Tracker:
     def start(self, run_name: str, tags: dict[str, str] | None = None) -> Tracker:
         return self
 
+    def attach(self, run_id: str) -> Tracker:
+        """Log into an existing run (another stage's) instead of starting one."""
+        self.run_id = run_id
+        return self
+
     def log_params(self, params: dict[str, Any]) -> None:
         pass
 

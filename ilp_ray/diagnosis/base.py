@@ -92,6 +92,11 @@ class DiagnosisContext:
             self._cache["prompt_topk"] = hit
         return hit[0][:, :m], hit[1][:, :m]
 
+    def corpus_verdicts(self) -> np.ndarray:
+        """Each row's corpus verdict, in row order; "" where the evidence has none."""
+        corpus = self.corpus()
+        return np.array([corpus.get(i, ("",))[0] for i in self.ids], dtype=object)
+
     def corpus(self) -> dict[str, tuple[str, float]]:
         """Corpus evidence as {id: (verdict, score)}; empty without it."""
         if self.evidence is None:

@@ -40,8 +40,7 @@ class BaseConflict(CauseDetector):
         js = v["js_base_sft"].to_numpy(dtype=float) if "js_base_sft" in v else np.full(len(v), np.nan)
         js_support = js > cfg.js_threshold
         corpus = ctx.corpus()
-        guess = np.array([cfg.corpus_veto and corpus.get(i, ("",))[0] in ("absent", "supports")
-                          for i in v["id"].astype(str)], dtype=bool)
+        guess = cfg.corpus_veto & np.isin(ctx.corpus_verdicts(), ["absent", "supports"])
         fired = wrong & (bconf >= cfg.tau_c) & ~guess
         score = np.where(wrong, bconf + 0.1 * js_support, 0.0)
         evidence = []

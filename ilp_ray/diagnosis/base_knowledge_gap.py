@@ -58,9 +58,8 @@ class BaseKnowledgeGap(CauseDetector):
         pred, conf = probs.argmax(axis=1), probs.max(axis=1)
         corpus = ctx.corpus()
         veto = ctx.config.base_conflict.corpus_veto
-        said = [corpus.get(i, ("",))[0] for i in ids]
-        guess = np.array([veto and s == "absent" for s in said], dtype=bool)
-        read = np.array([veto and s == "supports" for s in said], dtype=bool)
+        said = ctx.corpus_verdicts()
+        guess, read = veto & (said == "absent"), veto & (said == "supports")
         confidently_wrong = (pred != answers) & (conf >= tau_c)
         fired = (passes < cfg.pass_threshold) & (bon < cfg.bon_threshold) & (~confidently_wrong | guess) & ~read
         score = 1.0 - pc

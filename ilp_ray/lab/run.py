@@ -18,6 +18,7 @@ shards), so rerunning an interrupted lab continues it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass
@@ -124,37 +125,32 @@ def run_lab(cfg: LabConfig, progress: bool = True) -> LabResult:
     walls: dict[str, float] = {}
     t_all = time.perf_counter()
 
-    t = time.perf_counter()
-    size = dataclasses.replace(W.SIZES[cfg.size], **cfg.world) if cfg.world else cfg.size
-    world = W.generate(cfg.seed, size)  # a size the world cannot hold fails here, before any output
-    paths = W.write(world, out / "world")
-    walls["world"] = time.perf_counter() - t
+    @contextlib.contextmanager
+    def stage(name: str, message: str | None = None):
+        if message:
+            _log(message, progress)
+        t = time.perf_counter()
+        yield
+        walls[name] = time.perf_counter() - t
+
+    with stage("world"):
+        size = dataclasses.replace(W.SIZES[cfg.size], **cfg.world) if cfg.world else cfg.size
+        world = W.generate(cfg.seed, size)  # a size the world cannot hold fails here, before any output
+        paths = W.write(world, out / "world")
     _log(f"world: {len(world.sft)} SFT samples, {len(world.corpus)} corpus documents -> {paths['sft'].parent}",
          progress)
-
-    t = time.perf_counter()
-    _log("pretraining the base model on the corpus", progress)
-    pre = run_training(CptTrainConfig.model_validate(pretrain_config(cfg, paths["corpus"], out)))
-    walls["pretrain"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    _log("sequential SFT (s1 -> s2 -> s3) with trajectories", progress)
-    sft = run_training(SftTrainConfig.model_validate(
-        sft_config(cfg, str(pre.checkpoint), paths["sft"], out, len(world.sft))))
-    walls["sft"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    _log("corpus evidence: index the corpus (tantivy), search and judge every SFT fact", progress)
-    evidence = corpus_evidence(cfg, paths, out, progress)
-    walls["evidence"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    _log("audit and diagnosis", progress)
-    audit = run_audit(AuditConfig.model_validate(
-        audit_config(cfg, str(pre.checkpoint), str(sft.checkpoint), paths["sft"], sft.trajectory, out,
-                     evidence["outputs"]["corpus_evidence"])),
-        progress=progress)
-    walls["audit"] = time.perf_counter() - t
+    with stage("pretrain", "pretraining the base model on the corpus"):
+        pre = run_training(CptTrainConfig.model_validate(pretrain_config(cfg, paths["corpus"], out)))
+    with stage("sft", "sequential SFT (s1 -> s2 -> s3) with trajectories"):
+        sft = run_training(SftTrainConfig.model_validate(
+            sft_config(cfg, str(pre.checkpoint), paths["sft"], out, len(world.sft))))
+    with stage("evidence", "corpus evidence: index the corpus (tantivy), search and judge every SFT fact"):
+        evidence = corpus_evidence(cfg, paths, out, progress)
+    with stage("audit", "audit and diagnosis"):
+        audit = run_audit(AuditConfig.model_validate(
+            audit_config(cfg, str(pre.checkpoint), str(sft.checkpoint), paths["sft"], sft.trajectory, out,
+                         evidence["outputs"]["corpus_evidence"])),
+            progress=progress)
 
     truth = pd.read_json(paths["truth"], lines=True)
     metrics = score(truth, audit.verdicts, audit.diagnosis.table)
@@ -163,36 +159,30 @@ def run_lab(cfg: LabConfig, progress: bool = True) -> LabResult:
     metrics.update(wall_s=walls["total"], stage_wall_s=walls, seed=cfg.seed, size=cfg.size, base=cfg.base,
                    base_checkpoint=pre.checkpoint_id, sft_checkpoint=sft.checkpoint_id)
     write_json_atomic(metrics, out / "metrics.json")
-    _log_mlflow(audit.run_id, audit.tracking_uri, metrics, out / "metrics.json")
+    _log_mlflow(audit.run_id, audit.tracking_uri, cfg.experiment, metrics, out / "metrics.json")
     report = audit.diagnosis.report
     return LabResult(out, metrics, report, audit.run_id, audit.tracking_uri)
 
 
 def evidence_vs_truth(truth, evidence) -> dict[str, Any]:
     """The corpus-evidence stage against the generator's record of what the corpus says."""
+    from ilp_ray.evidence.run import rates
+
     df = truth[["id", "corpus_truth"]].merge(evidence[["id", "corpus_verdict"]], on="id")
-    n = len(df)
-    out: dict[str, Any] = {"accuracy": float((df.corpus_truth == df.corpus_verdict).mean()) if n else float("nan")}
-    for name, verdict in (("nonexistence_rate", "absent"), ("conflict_rate", "contradicts")):
-        out[name] = float((df.corpus_verdict == verdict).mean()) if n else float("nan")
-        out[f"true_{name}"] = float((df.corpus_truth == verdict).mean()) if n else float("nan")
-    return out
+    judged = rates(df)
+    true = rates(df.drop(columns="corpus_verdict").rename(columns={"corpus_truth": "corpus_verdict"}))
+    return {"accuracy": float((df.corpus_truth == df.corpus_verdict).mean()) if len(df) else float("nan"),
+            "nonexistence_rate": judged["non_existence_rate"], "true_nonexistence_rate": true["non_existence_rate"],
+            "conflict_rate": judged["conflict_rate"], "true_conflict_rate": true["conflict_rate"]}
 
 
-def _log_mlflow(run_id: str | None, uri: str | None, metrics: dict[str, Any], path: Path) -> None:
+def _log_mlflow(run_id: str | None, uri: str | None, experiment: str, metrics: dict[str, Any], path: Path) -> None:
     """The truth scores go into the audit's own MLflow run, next to the audit's figures."""
     if not run_id or not uri:
         return
-    from mlflow.tracking import MlflowClient
+    from ilp_ray.track import MLflowTracker, flatten
 
-    client = MlflowClient(uri)
-    flat = {"lab.macro_f1": metrics["macro_f1"], "lab.wall_s": metrics["wall_s"],
-            **{f"lab.evidence.{k}": v for k, v in metrics["evidence"].items()}}
-    for k in ("recall", "precision", "f1"):
-        flat.update({f"lab.{k}.{c}": v for c, v in metrics[k].items()})
-    flat.update({f"lab.yield.{c}": v for c, v in metrics["yield"].items() if v == v})
-    ts = int(time.time() * 1000)
-    from mlflow.entities import Metric
-
-    client.log_batch(run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in flat.items()])
-    client.log_artifact(run_id, str(path), "lab")
+    keys = ("macro_f1", "wall_s", "evidence", "recall", "precision", "f1", "yield")
+    tracker = MLflowTracker(uri, experiment).attach(run_id)
+    tracker.log_metrics(flatten({"lab": {k: metrics[k] for k in keys}}))  # NaN yields are dropped
+    tracker.log_artifact(path, "lab")
