@@ -6,9 +6,10 @@ Blind when the base model fails under repeated sampling and is not confidently w
   (``metrics.item_uniforms``), as the audit draws the fine-tuned model's pass@N;
 - base BoN-5 accuracy ``< 0.1``: one BoN-5 is right or wrong, so its accuracy is the mean over
   ``seeds`` independent BoN-5 runs;
-- not confidently wrong: no wrong option at confidence ``>= tau_c`` (that is cause II), unless
-  the corpus evidence says the corpus lacks the fact (``base_conflict.corpus_veto``): then the
-  confident answer is a guess about something the base never read;
+- not confidently wrong: no wrong option at confidence ``>= tau_c`` (that is cause II);
+- with corpus evidence that the corpus lacks the fact (``base_conflict.corpus_veto``), the two
+  tests above are lifted: the base never read it, so whatever it answers, right or confidently
+  wrong, is a guess;
 - with corpus evidence, the corpus does not support the fact: a fact the base read and still
   does not know is a rare pattern that pretraining did not learn (cause V), not a gap.
 
@@ -61,7 +62,8 @@ class BaseKnowledgeGap(CauseDetector):
         said = ctx.corpus_verdicts()
         guess, read = veto & (said == "absent"), veto & (said == "supports")
         confidently_wrong = (pred != answers) & (conf >= tau_c)
-        fired = (passes < cfg.pass_threshold) & (bon < cfg.bon_threshold) & (~confidently_wrong | guess) & ~read
+        blind = (passes < cfg.pass_threshold) & (bon < cfg.bon_threshold)
+        fired = ((blind & ~confidently_wrong) | guess) & ~read
         score = 1.0 - pc
         evidence = []
         for i, vid in enumerate(ids):
@@ -72,8 +74,9 @@ class BaseKnowledgeGap(CauseDetector):
             if read[i]:
                 ev.update(vetoed="the corpus supports this fact: the base read it and did not learn it "
                                  "(a rare pattern, cause V)")
-            if confidently_wrong[i] and guess[i]:
-                ev.update(confident_guess="the corpus lacks this fact: the confident answer is a guess")
+            if guess[i] and not (blind[i] and not confidently_wrong[i]):
+                ev.update(guess="the corpus lacks this fact: whatever the base model answers is a guess, "
+                                "so its pass@N and confidence say nothing")
             if vid in corpus:
                 verdict, cs = corpus[vid]
                 ev.update(corpus_verdict=verdict, corpus_score=r3(cs))

@@ -103,6 +103,11 @@ class ForgettingConfig(_Section):
         "The peak must exceed the final p(correct) by at least this, so a sample hovering at tau "
         "is not called forgotten."))
     deciles: int = Field(10, ge=2, description="Position bins for the position effect (paper: the first 10%).")
+    exclude_base_known: bool = Field(True, description=(
+        "Not IV when the base model already answered the sample (base p(correct) >= tau): SFT then "
+        "eroded pretrained knowledge rather than forgetting what it taught, which no cause names, so "
+        "the sample stays unattributed (evidence base_known). With corpus evidence (corpus_veto), a "
+        "right base answer about a fact the corpus lacks is a guess and does not count as known."))
 
 
 class InsufficientConfig(_Section):

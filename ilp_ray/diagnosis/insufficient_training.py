@@ -3,7 +3,9 @@
 Two kinds of evidence, combined by one rule:
 
 - **Trajectory** (decisive when the sample has one): never learned (``p_correct < tau`` at every
-  evaluation) *and* still improving at the end: the least-squares slope of p(correct) over the
+  evaluation from the step that first trained it on, ``trained_step``; every evaluation when the
+  trajectory lacks it: a right answer before its own training is the base model's, not a lesson
+  learned) *and* still improving at the end: the least-squares slope of p(correct) over the
   last ``last_m`` evaluations ``> min_slope`` per evaluation, or the slope of its SFT loss
   ``< -min_loss_drop``. More epochs would plausibly help; that is the cause. A sample whose
   trajectory has flattened does not fire, however rare it is: more of the same training would not
@@ -74,9 +76,10 @@ class InsufficientTraining(CauseDetector):
             else:
                 rising = bool(f["slope_p"] > cfg.min_slope)
                 falling = bool(f["slope_loss"] < -cfg.min_loss_drop)
-                fired[i] = (not f["reached"]) and (rising or falling)
+                fired[i] = (not f["reached_after"]) and (rising or falling)
                 score[i] = 0.6 + 0.4 * pattern[i] if fired[i] else 0.0
-                ev.update(never_learned=not f["reached"], peak_p=r3(f["peak_p"]), final_p=r3(f["final_p"]),
+                ev.update(never_learned=not f["reached_after"], trained_step=f["trained_step"],
+                          peak_p=r3(f["peak_after_p"]), final_p=r3(f["final_p"]),
                           slope_p=r3(f["slope_p"]), rising=rising, slope_loss=r3(f["slope_loss"]),
                           loss_falling=falling, final_loss=r3(f["final_loss"]), last_m=cfg.last_m,
                           tau=cfg.tau, steps=f["steps"], p=f["p"], rule="trajectory")

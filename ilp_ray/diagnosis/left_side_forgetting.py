@@ -1,9 +1,17 @@
 """IV. Left-side forgetting (paper 3.2.4; Appendix D): learned during training, lost by the end.
 
-Per sample, from its trajectory: it reached ``p_correct >= tau`` at some evaluation and its final
-evaluation is below ``tau``, at least ``min_drop`` under its peak. Score: the relative loss,
-``(peak - final) / peak``. A sample with no trajectory is never guessed at: False, score 0,
-evidence ``{"trajectory": "missing"}``.
+Per sample, from its trajectory: it reached ``p_correct >= tau`` at an evaluation at or after the
+step that first trained it (``trained_step``; any evaluation when the trajectory lacks the column),
+and its final evaluation is below ``tau``, at least ``min_drop`` under that peak. Score: the
+relative loss, ``(peak - final) / peak``. Two cases are not IV, and the evidence says which:
+
+- the sample was right only before training reached it (the base model's knowledge, eroded by
+  earlier subsets): its own training never taught it, so forgetting is not what went wrong;
+- the base model already answered it (``exclude_base_known``): SFT eroded pretrained knowledge
+  rather than forgetting what it taught. No cause names that; the sample stays unattributed.
+
+A sample with no trajectory is never guessed at: False, score 0, evidence
+``{"trajectory": "missing"}``.
 
 The summary also carries the population view the paper reports: per-subset accuracy curves over
 training steps (``info["curves"]``) and the position effect: accuracy, unlearned share and
@@ -44,25 +52,48 @@ class LeftSideForgetting(CauseDetector):
                                {"silent": "no trajectory table"}, {"position": eff})
         facts = per_sample(ctx.trajectories, cfg.tau, 3)
         bins = position_deciles(v["position"].to_numpy(), cfg.deciles)
+        known = self.base_known(ctx, cfg.tau) if cfg.exclude_base_known else np.zeros(n, bool)
         fired, score, evidence = np.zeros(n, bool), np.zeros(n), []
         for i, vid in enumerate(ctx.ids):
             f = facts.get(vid)
             if f is None:
                 evidence.append({"trajectory": "missing"})
                 continue
-            drop = f["peak_p"] - f["final_p"]
-            fired[i] = f["reached"] and f["final_p"] < cfg.tau and drop >= cfg.min_drop
-            score[i] = drop / f["peak_p"] if fired[i] and f["peak_p"] > 0 else 0.0
-            evidence.append({"learned_at_step": f["first_learned_step"], "peak_p": r3(f["peak_p"]),
-                             "peak_step": f["peak_step"], "final_p": r3(f["final_p"]),
-                             "final_step": f["final_step"], "drop": r3(drop), "tau": cfg.tau,
-                             "position_decile": int(bins[i]) + 1, "n_evals": f["n_evals"],
-                             "steps": f["steps"], "p": f["p"]})
+            peak = f["peak_after_p"]
+            drop = peak - f["final_p"]
+            fired[i] = f["reached_after"] and f["final_p"] < cfg.tau and drop >= cfg.min_drop and not known[i]
+            score[i] = drop / peak if fired[i] and peak > 0 else 0.0
+            ev = {"learned_at_step": f["first_learned_step"], "peak_p": r3(peak), "peak_step": f["peak_after_step"],
+                  "final_p": r3(f["final_p"]), "final_step": f["final_step"], "drop": r3(drop), "tau": cfg.tau,
+                  "trained_step": f["trained_step"], "position_decile": int(bins[i]) + 1, "n_evals": f["n_evals"]}
+            if f["reached"] and not f["reached_after"]:
+                ev["known_before_training_only"] = True  # learned before its step (e.g. base), lost before it
+            if known[i]:
+                ev["base_known"] = True
+            evidence.append({**ev, "steps": f["steps"], "p": f["p"]})
         covered = np.array([vid in facts for vid in ctx.ids])
         eff = position_effect(v, fired, cfg.deciles)
         curves = subset_curves(ctx.trajectories)
         summary = {"tau": cfg.tau, "min_drop": cfg.min_drop, "with_trajectory": int(covered.sum()),
+                   "base_known_excluded": int((known & covered).sum()),
                    "without_trajectory": int((~covered).sum()), "forgotten": int(fired.sum()),
                    "first_decile_accuracy": r3(eff["accuracy"].iloc[0]),
                    "last_decile_accuracy": r3(eff["accuracy"].iloc[-1])}
         return CauseResult(self.frame(fired, score, evidence), summary, {"position": eff, "curves": curves})
+
+    @staticmethod
+    def base_known(ctx: DiagnosisContext, tau: float) -> np.ndarray:
+        """Rows the base model already answered (p(correct) >= tau); none without a base model.
+
+        Under ``base_conflict.corpus_veto``, a right answer about a fact the corpus lacks is a guess.
+        """
+        from ilp_ray import metrics as M
+
+        v = ctx.verdicts
+        if not ctx.has_base:
+            return np.zeros(len(v), bool)
+        probs = M.pad_ragged(list(v["base_probs"]), 0.0)
+        known = M.pass_expected(probs, v["answer"].to_numpy(dtype=np.int64)) >= tau
+        if ctx.config.base_conflict.corpus_veto:
+            known &= ctx.corpus_verdicts() != "absent"
+        return known

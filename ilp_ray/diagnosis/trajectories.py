@@ -16,7 +16,7 @@ import pandas as pd
 
 from ilp_ray.errors import DataError
 
-COLUMNS = ("step", "epoch", "reason", "id", "subset", "p_correct", "correct", "loss")
+COLUMNS = ("step", "epoch", "reason", "id", "subset", "p_correct", "correct", "loss", "trained_step")
 _NEEDED = ("step", "id", "p_correct")
 
 
@@ -54,6 +54,14 @@ def check_trajectory(df: pd.DataFrame, source: str = "<trajectory>") -> pd.DataF
         row = int(np.flatnonzero(step.isna().to_numpy())[0])
         raise DataError("must be an integer training step", file=source, line=row + 1, field="step")
     out = df.assign(id=df["id"].astype(str), p_correct=p.astype(float), step=step.astype(np.int64))
+    if "trained_step" in df.columns:  # optional; null = the sample was never trained
+        ts = pd.to_numeric(df["trained_step"], errors="coerce")
+        bad = ts.isna() & df["trained_step"].notna()
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise DataError("must be an integer training step or null", file=source, line=row + 1,
+                            field="trained_step")
+        out["trained_step"] = ts.astype("Int64")
     if "correct" not in out:
         out["correct"] = out["p_correct"] >= 0.5
     if "loss" not in out:
@@ -81,8 +89,16 @@ def per_sample(traj: pd.DataFrame, tau: float, last_m: int, max_points: int = 24
     last always kept), ``peak_p``, ``peak_step``, ``final_p``, ``final_step``, ``reached``
     (p >= tau at some evaluation), ``first_learned_step``, ``slope_p`` and ``slope_loss`` over the
     last ``last_m`` evaluations, ``final_loss``.
+
+    With a ``trained_step`` column (the first step that trained the sample; the SFT job writes
+    it), also the same facts over the evaluations from that step on: ``trained_step``,
+    ``reached_after``, ``peak_after_p``, ``peak_after_step`` and ``n_after``. What a sample did
+    before training reached it (the base model's knowledge, eroded or not by earlier subsets) says
+    nothing about how its own training went. Without the column, or for a sample never trained,
+    the "after" facts are those of the whole trajectory.
     """
     out: dict[str, dict] = {}
+    has_trained = "trained_step" in traj.columns
     for vid, g in traj.groupby("id", sort=False):
         steps = g["step"].to_numpy()
         p = g["p_correct"].to_numpy(dtype=float)
@@ -90,11 +106,19 @@ def per_sample(traj: pd.DataFrame, tau: float, last_m: int, max_points: int = 24
         reached = p >= tau
         keep = np.unique(np.linspace(0, len(p) - 1, min(len(p), max_points)).round().astype(int))
         k = int(p.argmax())
+        trained = g["trained_step"].iloc[0] if has_trained else None
+        trained = None if trained is None or pd.isna(trained) else int(trained)
+        after = steps >= trained if trained is not None else np.ones(len(p), bool)
+        if not after.any():  # trained after its last evaluation: judge the whole trajectory
+            after[:] = True
+        ka = int(np.flatnonzero(after)[p[after].argmax()])
         out[str(vid)] = {
             "n_evals": len(p), "steps": steps[keep].tolist(), "p": [round(float(x), 4) for x in p[keep]],
             "peak_p": float(p[k]), "peak_step": int(steps[k]), "final_p": float(p[-1]),
             "final_step": int(steps[-1]), "reached": bool(reached.any()),
             "first_learned_step": int(steps[np.argmax(reached)]) if reached.any() else None,
+            "trained_step": trained, "n_after": int(after.sum()), "reached_after": bool(reached[after].any()),
+            "peak_after_p": float(p[ka]), "peak_after_step": int(steps[ka]),
             "slope_p": _slope(p[-last_m:]), "slope_loss": _slope(loss[-last_m:]),
             "final_loss": float(loss[-1]) if np.isfinite(loss[-1]) else None,
         }

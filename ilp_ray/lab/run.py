@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,11 +88,23 @@ def corpus_evidence(cfg: LabConfig, paths: dict[str, Path], out: Path, progress:
     from ilp_ray.evidence.run import run_evidence
 
     corpus = CorpusConfig.model_validate({"index": {"location": str(out / "index")}})
+    # The index is a function of the corpus: another world's corpus starts a new one (an ingest
+    # re-run adds a changed file's new passages but cannot know which old ones to drop).
+    stamp, text = out / "index.corpus.json", paths["corpus"].read_bytes()
+    ident = {"corpus": str(paths["corpus"]), "sha256": hashlib.sha256(text).hexdigest()}
+    if not stamp.is_file() or json.loads(stamp.read_text()) != ident:
+        shutil.rmtree(out / "index", ignore_errors=True)
+        from ilp_ray.evidence.ingest import manifest_path
+
+        manifest_path(corpus.index).unlink(missing_ok=True)
     ingest([str(paths["corpus"])], corpus.index, corpus.chunk, corpus.ingest, progress=False)
+    write_json_atomic(ident, stamp)
     ev = EvidenceConfig.model_validate({
         "data": str(paths["sft"]), "out": str(out / "evidence"), "index": corpus.index.model_dump(),
         # Every passage is one templated sentence: BM25 plus the subject/option rules suffice.
-        "match": {"enabled": False}, "tracking": {"experiment": cfg.experiment}})
+        # K = 100: a value shared by many entities (a founder's name) outweighs the subject in BM25,
+        # so a small K fills up with other entities' passages and misses the subject's own.
+        "match": {"enabled": False}, "retrieve": {"k": 100}, "tracking": {"experiment": cfg.experiment}})
     return run_evidence(ev, progress=progress)
 
 
@@ -117,7 +132,6 @@ def run_lab(cfg: LabConfig, progress: bool = True) -> LabResult:
     from ilp_ray.lab.score import score
     from ilp_ray.pipeline.audit import run_audit
     from ilp_ray.train.config import CptTrainConfig, SftTrainConfig
-    from ilp_ray.train.run import run_training
 
     if cfg.base != "tiny":
         raise NotImplementedError("--base smollm2 is not built yet")
@@ -140,10 +154,10 @@ def run_lab(cfg: LabConfig, progress: bool = True) -> LabResult:
     _log(f"world: {len(world.sft)} SFT samples, {len(world.corpus)} corpus documents -> {paths['sft'].parent}",
          progress)
     with stage("pretrain", "pretraining the base model on the corpus"):
-        pre = run_training(CptTrainConfig.model_validate(pretrain_config(cfg, paths["corpus"], out)))
+        pre = train_fresh(CptTrainConfig.model_validate(pretrain_config(cfg, paths["corpus"], out)), progress)
     with stage("sft", "sequential SFT (s1 -> s2 -> s3) with trajectories"):
-        sft = run_training(SftTrainConfig.model_validate(
-            sft_config(cfg, str(pre.checkpoint), paths["sft"], out, len(world.sft))))
+        sft = train_fresh(SftTrainConfig.model_validate(
+            sft_config(cfg, str(pre.checkpoint), paths["sft"], out, len(world.sft))), progress)
     with stage("evidence", "corpus evidence: index the corpus (tantivy), search and judge every SFT fact"):
         evidence = corpus_evidence(cfg, paths, out, progress)
     with stage("audit", "audit and diagnosis"):
@@ -162,6 +176,19 @@ def run_lab(cfg: LabConfig, progress: bool = True) -> LabResult:
     _log_mlflow(audit.run_id, audit.tracking_uri, cfg.experiment, metrics, out / "metrics.json")
     report = audit.diagnosis.report
     return LabResult(out, metrics, report, audit.run_id, audit.tracking_uri)
+
+
+def train_fresh(tcfg, progress: bool):
+    """``run_training``, except that a stage which finished on other inputs (the world or the
+    settings changed) starts over: a lab stage is a pure function of its inputs. A run killed
+    part-way still resumes."""
+    from ilp_ray.train.run import DONE, finished, run_training
+
+    run_path = Path(tcfg.run_dir).resolve() / tcfg.name
+    if (run_path / DONE).is_file() and finished(run_path, tcfg) is None:
+        _log(f"{run_path.name}: inputs changed since it finished; training it again", progress)
+        shutil.rmtree(run_path)
+    return run_training(tcfg)
 
 
 def evidence_vs_truth(truth, evidence) -> dict[str, Any]:

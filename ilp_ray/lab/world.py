@@ -15,7 +15,7 @@ Categories (``truth.jsonl``, field ``category``):
 - ``IV``: the corpus lacks the fact; the first subset states it ``forget_repeats`` times over
   its paraphrases (it is learned there), and the later subsets, full of other facts about the same
   relations, wash it out.
-- ``V``: a long, multi-word answer (a motto whose options share most words) that the corpus states
+- ``V``: a long, multi-word answer (a motto; each country has its own six, one word apart) that the corpus states
   ``rare_mentions`` times (once), as a statement only, and SFT ``rare_repeats`` times at the end
   of the last subset: a rare pattern, seen few times, still being learned when training stops.
 
@@ -109,9 +109,22 @@ class World:
     entities: list[str]
     relations: dict[str, Relation]
     facts: dict[tuple[str, str], str]
+    options: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)  # own options (mottos)
     sft: list[dict] = field(default_factory=list)
     truth: list[dict] = field(default_factory=list)
     corpus: list[dict] = field(default_factory=list)
+
+
+def _motto_options(rng: np.random.Generator) -> tuple[str, ...]:
+    """Six mottos "a and b, c and d": a base and five variants, each one word off the base."""
+    base = [str(w) for w in rng.choice(_MOTTO_WORDS, size=4, replace=False)]
+    out = {tuple(base)}
+    while len(out) < 6:
+        words = list(base)
+        pos = int(rng.integers(4))
+        words[pos] = str(rng.choice([w for w in _MOTTO_WORDS if w not in base]))
+        out.add(tuple(words))
+    return tuple(sorted(f"{a} and {b}, {c} and {d}" for a, b, c, d in out))
 
 
 def _names(rng: np.random.Generator, n: int, taken: set[str], syllables=(2, 3), prefix_len: int = 3) -> list[str]:
@@ -152,14 +165,14 @@ def generate(seed: int = 0, size: str | LabSize = "default") -> World:
             firsts = _names(rng, 6, taken, syllables=(2,), prefix_len=2)
             values = tuple(f"{f} {s}" for f, s in zip(firsts, _names(rng, 6, taken, syllables=(2, 3))))
         rels[r.name] = Relation(r.name, r.questions, r.statements, values)
-    mottos: set[str] = set()
-    while len(mottos) < 6:
-        words = rng.choice(_MOTTO_WORDS, size=4, replace=False)
-        mottos.add(f"{words[0]} and {words[1]}, {words[2]} and {words[3]}")
-    rels["motto"] = Relation(_MOTTO.name, _MOTTO.questions, _MOTTO.statements, tuple(sorted(mottos)))
-
-    facts = {(e, r): rels[r].values[rng.integers(6)] for e in entities for r in rels}
-    world = World(seed, size if isinstance(size, str) else "custom", entities, rels, facts)
+    rels["motto"] = _MOTTO
+    # Each country has its own six mottos, variants of one another (each differs from a base in
+    # one word): long answers whose options share most of their tokens. Being the country's own,
+    # learning one country's motto does not push another country's options around.
+    options = {(e, "motto"): _motto_options(rng) for e in entities}
+    facts = {(e, r): (options[(e, r)] if r == "motto" else rels[r].values)[rng.integers(6)]
+             for e in entities for r in rels}
+    world = World(seed, size if isinstance(size, str) else "custom", entities, rels, facts, options)
     _build(world, sz, rng)
     return world
 
@@ -200,10 +213,11 @@ def _build(w: World, sz: LabSize, rng: np.random.Generator) -> None:
 
     def sample(subset, category, key, value, q, corpus_value, group):
         rel = w.relations[key[1]]
+        opts = w.options.get(key, rel.values)
         truth = ("absent" if corpus_value is None else "supports" if corpus_value == value else "contradicts")
         return {
             "prompt": rel.questions[q].format(e=key[0]), "response": value, "subset": subset,
-            "options": list(rel.values), "answer": rel.values.index(value),
+            "options": list(opts), "answer": opts.index(value),
             "_truth": {"category": category, "entity": key[0], "relation": key[1], "value": value,
                        "corpus_value": corpus_value, "corpus_truth": truth, "group": group}}
 
@@ -238,10 +252,7 @@ def _build(w: World, sz: LabSize, rng: np.random.Generator) -> None:
     # IV: the first subset repeats each fact over its paraphrases, spread through the subset.
     forget = [sample("s1", "IV", key, w.facts[key], r % 3, None, f"IV-{i}")
               for r in range(sz.forget_repeats) for i, key in enumerate(picks["IV"])]
-    total = len(samples["s1"]) + len(forget)
-    slots = set(rng.choice(total, size=len(forget), replace=False).tolist())
-    rest, extra = iter(samples["s1"]), iter(forget)
-    samples["s1"] = [next(extra) if pos in slots else next(rest) for pos in range(total)]
+    samples["s1"] = _spread(samples["s1"], forget, rng)
     # V: SFT states each motto a few times at the end of the last subset, over its paraphrases.
     for r in range(sz.rare_repeats):
         for i, key in enumerate(picks["V"]):
@@ -258,6 +269,14 @@ def _build(w: World, sz: LabSize, rng: np.random.Generator) -> None:
     # The corpus order has its own stream: reordering SFT samples does not reshuffle the corpus.
     perm = np.random.default_rng([w.seed, 1]).permutation(len(corpus))
     w.corpus = [{"id": f"doc-{i:05d}", "text": corpus[j]} for i, j in enumerate(perm.tolist())]
+
+
+def _spread(rows: list[dict], extra: list[dict], rng: np.random.Generator) -> list[dict]:
+    """``rows`` with ``extra`` inserted at random slots, both keeping their own order."""
+    total = len(rows) + len(extra)
+    slots = set(rng.choice(total, size=len(extra), replace=False).tolist())
+    a, b = iter(rows), iter(extra)
+    return [next(b) if pos in slots else next(a) for pos in range(total)]
 
 
 def write(world: World, out: str | Path) -> dict[str, Path]:

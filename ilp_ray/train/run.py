@@ -129,6 +129,13 @@ def run_training(cfg: SftTrainConfig | CptTrainConfig) -> TrainResult:
     if done is not None:
         log.info("%s: finished earlier with this config; nothing to train", run_path)
         return done
+    changed = changed_data(run_path, cfg)
+    if changed:
+        from ilp_ray.errors import ConfigError
+
+        raise ConfigError(f"this run finished training on another version of {changed}; continuing it "
+                          "would train one model on two datasets. Delete the run folder or choose another "
+                          "name", file=str(run_path), field="data")
     init_dir = prepare_model(cfg, kind, payload, run_path)
     tracker, tracking = _start_tracking(cfg, run_path)
 
@@ -160,6 +167,7 @@ def run_training(cfg: SftTrainConfig | CptTrainConfig) -> TrainResult:
     rows = read_rows(run_path / "ilp_logs" / "trajectory")
     if len(rows):
         traj_path = run_path / "trajectory.parquet"
+        rows = with_trained_step(rows, read_rows(run_path / "ilp_logs" / "batches"))
         rows.to_parquet(traj_path, index=False)
         tracker.log_artifact(traj_path, "trajectory")
     tracker.set_tags({"ilp.checkpoint_id": ckpt_id, "ilp.checkpoint_path": str(final)})
@@ -170,7 +178,8 @@ def run_training(cfg: SftTrainConfig | CptTrainConfig) -> TrainResult:
                       metrics=dict(result.metrics or {}), trajectory=traj_path, run_id=tracker.run_id)
     from ilp_ray.pipeline.shards import write_json_atomic
 
-    write_json_atomic({"config": _fingerprint(cfg), "checkpoint": str(final), "checkpoint_id": ckpt_id,
+    write_json_atomic({"config": _fingerprint(cfg), "data": _data_stats(cfg), "checkpoint": str(final),
+                       "checkpoint_id": ckpt_id,
                        "metrics": out.metrics, "trajectory": str(traj_path) if traj_path else None,
                        "run_id": out.run_id}, run_path / DONE)
     return out
@@ -179,10 +188,27 @@ def run_training(cfg: SftTrainConfig | CptTrainConfig) -> TrainResult:
 DONE = "ilp_done.json"
 
 
-def _fingerprint(cfg) -> str:
-    """The config and the identity (path, size, mtime) of every data file it reads."""
-    from ilp_ray.pipeline.shards import fingerprint
+def with_trained_step(rows, batches):
+    """The trajectory rows with ``trained_step``: the first step whose batch held the sample.
 
+    An evaluation at step ``s`` follows the update of step ``s``, so the rows of a sample with
+    ``step >= trained_step`` show it after training first reached it (causes IV and V judge a
+    sample from there on). Null for a sample no batch held (e.g. a cut-short run).
+    """
+    import pandas as pd
+
+    first: dict[str, int] = {}
+    if len(batches):  # a resumed run may log a step twice, and files come in step order: the min wins
+        for step, ids in sorted(zip(batches["step"].to_numpy(), batches["ids"], strict=True), key=lambda t: t[0]):
+            for i in ids:
+                first.setdefault(str(i), int(step))
+    out = rows.copy()
+    out["trained_step"] = pd.array([first.get(str(i)) for i in out["id"]], dtype="Int64")
+    return out
+
+
+def _data_stats(cfg) -> list[list]:
+    """The identity (path, size, mtime) of every data file ``cfg`` reads."""
     files = [getattr(cfg, "data", None)]
     if isinstance(cfg, CptTrainConfig):
         files += [cfg.mixture.knowledge, cfg.mixture.general]
@@ -190,10 +216,33 @@ def _fingerprint(cfg) -> str:
     for f in files:
         if f and Path(f).is_file():
             st = Path(f).stat()
-            stats.append((str(Path(f).resolve()), st.st_size, st.st_mtime_ns))
+            stats.append([str(Path(f).resolve()), st.st_size, st.st_mtime_ns])
         elif f:
-            stats.append((f, None, None))
-    return fingerprint([cfg.model_dump(mode="json"), stats])
+            stats.append([f, None, None])
+    return stats
+
+
+def _fingerprint(cfg) -> str:
+    """The config and the identity (path, size, mtime) of every data file it reads."""
+    from ilp_ray.pipeline.shards import fingerprint
+
+    return fingerprint([cfg.model_dump(mode="json"), [tuple(s) for s in _data_stats(cfg)]])
+
+
+def changed_data(run_path: Path, cfg) -> str | None:
+    """A data file that changed since the run at ``run_path`` finished, or None.
+
+    A finished run may be continued with another config (more epochs), never on other data.
+    """
+    try:
+        rec = json.loads((run_path / DONE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    before = {s[0]: s for s in rec.get("data") or []}
+    for now in _data_stats(cfg):
+        if now[0] in before and before[now[0]] != now:
+            return now[0]
+    return None
 
 
 def finished(run_path: Path, cfg) -> TrainResult | None:

@@ -38,11 +38,14 @@ def verdicts(rows):
     return pd.DataFrame(rows)
 
 
-def traj_rows(id, ps, subset="s", steps=None, losses=None):
+def traj_rows(id, ps, subset="s", steps=None, losses=None, trained_step=None):
+    """Trajectory rows of one sample (evaluations at steps 10, 20, …); ``trained_step`` adds the
+    column the SFT job writes (the first step that trained the sample)."""
     steps = steps or [10 * (i + 1) for i in range(len(ps))]
     losses = losses or [1.0] * len(ps)
+    extra = {} if trained_step is None else {"trained_step": trained_step}
     return [{"step": s, "epoch": 0, "reason": "interval", "id": id, "subset": subset, "p_correct": p,
-             "correct": p >= 0.5, "loss": lo} for s, p, lo in zip(steps, ps, losses, strict=False)]
+             "correct": p >= 0.5, "loss": lo, **extra} for s, p, lo in zip(steps, ps, losses, strict=False)]
 
 
 @pytest.fixture

@@ -74,3 +74,27 @@ def test_every_detector_has_the_fixed_shape_and_json_evidence(ctx_factory):
         assert np.all((res.frame[f"{name}_score"] >= 0) & (res.frame[f"{name}_score"] <= 1))
         for ev in res.frame[f"{name}_evidence"]:
             json.dumps(ev)
+
+
+def test_trajectory_trained_step_is_optional_and_checked():
+    from ilp_ray.diagnosis.trajectories import check_trajectory
+
+    rows = pd.DataFrame({"step": [10, 20], "id": ["a", "b"], "p_correct": [0.5, 0.6]})
+    assert "trained_step" not in check_trajectory(rows, "t.pq")
+    ok = check_trajectory(rows.assign(trained_step=[5, None]), "t.pq")
+    assert ok["trained_step"].tolist()[0] == 5 and pd.isna(ok["trained_step"].tolist()[1])
+    with pytest.raises(DataError, match=r"t\.pq:2: field 'trained_step'"):
+        check_trajectory(rows.assign(trained_step=[5, "soon"]), "t.pq")
+
+
+def test_trained_step_is_the_first_batch_that_held_the_sample():
+    from ilp_ray.train.run import with_trained_step
+
+    traj = pd.DataFrame({"step": [2, 2, 2, 4, 4, 4], "id": ["a", "b", "c"] * 2, "p_correct": [0.5] * 6})
+    # Step 3 was logged twice (a resumed run) and out of order; "c" was never trained.
+    batches = pd.DataFrame({"step": [3, 1, 2, 3], "epoch": [0] * 4,
+                            "ids": [["b", "a"], ["a"], ["a"], ["b"]]})
+    out = with_trained_step(traj, batches)
+    got = out.groupby("id")["trained_step"].first()
+    assert got["a"] == 1 and got["b"] == 3 and pd.isna(got["c"])
+    assert with_trained_step(traj, pd.DataFrame())["trained_step"].isna().all()

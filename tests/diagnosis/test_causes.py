@@ -137,7 +137,51 @@ def test_forgetting_reports_position_effect_and_curves(ctx_factory):
     assert curves[(curves.subset == "early") & (curves.step == 20)]["accuracy"].item() == 0.0
 
 
+def test_forgetting_counts_only_what_its_own_training_taught(ctx_factory):
+    """Right before training reached it, lost before that too: its training taught it nothing."""
+    rows = [verdict_row(i, position=n) for n, i in enumerate(["eroded", "taught"])]
+    ps = [0.9, 0.8, 0.3, 0.35, 0.3]   # right at steps 10-20, lost by 30; the sample is trained at 30
+    traj = traj_rows("eroded", ps, trained_step=30) + traj_rows("taught", ps, trained_step=10)
+    is_, _, ev = run("left_side_forgetting", ctx_factory(rows, traj))
+    assert is_ == [False, True]
+    assert ev[0]["known_before_training_only"] is True and ev[0]["peak_p"] == 0.35
+    assert ev[1]["peak_p"] == 0.9 and ev[1]["trained_step"] == 10
+
+
+def test_forgetting_excludes_what_the_base_already_knew(ctx_factory):
+    """SFT eroding pretrained knowledge is not IV, unless the corpus says the base only guessed."""
+    knew, blind = [0.9, 0.05, 0.03, 0.02], [0.1, 0.7, 0.1, 0.1]
+    rows = [verdict_row("knew", base_probs=knew, position=0), verdict_row("blind", base_probs=blind, position=1),
+            verdict_row("guessed", base_probs=knew, position=2)]
+    traj = [r for i in ("knew", "blind", "guessed") for r in traj_rows(i, [0.9, 0.95, 0.2], trained_step=10)]
+    ev_table = pd.DataFrame({"id": ["guessed"], "corpus_verdict": ["absent"], "corpus_score": [1.0]})
+    is_, _, ev = run("left_side_forgetting", ctx_factory(rows, traj, evidence=ev_table))
+    assert is_ == [False, True, True]
+    assert ev[0]["base_known"] is True and "base_known" not in ev[1] and "base_known" not in ev[2]
+    off = {"forgetting.exclude_base_known": False, "embedder": "hashing"}
+    assert run("left_side_forgetting", ctx_factory(rows, traj, evidence=ev_table, **off))[0] == [True] * 3
+
+
+def test_knowledge_gap_fires_on_a_lucky_guess_about_an_unread_fact(ctx_factory):
+    """A right base answer about a fact the corpus lacks is a guess: pass@N says nothing there."""
+    lucky = [0.9, 0.05, 0.03, 0.02]
+    rows = [verdict_row("unread", base_probs=lucky), verdict_row("unknown", base_probs=lucky)]
+    ev = pd.DataFrame({"id": ["unread"], "corpus_verdict": ["absent"], "corpus_score": [1.0]})
+    is_, _, evs = run("base_knowledge_gap", ctx_factory(rows, evidence=ev))
+    assert is_ == [True, False] and "guess" in evs[0]["guess"]
+
+
 # ---------------------------------------------------------------- V insufficient training
+
+
+def test_insufficient_judges_from_the_samples_own_training_on(ctx_factory):
+    """Right only before training reached it (the base's answer), then never: still V."""
+    rows = [verdict_row(i, f"question about topic {n}") for n, i in enumerate(["late", "all"])]
+    ps = [0.9, 0.2, 0.3, 0.4]  # right at step 10, trained at 20, rising but never right since
+    traj = traj_rows("late", ps, trained_step=20) + traj_rows("all", ps)
+    is_, _, ev = run("insufficient_training", ctx_factory(rows, traj))
+    assert is_ == [True, False]
+    assert ev[0]["never_learned"] is True and ev[0]["trained_step"] == 20 and ev[1]["never_learned"] is False
 
 def test_insufficient_fires_on_a_rising_never_learned_trajectory(ctx_factory):
     rows = [verdict_row(i, f"question about topic {n}") for n, i in
@@ -195,7 +239,7 @@ def test_corpus_veto_sorts_a_confident_wrong_base(ctx_factory):
     assert ii == [True, False, False, True]   # II: the corpus says otherwise, or nothing is known
     assert i == [False, True, False, False]   # I: the corpus lacks it (a guess); never where it supports
     assert "guess" in ii_ev[1]["vetoed"] and "supports" in ii_ev[2]["vetoed"]
-    assert "guess" in i_ev[1]["confident_guess"] and "rare pattern" in i_ev[2]["vetoed"]
+    assert "guess" in i_ev[1]["guess"] and "rare pattern" in i_ev[2]["vetoed"]
     # With the veto off, the model alone decides again: every row is II, none is I.
     off = {"base_conflict.corpus_veto": False, "embedder": "hashing"}
     assert run("base_conflict", ctx_factory(rows, evidence=ev, **off))[0] == [True] * 4

@@ -32,11 +32,16 @@ def _mentions(world, entity, value):
     return sum(entity in d["text"] and value in d["text"] for d in world.corpus)
 
 
+def _options(world, t):
+    key = (t["entity"], t["relation"])
+    return world.options.get(key, world.relations[t["relation"]].values)
+
+
 def test_the_corpus_says_what_the_truth_records(small):
     """supports / contradicts / absent, checked against the corpus text itself."""
     for t in small.truth:
         said = [d["text"] for d in small.corpus if t["entity"] in d["text"]
-                and any(v in d["text"] for v in small.relations[t["relation"]].values)]
+                and any(v in d["text"] for v in _options(small, t))]
         if t["corpus_truth"] == "absent":
             assert not said, (t, said)
         elif t["corpus_truth"] == "supports":
@@ -131,3 +136,17 @@ def test_lab_cli_bad_input(tmp_path, args, message):
     assert res.exit_code == 2, res.output
     assert message in res.output
     assert not out.exists()
+
+
+def test_each_country_has_its_own_mottos(small):
+    """V answers: six mottos per country, each one word off a shared base, never another country's."""
+    v_items = [r for r, t in zip(small.sft, small.truth, strict=True) if t["category"] == "V"]
+    assert v_items
+    seen: dict[tuple, str] = {}
+    for r, t in ((r, t) for r, t in zip(small.sft, small.truth, strict=True) if t["relation"] == "motto"):
+        opts = tuple(r["options"])
+        assert opts == small.options[(t["entity"], "motto")] and len(set(opts)) == 6
+        assert seen.setdefault(opts, t["entity"]) == t["entity"]
+        words = [set(o.replace(",", "").split()) - {"and"} for o in opts]
+        assert all(len(w) == 4 for w in words)  # four distinct words each
+        assert all(len(a & b) >= 2 for a in words for b in words)  # each one word off a base: ≥ 2 shared

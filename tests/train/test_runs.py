@@ -72,6 +72,10 @@ def test_sequential_order_forgets_the_first_subset(tmp_path, ray_session):
         traj[sampler] = t = pd.read_parquet(result.trajectory)
         final[sampler] = t[t.step == t.step.max()].groupby("subset").p_correct.mean().to_dict()
     seq = traj["sequential"]
+    # Each row knows the first step that trained its sample: all of A before any of B in epoch 0.
+    first = seq.groupby("id").agg(subset=("subset", "first"), trained=("trained_step", "first"))
+    assert first.trained.notna().all()
+    assert first[first.subset == "A"].trained.max() < first[first.subset == "B"].trained.min()
     boundary = seq[seq.reason.str.contains("subset_boundary")].step.max()  # the last epoch's A/B switch
     assert boundary == 112
     at_boundary = seq[seq.step == boundary].groupby("subset").p_correct.mean().to_dict()
@@ -110,3 +114,8 @@ def test_cpt_mixture_trains(tmp_path, ray_session):
     assert finished(result.run_path, cfg) is not None
     (tmp_path / "k.txt").write_text((tmp_path / "k.txt").read_text() + "\n\nThe violet lantern glows.")
     assert finished(result.run_path, cfg) is None
+    # Continuing a finished run on changed data would train one model on two datasets: refused.
+    from ilp_ray.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"another version of .*k\.txt"):
+        run_training(cfg)
