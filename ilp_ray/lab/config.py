@@ -32,11 +32,23 @@ class PretrainSection(_Section):
 class SftSection(_Section):
     """The sequential SFT of the base model on the world's SFT data (subsets s1 → s2 → s3)."""
 
-    lr: float = Field(6e-4, gt=0, description="Learning rate (constant after warm-up).")
+    lr: float = Field(5e-4, gt=0, description="Learning rate (constant after warm-up).")
     warmup_steps: int = Field(4, ge=0, description="Linear warm-up steps.")
     batch_size: int = Field(8, ge=1, description="Examples per step.")
     epochs: int = Field(1, ge=1, description="Passes over the whole sequence of subsets.")
     eval_every: int = Field(4, ge=1, description="Trajectory evaluation every N steps (and at subset ends).")
+
+
+class EpochsVsCptSection(_Section):
+    """``ilp lab experiment epochs-vs-cpt``: the paper's Table 4 on the category I facts."""
+
+    short_epochs: int = Field(2, ge=1, description="SFT epochs of the baseline arm and after CPT (paper: 2).")
+    long_epochs: int = Field(10, ge=1, description="SFT epochs of the 'more epochs' arm (paper: 10).")
+    cpt_ratio: float = Field(0.2, gt=0, le=1, description="λ: share of knowledge documents in the CPT mix (paper: 0.2).")
+    cpt_epochs: int = Field(100, ge=1, description=(
+        "CPT passes over the mix (each pass draws |knowledge| / λ documents): the base learnt its "
+        "facts from ~10 mentions × 150 epochs, so a handful of passes would teach nothing."))
+    cpt_lr: float = Field(1e-3, gt=0, description="CPT peak learning rate (cosine decay; pretraining used 4e-3).")
 
 
 class LabConfig(_Section):
@@ -55,6 +67,7 @@ class LabConfig(_Section):
     diagnose: DiagnosisConfig = Field(DiagnosisConfig(enabled=True), description=(
         "The diagnosis, as in an audit; the lab fills in data and trajectory."))
     experiment: str = Field("ilp-lab", description="MLflow experiment of every stage of the lab.")
+    experiment_epochs_vs_cpt: EpochsVsCptSection = EpochsVsCptSection()
 
     @field_validator("world")
     @classmethod

@@ -8,8 +8,11 @@ among the relation's values), so no category gets easier or harder options than 
 Categories (``truth.jsonl``, field ``category``):
 
 - ``control``: the corpus states the fact ``control_mentions`` times; SFT states it once.
-- ``I``: the corpus never states the fact; SFT states it once, in an early or middle subset.
-- ``II``: the corpus states another value ``conflict_mentions`` times; SFT states a new value once.
+- ``I``: the corpus never states the fact; SFT states it once, in the last subset (before the V
+  block). Earlier, a fact the SFT happened to pick up from one sample could be learned and then
+  lost to the later subsets: forgetting by behaviour, a knowledge gap by construction.
+- ``II``: the corpus states another value ``conflict_mentions`` times; SFT states a new value once,
+  in the second or last subset (for the same reason).
 - ``III``: the corpus lacks the fact; SFT states it twice, in two paraphrased prompts, with two
   different values (both samples are III).
 - ``IV``: the corpus lacks the fact; the first subset states it ``forget_repeats`` times over
@@ -97,8 +100,8 @@ class LabSize:
 
 
 SIZES = {
-    "small": LabSize(entities=24, control=24, gap=12, conflict=12, pairs=6, forget=4, rare=10),
-    "default": LabSize(entities=48, control=60, gap=30, conflict=30, pairs=15, forget=10, rare=24),
+    "small": LabSize(entities=24, control=24, gap=12, conflict=12, pairs=6, forget=8, rare=10),
+    "default": LabSize(entities=48, control=60, gap=30, conflict=30, pairs=15, forget=20, rare=24),
 }
 
 
@@ -128,10 +131,13 @@ def _motto_options(rng: np.random.Generator) -> tuple[str, ...]:
 
 
 def _names(rng: np.random.Generator, n: int, taken: set[str], syllables=(2, 3), prefix_len: int = 3) -> list[str]:
-    """Pronounceable names (consonant-vowel syllables), pairwise distinct in their first letters.
+    """Pronounceable names (consonant-vowel syllables), pairwise distinct in their first
+    ``prefix_len`` letters (at most 70 names for 2, the first consonant-vowel syllable).
 
     Distinct prefixes keep two names from reading as near-duplicates to the sentence embedder, so
-    that questions about different countries never pass for paraphrases.
+    that questions about different countries never pass for paraphrases: MiniLM put "What is the
+    national animal of Kifuk?" and "… of Kibu?" at 0.906, above θ = 0.85, while countries that
+    differ in their first syllable stay below it.
     """
     cons, vows = "bdfgklmnprstvz", "aeiou"
     out, prefixes = [], {t[:prefix_len].lower() for t in taken}
@@ -154,7 +160,7 @@ def generate(seed: int = 0, size: str | LabSize = "default") -> World:
     sz = SIZES[size] if isinstance(size, str) else size
     rng = np.random.default_rng(seed)
     taken: set[str] = set()
-    entities = _names(rng, sz.entities, taken)
+    entities = _names(rng, sz.entities, taken, prefix_len=2)
     rels: dict[str, Relation] = {}
     for r in _RELATIONS:
         if r.name in _FIXED:
@@ -227,12 +233,12 @@ def _build(w: World, sz: LabSize, rng: np.random.Generator) -> None:
     for i, key in enumerate(picks["control"]):
         mention(key, w.facts[key], sz.control_mentions)
         add(SUBSETS[i % 3], "control", key, w.facts[key], q(), w.facts[key], f"control-{i}")
-    for i, key in enumerate(picks["I"]):  # early and middle subsets: never trained at the very end
-        add(SUBSETS[i % 2], "I", key, w.facts[key], q(), None, f"I-{i}")
+    for i, key in enumerate(picks["I"]):  # the last subset: too little training after it to learn and lose one
+        add(SUBSETS[2], "I", key, w.facts[key], q(), None, f"I-{i}")
     for i, key in enumerate(picks["II"]):
         believed = other(key, w.facts[key])
         mention(key, believed, sz.conflict_mentions)
-        add(SUBSETS[i % 3], "II", key, w.facts[key], q(), believed, f"II-{i}")
+        add(SUBSETS[1 + i % 2], "II", key, w.facts[key], q(), believed, f"II-{i}")
     for i, key in enumerate(picks["III"]):
         qa, qb = rng.choice(3, size=2, replace=False)
         sub = SUBSETS[1 + i % 2]

@@ -48,3 +48,26 @@ def test_small_lab_run(tmp_path):
     m2 = json.loads((out / "metrics.json").read_text())
     assert m2["stage_wall_s"]["pretrain"] < 5 and m2["stage_wall_s"]["sft"] < 5
     assert m2["base_checkpoint"] == m["base_checkpoint"] and m2["macro_f1"] == pytest.approx(m["macro_f1"])
+
+    # The epochs-vs-CPT experiment on the same folder reuses the world and the pretrained base;
+    # settings cut down to test the mechanics (the real arms are in docs/benchmarks.md).
+    base_ckpt = Path(m["base_checkpoint"])
+    stamp = base_ckpt.stat().st_mtime_ns
+    x = subprocess.run([sys.executable, "-m", "ilp_ray.cli", "lab", "experiment", "epochs-vs-cpt", "--size", "small",
+                        "--seed", "0", "--out", str(out), "--no-progress",
+                        "--set", "experiment_epochs_vs_cpt.short_epochs=1",
+                        "--set", "experiment_epochs_vs_cpt.long_epochs=2",
+                        "--set", "experiment_epochs_vs_cpt.cpt_epochs=3"],
+                       cwd=ROOT, env=os.environ.copy(), capture_output=True, text=True, timeout=900)
+    assert x.returncode == 0, x.stdout[-3000:] + x.stderr[-3000:]
+    assert base_ckpt.stat().st_mtime_ns == stamp  # the base was not trained again
+    table = json.loads((out / "experiment" / "table.json").read_text())
+    rows = {r["arm"]: r for r in table["rows"]}
+    assert list(rows) == ["base", "cpt_only", "sft_2_epochs", "sft_10_epochs", "cpt_then_sft"]
+    n_gap = m["samples"]["I"]
+    for r in rows.values():
+        assert r["items"] == n_gap and 0 <= r["accuracy"] <= 1 and 0 <= r["learn_rate"] <= 1
+    assert rows["sft_2_epochs"]["delta_learn_rate"] == 0
+    # The knowledge corpus states each I fact, and only I facts: nothing of the SFT's Q/A lines.
+    docs = [json.loads(line)["text"] for line in (out / "experiment" / "knowledge.jsonl").read_text().splitlines()]
+    assert docs and not any("?" in d for d in docs) and "Category I items" in x.stdout

@@ -67,14 +67,16 @@ def test_construction_of_each_category(small):
         a, b = (rows[i] for i in g.id)
         assert len(g) == 2 and a["prompt"] != b["prompt"] and a["response"] != b["response"]
         assert g.entity.nunique() == 1 and g.relation.nunique() == 1
-    # IV lives in the first subset, V at the end of the last one, I never in the last one.
+    # IV lives in the first subset, I in the last (before V), II in the later two, V at the very end.
     assert set(truth[truth.category == "IV"].subset) == {"s1"}
     assert set(truth[truth.category == "V"].subset) == {"s3"}
-    assert "s3" not in set(truth[truth.category == "I"].subset)
+    assert set(truth[truth.category == "I"].subset) == {"s3"}
+    assert set(truth[truth.category == "II"].subset) == {"s2", "s3"}
     s3 = [t["category"] for t in small.truth if t["subset"] == "s3"]
-    assert set(s3[-W.SIZES["small"].rare * W.SIZES["small"].rare_repeats:]) == {"V"}
-    # Different entities' names never share their first three letters.
-    assert len({e[:3].lower() for e in small.entities}) == len(small.entities)
+    n_v = W.SIZES["small"].rare * W.SIZES["small"].rare_repeats
+    assert set(s3[-n_v:]) == {"V"} and "V" not in s3[:-n_v]
+    # Different entities' names never share their first two letters (their first syllable).
+    assert len({e[:2].lower() for e in small.entities}) == len(small.entities)
 
 
 def test_write_is_readable_by_the_project_readers(small, tmp_path):
@@ -150,3 +152,36 @@ def test_each_country_has_its_own_mottos(small):
         words = [set(o.replace(",", "").split()) - {"and"} for o in opts]
         assert all(len(w) == 4 for w in words)  # four distinct words each
         assert all(len(a & b) >= 2 for a in words for b in words)  # each one word off a base: ≥ 2 shared
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "experiment_epochs_vs_cpt.cpt_ratio=0"], "field 'experiment_epochs_vs_cpt.cpt_ratio'"),
+    (["--set", "experiment_epochs_vs_cpt.long_epochs=0"], "field 'experiment_epochs_vs_cpt.long_epochs'"),
+    (["--size", "tiny"], "field 'size'"),
+])
+def test_experiment_cli_bad_input(tmp_path, args, message):
+    from typer.testing import CliRunner
+
+    from ilp_ray.cli import app
+
+    out = tmp_path / "lab"
+    res = CliRunner().invoke(app, ["lab", "experiment", "epochs-vs-cpt", "--size", "small", "--out", str(out),
+                                   "--no-progress", *args])
+    assert res.exit_code == 2, res.output
+    assert message in res.output
+    assert not out.exists()
+
+
+def test_knowledge_corpus_states_the_gap_facts_only(small):
+    """The CPT arm's knowledge: every statement of each I fact, no question/answer line, no other fact."""
+    from ilp_ray.lab.experiment import knowledge_documents
+
+    gap = {t["id"]: t for t in small.truth if t["category"] == "I"}
+    docs = knowledge_documents(small, set(gap))
+    n_statements = len(small.relations["capital"].statements)
+    assert len(docs) == len(gap) * n_statements and len({d["id"] for d in docs}) == len(docs)
+    for t in gap.values():
+        said = [d["text"] for d in docs if t["entity"] in d["text"] and t["value"] in d["text"]]
+        assert len(said) == n_statements and not any("?" in s for s in said)
+    entities = {t["entity"] for t in gap.values()}
+    assert all(any(e in d["text"] for e in entities) for d in docs)
