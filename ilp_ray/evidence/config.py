@@ -2,13 +2,18 @@
 
 Secrets never live in a config: ``ElasticsearchConfig`` names the environment variables (or a
 file) to read them from at connect time, so a logged or printed config cannot leak them.
+
+``EvidenceConfig`` is ``ilp corpus evidence``; ``AuditEvidenceConfig`` is the ``evidence`` section
+of the audit config. Both share ``EvidenceStageConfig`` (retrieval, matching, judge), and the
+audit's section turns into an ``EvidenceConfig`` for its run (``run_config``), so the stage has
+one implementation, ``ilp_ray.evidence.run.run_evidence``.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from ilp_ray.config_base import TrackingConfig, _Section
 
@@ -58,6 +63,12 @@ class IndexConfig(_Section):
         "tantivy: embedded, on disk, in-process. elasticsearch: a cluster via the official client."))
     location: str = Field("runs/corpus-index", description=(
         "tantivy: the index directory; elasticsearch: the index name."))
+    state_dir: str | None = Field(None, description=(
+        "Where `ilp corpus index` keeps its manifest (the files already indexed, for resuming), as "
+        "<state_dir>/<name>.<id>.manifest.json, <id> naming the index (directory, or cluster URL and "
+        "name). None: beside a tantivy index (<location>.manifest.json); for elasticsearch "
+        "$ILP_CACHE_DIR/ingest, else ~/.cache/ilp-ray/ingest (never the working directory). Set it "
+        "to a persistent volume where the home directory is not (a job's pod)."))
     tantivy: TantivyConfig = TantivyConfig()
     elasticsearch: ElasticsearchConfig = ElasticsearchConfig()
 
@@ -101,22 +112,88 @@ class MatchConfig(_Section):
 
 class JudgeConfig(_Section):
     name: str = Field("rule", description="Corpus judge: rule, model or llm (or a registered name).")
-    model: str | None = Field(None, description="judge=model: a checkpoint dir or bundled name to score with.")
-    url: str | None = Field(None, description="judge=llm: OpenAI-compatible base URL.")
+    model: str | None = Field(None, validate_default=True, description=(
+        "judge=model: a checkpoint dir or bundled name to score with (required for it)."))
+    url: str | None = Field(None, validate_default=True, description=(
+        "judge=llm: OpenAI-compatible base URL (required for it)."))
     llm_model: str = Field("gpt-4o-mini", description="judge=llm: the model name sent to the endpoint.")
     api_key_env: str = Field("ILP_JUDGE_API_KEY", description="judge=llm: env variable with the bearer key.")
     timeout_s: float = Field(30.0, gt=0, description="judge=llm: per-request timeout.")
     max_passages: int = Field(3, ge=1, description="Matched passages shown to the model/llm judge.")
 
+    @field_validator("name")
+    @classmethod
+    def _known_judge(cls, v: str) -> str:
+        from ilp_ray.evidence.judge import JUDGES
 
-class EvidenceConfig(_Section):
-    data: str = Field(..., description="SFT dataset (JSONL, Parquet, CSV).")
-    out: str = Field("runs/evidence", description="Output directory.")
-    index: IndexConfig = IndexConfig()
+        if v not in JUDGES.names():
+            try:
+                JUDGES.get(v)
+            except KeyError as e:  # the registry's message, with its "Did you mean"
+                raise ValueError(e.args[0]) from None
+        return v
+
+    @field_validator("model")
+    @classmethod
+    def _model_judge_needs_model(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("name") == "model" and not v:
+            raise ValueError("judge 'model' needs judge.model (a checkpoint dir or bundled name)")
+        return v
+
+    @field_validator("url")
+    @classmethod
+    def _llm_judge_needs_url(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("name") == "llm" and not v:
+            raise ValueError("judge 'llm' needs judge.url (an OpenAI-compatible base URL)")
+        return v
+
+
+class EvidenceStageConfig(_Section):
+    """What retrieval, matching and judging need, wherever the stage runs."""
+
     retrieve: RetrieveConfig = RetrieveConfig()
     match: MatchConfig = MatchConfig()
     judge: JudgeConfig = JudgeConfig()
+
+
+class EvidenceConfig(EvidenceStageConfig):
+    """``ilp corpus evidence``: one SFT dataset against one index."""
+
+    data: str = Field(..., description="SFT dataset (JSONL, Parquet, CSV).")
+    out: str = Field("runs/evidence", description="Output directory.")
+    index: IndexConfig = IndexConfig()
     tracking: TrackingConfig = TrackingConfig(experiment="ilp-evidence")
+
+
+class AuditEvidenceConfig(EvidenceStageConfig):
+    """The audit's ``evidence`` section: the corpus-evidence stage between detection and diagnosis."""
+
+    enabled: bool = Field(False, description=(
+        "Run the corpus-evidence stage after detection and before the diagnosis, on the audit's "
+        "data; its outputs go to <run_dir>/evidence/, its rates into the audit's MLflow run, and "
+        "its corpus_evidence.parquet to the diagnosis (unless diagnose.evidence names a file)."))
+    scope: Literal["unlearned", "top_k", "all"] = Field("unlearned", description=(
+        "Which records are judged: the unlearned ones (what the diagnosis reads), the top-K most "
+        "severe (detect.top_k), or every record (the dataset's non-existence and conflict rates, "
+        "as the paper's Table 13 reports them)."))
+    index: IndexConfig | None = Field(None, validate_default=True, description=(
+        "The corpus index that `ilp corpus index` built (backend, location, ...); required when "
+        "enabled. The index must exist: the audit checks it before any work."))
+
+    @field_validator("index")
+    @classmethod
+    def _index_when_enabled(cls, v: IndexConfig | None, info: ValidationInfo) -> IndexConfig | None:
+        if v is None and info.data.get("enabled"):
+            raise ValueError("required when evidence.enabled is true: the corpus index to search "
+                             "(e.g. evidence.index.location=runs/corpus-index, built by `ilp corpus index`)")
+        return v
+
+    def run_config(self, data: str, out: str) -> EvidenceConfig:
+        """The ``EvidenceConfig`` of this section for one run; tracking is the caller's (its run)."""
+        if self.index is None:
+            raise ValueError("evidence.index is not set")
+        return EvidenceConfig(data=data, out=out, index=self.index, retrieve=self.retrieve, match=self.match,
+                              judge=self.judge, tracking=TrackingConfig(enabled=False))
 
 
 class CorpusConfig(_Section):

@@ -6,7 +6,7 @@ a marker row carrying the file's passage count, so the driver knows a file is co
 Ray interleaves the blocks of different files.
 
 Resumable: after a commit, every file whose passages are all in the index is recorded in a
-manifest (path, size, mtime). A re-run skips recorded files; a file that was half indexed when
+manifest (path, size, mtime; where it lives: ``manifest_path``). A re-run skips recorded files; a file that was half indexed when
 the job died is re-read in full, and its content-derived ids overwrite what was already there.
 A file edited since it was indexed is re-read too; its new passages are added, but passages of
 text that no longer exists stay (ids come from text): rebuild the index to drop them.
@@ -15,6 +15,7 @@ text that no longer exists stay (ids come from text): rebuild the index to drop 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -26,12 +27,48 @@ from ilp_ray.evidence.corpus_files import chunk_words, expand_inputs, read_docum
 from ilp_ray.evidence.index import Passage, open_index
 from ilp_ray.pipeline.shards import write_json_atomic
 
+log = logging.getLogger(__name__)
+
 
 def manifest_path(index_cfg) -> Path:
-    """Beside the index: ``<dir>.manifest.json`` for tantivy (never inside, where tantivy's
-    garbage collection owns the files), ``<name>.manifest.json`` in the working dir for ES."""
+    """Where ingest records the files already in the index (``IndexConfig.state_dir``).
+
+    - ``state_dir`` set: ``<state_dir>/<name>.<id>.manifest.json``, where ``<id>`` is a short hash
+      of what names the index (a tantivy directory's absolute path; an Elasticsearch cluster's
+      URL, without credentials, and the index name), so indexes that share a name never share a
+      manifest;
+    - tantivy, no ``state_dir``: beside the index, ``<dir>.manifest.json`` (never inside it, where
+      tantivy's garbage collection owns the files);
+    - Elasticsearch, no ``state_dir``: the same layout under ``$ILP_CACHE_DIR/ingest`` (default
+      ``~/.cache/ilp-ray/ingest``); never the working directory.
+    """
+    import hashlib
+
+    from ilp_ray.models import cache_dir
+
+    name, ident = _index_identity(index_cfg)
+    if index_cfg.backend == "tantivy" and index_cfg.state_dir is None:
+        return Path(ident).parent / f"{name}.manifest.json"
+    state = Path(index_cfg.state_dir).expanduser() if index_cfg.state_dir else cache_dir() / "ingest"
+    digest = hashlib.sha1(f"{index_cfg.backend}\x00{ident}".encode()).hexdigest()[:10]
+    return state / f"{name}.{digest}.manifest.json"
+
+
+def _index_identity(index_cfg) -> tuple[str, str]:
+    """(short name, what names the index uniquely): a tantivy index's absolute directory, or an
+    Elasticsearch cluster's URL (credentials dropped) and the index name."""
     loc = index_cfg.location.rstrip("/")
-    return Path(f"{loc}.manifest.json")
+    if index_cfg.backend == "tantivy":
+        path = Path(loc).absolute()  # as open_index reads it: relative to the working directory
+        return path.name, str(path)
+    return loc, f"{_without_userinfo(index_cfg.elasticsearch.url)}/{loc}"
+
+
+def _without_userinfo(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    u = urlsplit(url)
+    return urlunsplit(u._replace(netloc=u.netloc.rpartition("@")[2]))
 
 
 def _file_key(path: str) -> dict[str, int]:
@@ -108,14 +145,21 @@ def ingest(inputs: list[str], index_cfg, chunk_cfg, ingest_cfg, progress: bool =
     mpath = manifest_path(index_cfg)
     files = expand_inputs(inputs, exclude=(str(mpath.resolve()), os.path.abspath(index_cfg.location)))
     manifest = _load_manifest(mpath)
-    done = manifest["files"]
-    todo = [f for f in files if done.get(f, {}).get("key") != _file_key(f)]
-    for f in todo:  # a changed file is done again only once all its new passages are in
-        done.pop(f, None)
-    report: dict[str, Any] = {"files": len(todo), "files_skipped": len(files) - len(todo), "docs": 0,
-                              "passages": 0, "manifest": str(mpath)}
+    manifest["index"] = {"backend": index_cfg.backend, "index": _index_identity(index_cfg)[1]}  # for people
     t0 = time.perf_counter()
     with open_index(index_cfg) as index:
+        done = manifest["files"]
+        if done and index.count() == 0:
+            # Files recorded as done but an empty index: the index was deleted or rebuilt while
+            # the manifest (which may live elsewhere, see state_dir) stayed. Start over.
+            log.warning("ingest manifest %s lists %d files but the index is empty; re-indexing them",
+                        mpath, len(done))
+            done.clear()
+        todo = [f for f in files if done.get(f, {}).get("key") != _file_key(f)]
+        for f in todo:  # a changed file is done again only once all its new passages are in
+            done.pop(f, None)
+        report: dict[str, Any] = {"files": len(todo), "files_skipped": len(files) - len(todo), "docs": 0,
+                                  "passages": 0, "manifest": str(mpath)}
         if todo:
             init_ray(None)
             ds = ray.data.read_binary_files(todo, include_paths=True).flat_map(

@@ -95,3 +95,47 @@ def test_reading_a_missing_index_is_an_error(tmp_path):
     with pytest.raises(EvidenceError, match="no tantivy index"):
         open_index(IndexConfig(location=str(tmp_path / "typo")), must_exist=True)
     assert not (tmp_path / "typo").exists()
+
+
+def test_manifest_location(tmp_path, monkeypatch):
+    """Beside a tantivy index by default; Elasticsearch's under the cache, never the working dir;
+    ``state_dir`` puts either where it says, one file per index even when names repeat."""
+    work, cache = tmp_path / "work", tmp_path / "cache"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("ILP_CACHE_DIR", str(cache))
+    assert manifest_path(IndexConfig(location="runs/idx")) == work / "runs" / "idx.manifest.json"
+    es = manifest_path(IndexConfig(backend="elasticsearch", location="corpus"))
+    assert es.parent == cache / "ingest" and es.name.startswith("corpus.") and work not in es.parents
+    other = manifest_path(IndexConfig.model_validate(
+        {"backend": "elasticsearch", "location": "corpus", "elasticsearch": {"url": "https://es2:9200"}}))
+    assert other.parent == es.parent and other != es  # same index name on another cluster
+    keyed = IndexConfig.model_validate({"backend": "elasticsearch", "location": "corpus",
+                                        "elasticsearch": {"url": "https://elastic:s3cret@es2:9200"}})
+    assert manifest_path(keyed) == other  # credentials in the URL do not change (or leak into) it
+    state = tmp_path / "state"
+    a = manifest_path(IndexConfig(location=str(tmp_path / "a" / "idx"), state_dir=str(state)))
+    b = manifest_path(IndexConfig(location=str(tmp_path / "b" / "idx"), state_dir=str(state)))
+    assert a.parent == b.parent == state and a != b
+
+
+def test_manifest_in_state_dir_and_a_deleted_index(ray_session, tmp_path):
+    """With ``state_dir`` the manifest lives there; if the index is deleted while the manifest
+    stays, the next ingest indexes every file again instead of skipping them all."""
+    import shutil
+
+    corpus = write_corpus(tmp_path / "corpus")
+    loc, state = tmp_path / "idx", tmp_path / "state"
+    index = IndexConfig(location=str(loc), state_dir=str(state))
+
+    def go():
+        return ingest([str(corpus)], index, ChunkConfig(words=8, overlap=2), IngestConfig(), progress=False)
+
+    r1 = go()
+    assert r1["manifest"] == str(manifest_path(index)) and manifest_path(index).parent == state
+    assert not (tmp_path / "idx.manifest.json").exists()
+    assert set(json.loads(manifest_path(index).read_text())["files"]) == {str(corpus / n) for n in
+                                                                           ("a.jsonl", "b.txt", "c.parquet")}
+    shutil.rmtree(loc)
+    r2 = go()
+    assert (r2["files"], r2["files_skipped"], r2["index_passages"]) == (3, 0, 6)
