@@ -21,8 +21,13 @@ import numpy as np
 _SESSIONS: dict = {}
 
 
-def get_spark(master: str = "local[*]", driver_memory: str = "2g"):
-    """A SparkSession as STACK.md describes it (quiet UI, Arrow on); one per process and master."""
+def get_spark(master: str = "local[*]", driver_memory: str = "2g", progress: bool = False):
+    """A SparkSession as STACK.md describes it (quiet UI, Arrow on); one per process and master.
+
+    ``progress``: Spark's console progress bars (``[Stage 3:> (0 + 2) / 2]`` on stderr). PySpark
+    turns them on by default; they are off unless asked for. Like the driver memory, this is
+    fixed when the session starts: a session that already exists keeps its setting.
+    """
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     if master not in _SESSIONS:
@@ -31,6 +36,7 @@ def get_spark(master: str = "local[*]", driver_memory: str = "2g"):
         spark = (SparkSession.builder.master(master).appName("ilp-conflicts")
                  .config("spark.driver.memory", driver_memory)
                  .config("spark.ui.enabled", "false")
+                 .config("spark.ui.showConsoleProgress", "true" if progress else "false")
                  .config("spark.sql.execution.arrow.pyspark.enabled", "true")
                  .getOrCreate())
         spark.sparkContext.setLogLevel("ERROR")

@@ -3,8 +3,9 @@
 Items and the distinct candidate passages are embedded in ``mapInPandas`` tasks (each Python
 worker loads the embedder once, one torch thread), the vectors are joined back onto the
 (item, passage) pairs, and the cosine is a dot product of unit vectors in Spark SQL. Pairs with
-cosine ≥ ``theta`` are kept. The session is the project's one (``get_spark``: UI off, Arrow on,
-``SPARK_LOCAL_IP``, ``PYSPARK_PYTHON``), and coexists with Ray in one process.
+cosine ≥ ``theta`` are kept. The session is the project's one (``get_spark``: UI and console
+progress bars off, Arrow on, ``SPARK_LOCAL_IP``, ``PYSPARK_PYTHON``), and coexists with Ray in one
+process.
 """
 
 from __future__ import annotations
@@ -24,13 +25,15 @@ def make_embedder(kind: str):
 
 
 @contextmanager
-def spark_session(match_cfg):
+def spark_session(match_cfg, progress: bool = False):
     """The project's Spark session for ``match_cfg.master``; stopped on exit only if this block
-    started it, so a job leaves no JVM behind but never stops a session someone else holds."""
+    started it, so a job leaves no JVM behind but never stops a session someone else holds.
+    Spark's console progress bars are on only with ``progress`` (and only for a session this
+    block starts)."""
     from ilp_ray.diagnosis import spark_search
 
     started = match_cfg.master not in spark_search._SESSIONS
-    spark = spark_search.get_spark(match_cfg.master, match_cfg.driver_memory)
+    spark = spark_search.get_spark(match_cfg.master, match_cfg.driver_memory, progress=progress)
     try:
         yield spark
     finally:
@@ -50,7 +53,7 @@ def _embed_task(kind: str, key: str, text: str):
     return run
 
 
-def match_candidates(items, candidates, match_cfg):
+def match_candidates(items, candidates, match_cfg, progress: bool = False):
     """Cosine of every (item, candidate passage) pair on Spark; keep those ≥ ``theta``.
 
     Args:
@@ -58,6 +61,7 @@ def match_candidates(items, candidates, match_cfg):
         candidates: pandas DataFrame with ``id``, ``passage_id``, ``text`` (and any other columns,
             kept), as ``search_items`` returns.
         match_cfg: ``MatchConfig`` (theta, embedder, master, driver memory, partitions).
+        progress: Spark's console progress bars (off by default).
 
     Returns:
         ``candidates`` with a float ``sim`` column, only the rows with sim ≥ theta, ordered by
@@ -69,7 +73,7 @@ def match_candidates(items, candidates, match_cfg):
         return candidates.assign(sim=pd.Series(dtype=float))
     from pyspark.sql import functions as F
 
-    with spark_session(match_cfg) as spark:
+    with spark_session(match_cfg, progress=progress) as spark:
         return _match(spark, items, candidates, match_cfg, F)
 
 

@@ -66,6 +66,9 @@ def search_items(ids: Sequence[str], queries: Sequence[str], index_cfg, retrieve
 
         index_cfg = index_cfg.model_copy(update={"location": os.path.abspath(index_cfg.location)})
     open_index(index_cfg, must_exist=True).close()  # fail here, not inside an actor
+    cols = ["id", "rank", "passage_id", "doc_id", "text", "bm25"]
+    if not len(ids):  # nothing to search (an audit with no unlearned item): no actors to start
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
     init_ray(None)
     ds = ray.data.from_items([{"id": str(i), "query": q} for i, q in zip(ids, queries, strict=True)])
     # A pool that takes every CPU deadlocks Ray Data's read/write tasks; cpus_per_actor < 1 leaves room.
@@ -74,7 +77,6 @@ def search_items(ids: Sequence[str], queries: Sequence[str], index_cfg, retrieve
                          num_cpus=retrieve_cfg.cpus_per_actor, batch_size=retrieve_cfg.batch_size,
                          batch_format="numpy")
     frames = [b for b in out.iter_batches(batch_format="pandas", batch_size=None)]
-    cols = ["id", "rank", "passage_id", "doc_id", "text", "bm25"]
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
     return df[cols] if len(df) else pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
 

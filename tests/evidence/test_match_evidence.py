@@ -35,6 +35,23 @@ def test_spark_matching_equals_brute_force():
         assert g["sim"].is_monotonic_decreasing
 
 
+def test_spark_console_progress_only_when_asked():
+    """PySpark turns Spark's console progress bars on by default; the project's session has none
+    unless progress is asked for (checked on the SparkContext's own progress-bar slot)."""
+    from ilp_ray.diagnosis import spark_search
+    from ilp_ray.evidence.match import spark_session
+
+    for master, spark in list(spark_search._SESSIONS.items()):  # a session an earlier test kept
+        spark.stop()
+        spark_search._SESSIONS.pop(master)
+    for progress in (False, True):
+        with spark_session(MatchConfig(master="local[1]"), progress=progress) as spark:
+            bar = spark.sparkContext._jsc.sc().progressBar()
+            assert bar.isDefined() is progress
+            assert spark.sparkContext.getConf().get("spark.ui.showConsoleProgress") == str(progress).lower()
+        assert "local[1]" not in spark_search._SESSIONS  # stopped: this block started it
+
+
 @pytest.mark.slow
 def test_evidence_end_to_end_with_ray_and_spark(ray_session, tmp_path, facts_jsonl):
     """Ray (ingest, retrieval actors) and Spark (matching) in one process, then the diagnosis hook."""
@@ -74,3 +91,54 @@ def test_evidence_end_to_end_with_ray_and_spark(ray_session, tmp_path, facts_jso
     # else, e.g. an earlier test, stays), and Ray is still up and usable in the same process.
     assert SparkSession.getActiveSession() is spark_before
     assert ray_session.is_initialized() and ray_session.data.range(3).count() == 3
+
+
+@pytest.fixture
+def ray_data_log():
+    """Messages of Ray Data's loggers (which do not propagate to the root, so caplog misses them)."""
+    import logging
+
+    import ray.data  # noqa: F401  (configures its loggers on import)
+
+    seen: list[str] = []
+    listener = logging.Handler(logging.INFO)
+    listener.emit = lambda record: seen.append(record.getMessage())
+    logger = logging.getLogger("ray.data")
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(listener)
+    yield seen
+    logger.removeHandler(listener)
+    logger.setLevel(level)
+
+
+def test_progress_flag_of_the_evidence_stage(ray_session, tmp_path, facts_jsonl, capfd, ray_data_log):
+    """progress=True: a line per stage on stderr and Ray Data's progress; False: neither. Ray
+    Data's setting is the caller's again afterwards."""
+    import ray.data
+
+    from ilp_ray.evidence.config import ChunkConfig, IngestConfig
+    from ilp_ray.evidence.ingest import ingest
+    from ilp_ray.evidence.run import run_evidence
+
+    (tmp_path / "corpus.txt").write_text("Paris is the capital of France.\n\nBees make honey.\n")
+    index = IndexConfig(location=str(tmp_path / "idx"))
+    ingest([str(tmp_path / "corpus.txt")], index, ChunkConfig(words=20, overlap=5), IngestConfig(), progress=False)
+    ctx = ray.data.DataContext.get_current()
+    before = ctx.enable_progress_bars
+    for progress in (False, True):
+        cfg = EvidenceConfig(data=str(facts_jsonl), out=str(tmp_path / f"out-{progress}"), index=index,
+                             retrieve=RetrieveConfig(k=3), match=MatchConfig(enabled=False),
+                             tracking=TrackingConfig(enabled=False))
+        capfd.readouterr()
+        ray_data_log.clear()
+        run_evidence(cfg, progress=progress)
+        stages = [line.split(":")[0] for line in capfd.readouterr().err.splitlines() if line.startswith("[evidence]")]
+        # Ray Data logs its progress (rather than drawing bars) where stdout is no terminal, as here
+        said = {key: any(key in m for m in ray_data_log) for key in ("Total Progress", "Progress bars disabled")}
+        if progress:
+            assert stages == ["[evidence] retrieve", "[evidence] match", "[evidence] judge"]
+            assert said["Total Progress"]
+        else:
+            assert stages == [] and not any(said.values())
+        assert ctx.enable_progress_bars is before
