@@ -182,13 +182,8 @@ def run_evidence(cfg, progress: bool = True, records=None, tracker=None) -> dict
         "n_matched": [len(groups[f.id]) if f.id in groups else 0 for f in facts],
         "passages": [groups[f.id][cols].to_dict("records") if f.id in groups else [] for f in facts],
     })
-    import pyarrow as pa
-
-    write_table_atomic(pa.Table.from_pandas(frame, schema=_frame_schema(), preserve_index=False),
-                       out / "evidence.parquet")
-    hook = frame[["id", "corpus_verdict", "corpus_score"]]
-    write_table_atomic(pa.Table.from_pandas(hook, schema=_frame_schema(hook.columns), preserve_index=False),
-                       out / "corpus_evidence.parquet")
+    write_table_atomic(_arrow(frame), out / "evidence.parquet")
+    write_table_atomic(_arrow(frame[["id", "corpus_verdict", "corpus_score"]]), out / "corpus_evidence.parquet")
     summary = {"data": cfg.data, "dataset": Path(cfg.data).name, "overall": rates(frame),
                "by_subset": rates(frame, "subset"), "timings": {k: round(v, 3) for k, v in t.items()},
                "items_per_s": round(len(facts) / max(sum(t.values()), 1e-9), 2),
@@ -221,8 +216,18 @@ def _log(tracker, summary: dict[str, Any], out: Path, artifact_path: str | None)
     tracker.log_artifact(out / "corpus_evidence.parquet", artifact_path)
 
 
-def _frame_schema(columns=None):
-    """The tables' Arrow schema, so that a run that judged no item still writes typed columns."""
+def _arrow(frame):
+    """``frame`` as Arrow with the stage's schema, so that a run that judged no item (an audit
+    without unlearned samples) still writes typed columns."""
+    import pyarrow as pa
+
+    schema = _frame_schema(frame.columns)
+    if frame.empty:
+        return schema.empty_table()
+    return pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
+
+
+def _frame_schema(columns):
     import pyarrow as pa
 
     passage = pa.struct([("passage_id", pa.string()), ("doc_id", pa.string()), ("text", pa.string()),
@@ -231,4 +236,4 @@ def _frame_schema(columns=None):
               ("relation", pa.string()), ("object", pa.string()), ("corpus_verdict", pa.string()),
               ("corpus_score", pa.float64()), ("n_hits", pa.int64()), ("n_matched", pa.int64()),
               ("passages", pa.list_(passage))]
-    return pa.schema([f for f in fields if columns is None or f[0] in list(columns)])
+    return pa.schema([f for f in fields if f[0] in list(columns)])
