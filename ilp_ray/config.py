@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from ilp_ray.config_base import TrackingConfig, _Section
 from ilp_ray.diagnosis.config import DiagnosisConfig
 from ilp_ray.errors import ConfigError
+from ilp_ray.evidence.config import AuditEvidenceConfig
 
 __all__ = ["AuditConfig", "DetectConfig", "McConfig", "RayConfig", "ScoringConfig", "TrackingConfig",
            "load_config", "parse_overrides"]
@@ -100,6 +101,9 @@ class AuditConfig(_Section):
     detect: DetectConfig = DetectConfig()
     ray: RayConfig = RayConfig()
     tracking: TrackingConfig = TrackingConfig()
+    evidence: AuditEvidenceConfig = Field(AuditEvidenceConfig(), description=(
+        "Pretraining-corpus evidence, run after detection and before the diagnosis when "
+        "evidence.enabled is true (off by default)."))
     diagnose: DiagnosisConfig = Field(DiagnosisConfig(), description=(
         "Five-cause diagnosis, run as the audit's last stage when diagnose.enabled is true."))
 
@@ -203,11 +207,16 @@ def _closest_line(lines: dict[tuple[str, ...], int], loc: tuple[str, ...]) -> in
 
 
 def _suggest(cls: type[BaseModel], loc: tuple[str, ...]) -> str:
+    import typing
+
     model: Any = cls
     for part in loc[:-1]:
         f = model.model_fields.get(part)
-        if f is None or not isinstance(f.annotation, type) or not issubclass(f.annotation, BaseModel):
+        # an optional section (``X | None``) suggests X's keys
+        sub = [t for t in (f.annotation, *typing.get_args(f.annotation)) if f is not None
+               and isinstance(t, type) and issubclass(t, BaseModel)]
+        if not sub:
             return ""
-        model = f.annotation
+        model = sub[0]
     close = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1)
     return f"; did you mean '{close[0]}'?" if close else f"; known: {', '.join(model.model_fields)}"

@@ -48,6 +48,12 @@ def print_summary(result: Any, top: int = 5) -> None:
                       _short(r["options"][r["answer"]], 30), _short(r["options"][r["pred"]], 30),
                       f"{r['pass_expected']:.3f}")
         con.print(w)
+    ev = getattr(result, "evidence", None)
+    if ev is not None:
+        o = ev["overall"]
+        con.print(f"corpus evidence of {o['n']} samples: {o['supports']} supported, {o['contradicts']} contradicted, "
+                  f"{o['absent']} absent (non-existence rate {o['non_existence_rate']:.3f}, conflict rate "
+                  f"{o['conflict_rate']:.3f}) -> {result.run_dir}/evidence/", highlight=False)
     if getattr(result, "diagnosis", None) is not None:
         from ilp_ray.diagnosis.run import print_result
 

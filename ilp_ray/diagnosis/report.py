@@ -4,8 +4,8 @@ Figures are PNGs saved under ``figures/`` and embedded in the HTML as base64 dat
 file can be mailed or opened from an MLflow artifact view without its folder. Sections: the
 cause distribution (overall and per subset), pass@N histograms of the base and fine-tuned
 models, confidence against correctness, per-subset learning curves (with a trajectory),
-accuracy by training-position decile, the worst samples per cause with their evidence, and the
-conflict groups.
+accuracy by training-position decile, the corpus-evidence rates and how they met the causes (with
+corpus evidence), the worst samples per cause with their evidence, and the conflict groups.
 """
 
 from __future__ import annotations
@@ -205,6 +205,40 @@ def _worst_tables(v: pd.DataFrame, table: pd.DataFrame, causes: list[str], worst
     return "".join(parts)
 
 
+def _corpus_html(v: pd.DataFrame, table: pd.DataFrame, evidence: pd.DataFrame | None, causes: list[str]) -> str:
+    """The corpus-evidence rates (overall, per subset) and how the verdicts met the causes."""
+    if evidence is None:
+        return ("<p class=muted>No corpus evidence was given: causes I and II rest on the models alone "
+                "(enable <code>evidence</code> in the audit config, or set <code>diagnose.evidence</code>).</p>")
+    from ilp_ray.evidence.judge import CORPUS_VERDICTS
+    from ilp_ray.evidence.run import rates
+
+    ids = v["id"].astype(str)
+    ev = evidence.merge(pd.DataFrame({"id": ids, "subset": v["subset"].astype(str)}), on="id", how="inner")
+    blocks = {"all": rates(ev), **rates(ev, "subset")}
+    rows = "".join(f"<tr><td>{_esc(name)}</td><td class=num>{b['n']}</td>"
+                   + "".join(f"<td class=num>{b[c]}</td>" for c in CORPUS_VERDICTS)
+                   + f"<td class=num>{b['non_existence_rate']:.1%}</td><td class=num>{b['conflict_rate']:.1%}</td></tr>"
+                   for name, b in blocks.items())
+    said = dict(zip(ev["id"], ev["corpus_verdict"], strict=True))
+    diag = table[table["in_scope"]]
+    verdict = diag["id"].astype(str).map(said).fillna("no evidence")
+    order = [*CORPUS_VERDICTS, "no evidence"]
+    cols = [*causes, "unattributed"]
+    cross = pd.crosstab(verdict, diag["cause"]).reindex(index=order, columns=cols, fill_value=0)
+    head = "".join(f'<th style="color:{COLORS.get(c, "#222")}">{LABELS.get(c, c)}</th>' for c in cols)
+    cross_rows = "".join(f"<tr><td>{_esc(r)}</td>" + "".join(f"<td class=num>{int(cross.loc[r, c])}</td>" for c in cols)
+                         + "</tr>" for r in order)
+    return (f"<p>{len(ev)} samples were judged against the pretraining corpus: <i>supports</i> (a passage "
+            "states the trained answer), <i>contradicts</i> (it states another value), <i>absent</i> "
+            "(nothing matched). The non-existence rate is the share absent, the conflict rate the share "
+            "contradicted (the paper's Table 13).</p>"
+            "<table><tr><th>subset</th><th>judged</th>" + "".join(f"<th>{c}</th>" for c in CORPUS_VERDICTS)
+            + f"<th>non-existence rate</th><th>conflict rate</th></tr>{rows}</table>"
+            "<p>Corpus verdict against the primary cause of each diagnosed sample (absent strengthens I, "
+            f"contradicts strengthens II):</p><table><tr><th>corpus</th>{head}</tr>{cross_rows}</table>")
+
+
 def _groups_html(v: pd.DataFrame, groups: pd.DataFrame, limit: int = 30) -> str:
     if groups is None or groups.empty:
         return "<p>No conflicting pairs were found.</p>"
@@ -269,6 +303,7 @@ III → IV → II → I → V; <i>unattributed</i> when none does.</p>
 <h2>Cause distribution</h2>
 <table><tr><th>cause</th><th>count</th><th>share</th>{head}</tr>{rows}</table>
 {F.html(['cause_distribution'])}
+<h2>Pretraining-corpus evidence</h2>{_corpus_html(v, table, ctx.evidence, causes)}
 <h2>Models</h2><div class=grid>{F.html(['pass_at_n', 'confidence'])}</div>
 <h2>Training dynamics</h2><div class=grid>{F.html(['trajectories', 'position'])}</div>
 <h2>Worst samples per cause</h2>{_worst_tables(v, table, causes, ctx.config.report_worst)}

@@ -1,4 +1,5 @@
-"""The audit job: read → validate → MC convert → score (base and fine-tuned) → verdicts → MLflow.
+"""The audit job: read → validate → MC convert → score (base and fine-tuned) → verdicts → MLflow,
+then, when enabled, corpus evidence and the diagnosis (both logged into the audit's MLflow run).
 
 Run layout (``cfg.run_dir``)::
 
@@ -7,6 +8,9 @@ Run layout (``cfg.run_dir``)::
                                    scoring config and the items); complete shards are reused
     verdicts/shard-*.parquet       the per-sample table (cheap; rewritten every run)
     summary.json                   the summary figures
+    evidence/                      corpus evidence (evidence.enabled): evidence.parquet,
+                                   corpus_evidence.parquet (the diagnosis reads it), summary.json
+    diagnosis/                     the diagnosis (diagnose.enabled)
 
 Scoring runs in a Ray Data actor pool whose actors each hold every model once. Shards stream back
 to the driver, which writes each one atomically as soon as all its items have arrived: a killed
@@ -40,6 +44,7 @@ class AuditResult:
     run_id: str | None
     tracking_uri: str | None
     diagnosis: Any = None  # DiagnosisResult when diagnose.enabled
+    evidence: dict[str, Any] | None = None  # the corpus-evidence summary when evidence.enabled
 
 
 # --------------------------------------------------------------------------- stages
@@ -235,6 +240,7 @@ def run_audit(cfg: AuditConfig, progress: bool = True) -> AuditResult:
     from ilp_ray.track import flatten, make_tracker
 
     apply_defaults(local_ray=cfg.ray.address is None)
+    check_evidence_index(cfg)  # a config error, before any file is written
     t0 = time.perf_counter()
     run_dir = Path(cfg.run_dir).expanduser().resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -259,18 +265,65 @@ def run_audit(cfg: AuditConfig, progress: bool = True) -> AuditResult:
     S.write_json_atomic(summary, run_dir / "summary.json")
 
     tracker = make_tracker(cfg.tracking.enabled, cfg.tracking.uri, cfg.tracking.experiment, run_dir.parent)
-    diagnosis = None
+    diagnosis = evidence = None
     with tracker.start(cfg.name or run_dir.name, tags=_run_tags(cfg)):
         tracker.log_params(flatten(cfg.model_dump()))
         tracker.log_metrics(_metric_view(summary))
         tracker.log_artifact(run_dir / "summary.json")
         tracker.log_artifact(run_dir / "verdicts", "verdicts")
+        if cfg.evidence.enabled:  # between detection and diagnosis, logged into the same MLflow run
+            evidence = evidence_stage(records, verdicts, cfg, run_dir, tracker, progress)
         if cfg.diagnose.enabled:  # the last stage, logged into the same MLflow run
             from ilp_ray.diagnosis.run import run_diagnosis
 
-            diag = cfg.diagnose if cfg.diagnose.data else cfg.diagnose.model_copy(update={"data": cfg.data})
-            diagnosis = run_diagnosis(run_dir, diag, tracker=tracker)
-    return AuditResult(run_dir, summary, verdicts, tracker.run_id, tracker.tracking_uri, diagnosis)
+            diagnosis = run_diagnosis(run_dir, diagnosis_config(cfg, evidence), tracker=tracker)
+    return AuditResult(run_dir, summary, verdicts, tracker.run_id, tracker.tracking_uri, diagnosis, evidence)
+
+
+def check_evidence_index(cfg: AuditConfig) -> None:
+    """With evidence enabled, its index must exist (the section's other rules are validators).
+
+    Raises:
+        ConfigError: no index at ``evidence.index.location`` (tantivy), or the Elasticsearch
+            cluster or index cannot be reached (``evidence.index``).
+    """
+    if not cfg.evidence.enabled:
+        return
+    from ilp_ray.errors import ConfigError
+    from ilp_ray.evidence.index import EvidenceError, open_index
+
+    index = cfg.evidence.index
+    try:
+        open_index(index, must_exist=True).close()
+    except EvidenceError as e:
+        where = "evidence.index.location" if index.backend == "tantivy" else "evidence.index"
+        raise ConfigError(str(e), field=where) from None
+
+
+def evidence_stage(records, verdicts, cfg: AuditConfig, run_dir: Path, tracker, progress: bool) -> dict[str, Any]:
+    """Corpus evidence of the records ``evidence.scope`` picks, written to ``run_dir/evidence``
+    and logged into ``tracker`` (the audit's run); returns the stage's summary."""
+    from ilp_ray.evidence.run import run_evidence
+
+    scope = cfg.evidence.scope
+    if scope != "all":
+        picked = verdicts["unlearned" if scope == "unlearned" else "in_top_k"].astype(bool)
+        ids = set(verdicts.loc[picked, "id"].astype(str))
+        records = [r for r in records if r.id in ids]
+    log.info("corpus evidence: %d records (scope %s)", len(records), scope)
+    stage_cfg = cfg.evidence.run_config(cfg.data, str(run_dir / "evidence"))
+    return run_evidence(stage_cfg, progress=progress, records=records, tracker=tracker)
+
+
+def diagnosis_config(cfg: AuditConfig, evidence: dict[str, Any] | None):
+    """The diagnosis config of the audit's last stage: the audit's data unless ``diagnose.data``
+    names a file, and the evidence stage's table unless ``diagnose.evidence`` names one."""
+    update: dict[str, Any] = {}
+    if not cfg.diagnose.data:
+        update["data"] = cfg.data
+    if evidence is not None and not cfg.diagnose.evidence:
+        update["evidence"] = evidence["outputs"]["corpus_evidence"]
+    return cfg.diagnose.model_copy(update=update)
 
 
 def _run_tags(cfg: AuditConfig) -> dict[str, str]:

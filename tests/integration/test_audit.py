@@ -65,6 +65,7 @@ def test_summary_and_files(first_run):
     assert 0.0 <= s["seed_stability"] <= 1.0
     assert s["shards_total"] == 6 and s["shards_scored"] == 6  # 12 items / 5 per shard × 2 models
     assert len(list((first_run.run_dir / "verdicts").glob("shard-*.parquet"))) == 3
+    assert first_run.evidence is None and not (first_run.run_dir / "evidence").exists()  # evidence is off by default
 
 
 def test_mlflow_run_has_params_metrics_artifacts(first_run, tiny_checkpoints):

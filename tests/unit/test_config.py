@@ -62,3 +62,28 @@ def test_non_mapping_and_missing_file(tmp_path):
         load_config(AuditConfig, write(tmp_path, "- a\n- b\n"))
     with pytest.raises(ConfigError, match="cannot read config"):
         load_config(AuditConfig, tmp_path / "nope.yaml")
+
+
+def test_evidence_section_is_off_by_default(tmp_path):
+    cfg = load_config(AuditConfig, write(tmp_path, "data: d.jsonl\nsft_model: m\n"))
+    assert (cfg.evidence.enabled, cfg.evidence.scope, cfg.evidence.index) == (False, "unlearned", None)
+    cfg = load_config(AuditConfig, write(tmp_path, "data: d.jsonl\nsft_model: m\nevidence:\n  enabled: true\n"
+                                                   "  index: {location: idx}\n  judge: {name: model, model: m2}\n"))
+    run = cfg.evidence.run_config("d.jsonl", "out")  # the stage's own config, tracked by the audit
+    assert (run.index.location, run.judge.model, run.out, run.tracking.enabled) == ("idx", "m2", "out", False)
+
+
+@pytest.mark.parametrize(("yaml_tail", "where"), [
+    ("evidence:\n  enabled: true\n", r":3: field 'evidence.index': .*required when evidence.enabled is true"),
+    ("evidence:\n  enabled: true\n  index: {location: i}\n  judge: {name: rules}\n",
+     r":6: field 'evidence.judge.name': .*unknown corpus judge 'rules'.*Did you mean 'rule'\?"),
+    ("evidence:\n  enabled: true\n  index: {location: i}\n  judge: {name: model}\n",
+     r":6: field 'evidence.judge.model': .*judge 'model' needs judge.model"),
+    ("evidence:\n  judge: {name: llm}\n", r":4: field 'evidence.judge.url': .*judge 'llm' needs judge.url"),
+    ("evidence:\n  scope: some\n", r":4: field 'evidence.scope': .*'unlearned', 'top_k' or 'all'"),
+    ("evidence:\n  index:\n    locaton: i\n", r":5: field 'evidence.index.locaton': unknown key; did you mean 'location'"),
+])
+def test_bad_evidence_section_names_line_and_field(tmp_path, yaml_tail, where):
+    p = write(tmp_path, "data: d.jsonl\nsft_model: m\n" + yaml_tail)
+    with pytest.raises(ConfigError, match=where):
+        load_config(AuditConfig, p)
