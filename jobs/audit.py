@@ -2,7 +2,8 @@
 
     ray job submit --working-dir . -- python jobs/audit.py --config audit.yaml [--set key=value ...]
 
-Takes the same flags as ``ilp audit``; all logic lives in ``ilp_ray.pipeline.audit``.
+Takes the same flags as ``ilp audit``; all logic lives in ``ilp_ray.pipeline.audit``. The config's
+``evidence`` and ``diagnose`` sections add the corpus-evidence and diagnosis stages to the job.
 """
 
 import sys

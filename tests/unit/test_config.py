@@ -87,3 +87,11 @@ def test_bad_evidence_section_names_line_and_field(tmp_path, yaml_tail, where):
     p = write(tmp_path, "data: d.jsonl\nsft_model: m\n" + yaml_tail)
     with pytest.raises(ConfigError, match=where):
         load_config(AuditConfig, p)
+
+
+def test_deploy_example_loads_with_evidence_off():
+    from pathlib import Path
+
+    cfg = load_config(AuditConfig, Path(__file__).resolve().parents[2] / "deploy" / "audit.yaml")
+    assert cfg.evidence.enabled is False and cfg.evidence.index.location == "runs/corpus-index"
+    assert cfg.evidence.model_dump(exclude={"index"}) == type(cfg.evidence)().model_dump(exclude={"index"})
