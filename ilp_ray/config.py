@@ -212,9 +212,11 @@ def _suggest(cls: type[BaseModel], loc: tuple[str, ...]) -> str:
     model: Any = cls
     for part in loc[:-1]:
         f = model.model_fields.get(part)
+        if f is None:
+            return ""
         # an optional section (``X | None``) suggests X's keys
-        sub = [t for t in (f.annotation, *typing.get_args(f.annotation)) if f is not None
-               and isinstance(t, type) and issubclass(t, BaseModel)]
+        sub = [t for t in (f.annotation, *typing.get_args(f.annotation))
+               if isinstance(t, type) and issubclass(t, BaseModel)]
         if not sub:
             return ""
         model = sub[0]
