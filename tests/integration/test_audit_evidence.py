@@ -151,6 +151,15 @@ def test_missing_index_fails_before_any_work(tmp_path, facts_jsonl, tiny_checkpo
     assert str(e.value).startswith("field 'evidence.index.location': no tantivy index at ")
     assert str(tmp_path / "no-index") in str(e.value)
     assert not (tmp_path / "runs").exists()  # no run dir, no MLflow store
+    # an Elasticsearch index on a cluster nobody answers at: the same, naming the section and URL
+    from tests.evidence.test_es_errors import es_cfg
+
+    es = es_cfg()
+    cfg = cfg.model_copy(update={"evidence": evidence_section(es)})
+    with pytest.raises(ConfigError) as e:
+        run_audit(cfg, progress=False)
+    assert str(e.value).startswith("field 'evidence.index': ") and es.elasticsearch.url in str(e.value)
+    assert not (tmp_path / "runs").exists()
 
 
 def test_cli_names_the_field_and_writes_nothing(tmp_path, facts_jsonl, tiny_checkpoints, corpus_index):
