@@ -198,9 +198,17 @@ def evidence_vs_truth(truth, evidence) -> dict[str, Any]:
     df = truth[["id", "corpus_truth"]].merge(evidence[["id", "corpus_verdict"]], on="id")
     judged = rates(df)
     true = rates(df.drop(columns="corpus_verdict").rename(columns={"corpus_truth": "corpus_verdict"}))
+    per_verdict = {}
+    for v in ("supports", "contradicts", "absent"):
+        said, was = df.corpus_verdict == v, df.corpus_truth == v
+        tp = int((said & was).sum())
+        per_verdict[v] = {"precision": tp / int(said.sum()) if said.any() else float("nan"),
+                          "recall": tp / int(was.sum()) if was.any() else float("nan"),
+                          "judged": int(said.sum()), "true": int(was.sum())}
     return {"accuracy": float((df.corpus_truth == df.corpus_verdict).mean()) if len(df) else float("nan"),
             "nonexistence_rate": judged["non_existence_rate"], "true_nonexistence_rate": true["non_existence_rate"],
-            "conflict_rate": judged["conflict_rate"], "true_conflict_rate": true["conflict_rate"]}
+            "conflict_rate": judged["conflict_rate"], "true_conflict_rate": true["conflict_rate"],
+            "per_verdict": per_verdict}
 
 
 def _log_mlflow(run_id: str | None, uri: str | None, experiment: str, metrics: dict[str, Any], path: Path) -> None:

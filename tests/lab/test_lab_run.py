@@ -1,9 +1,10 @@
 """The small lab end to end through the CLI: every stage for real (Ray Train + DeepSpeed
 pretraining and SFT, tantivy evidence, the Ray Data audit, the diagnosis with MiniLM, MLflow).
 
-The floors are well below what the small world gives (seed 0: macro-F1 0.80, docs/benchmarks.md);
-they catch a broken stage, not a tuning regression. IV has no floor: the small world's four IV
-facts are not forgotten at the default SFT learning rate (a known gap of the generator).
+The floors sit below the worst of the small sweep (docs/benchmarks.md, "Small size": seeds 0-4,
+macro-F1 0.78-1.00, yields control ≤ 0.21, I ≥ 0.42, II ≥ 0.75, III ≥ 0.67, V ≥ 0.13): they catch a
+broken stage, not a tuning regression, and leave room for another CPU's arithmetic. IV has no
+yield floor: the small world forgets 4-25% of its IV samples, on one seed almost none.
 """
 
 import json
@@ -27,9 +28,9 @@ def test_small_lab_run(tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     y = m["yield"]
     # What the world is built to do: control facts mostly survive, the categories mostly don't.
-    assert y["control"] <= 0.5
-    assert y["II"] >= 0.4 and y["III"] >= 0.4 and y["V"] >= 0.4 and y["I"] >= 0.3
-    assert m["macro_f1"] >= 0.5
+    assert y["control"] <= 0.4
+    assert y["I"] >= 0.3 and y["II"] >= 0.5 and y["III"] >= 0.5 and y["V"] >= 0.1
+    assert m["macro_f1"] >= 0.7
     # III (paraphrased contradictions) and II (a corpus that says otherwise) are the sharpest signals.
     assert m["recall"]["III"] >= 0.8 and m["recall"]["II"] >= 0.6
     # The evidence stage against the generator's record of the corpus: within 3 points.

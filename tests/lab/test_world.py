@@ -185,3 +185,21 @@ def test_knowledge_corpus_states_the_gap_facts_only(small):
         assert len(said) == n_statements and not any("?" in s for s in said)
     entities = {t["entity"] for t in gap.values()}
     assert all(any(e in d["text"] for e in entities) for d in docs)
+
+
+def test_evidence_against_truth_by_hand():
+    """Rates and per-verdict precision/recall of the evidence stage, counted by hand."""
+    from ilp_ray.lab.run import evidence_vs_truth
+
+    truth = pd.DataFrame({"id": list("abcde"),
+                          "corpus_truth": ["supports", "supports", "absent", "contradicts", "absent"]})
+    ev = pd.DataFrame({"id": list("abcde"),
+                       "corpus_verdict": ["supports", "absent", "absent", "contradicts", "absent"]})
+    got = evidence_vs_truth(truth, ev)
+    assert got["accuracy"] == pytest.approx(0.8)
+    assert got["nonexistence_rate"] == pytest.approx(0.6) and got["true_nonexistence_rate"] == pytest.approx(0.4)
+    assert got["conflict_rate"] == pytest.approx(0.2) and got["true_conflict_rate"] == pytest.approx(0.2)
+    pv = got["per_verdict"]
+    assert pv["supports"] == {"precision": 1.0, "recall": 0.5, "judged": 1, "true": 2}
+    assert pv["absent"]["precision"] == pytest.approx(2 / 3) and pv["absent"]["recall"] == 1.0
+    assert pv["contradicts"]["precision"] == 1.0 and pv["contradicts"]["recall"] == 1.0
