@@ -3,11 +3,14 @@
 Option log-likelihoods come from ``prompt_logprobs``, as lm-eval's vLLM backend computes them:
 each option's full token sequence (context + option, encoded by the same ``LmEvalEncoder`` as the
 transformers engine) is submitted with ``max_tokens=1``, and the log-probabilities vLLM reports
-for the prompt's own tokens are summed over the option's positions. vLLM's prefix caching shares
-the context's KV blocks between an item's options, so the context is computed once per item.
+for the prompt's own tokens are summed over the option's positions. Each option's context is
+computed again: vLLM (0.33 read) does not read the prefix cache for a request that asks for
+prompt logprobs (``SamplingParams.skip_reading_prefix_cache``), so ``enable_prefix_caching``
+saves nothing here.
 
-Status: written against vLLM's documented ``LLM.generate`` / ``TokensPrompt`` API; not run in this
-project's CI (no GPU). See the README for what has been checked.
+Status: written against vLLM's documented ``LLM.generate`` / ``TokensPrompt`` API; the names it
+uses were read against vLLM 0.33.0's source, but it has never run: vLLM's wheel (336 MB, pinning
+torch 2.14) could not be installed on the GPU machine that was lent (docs/gpu.md).
 """
 
 from __future__ import annotations

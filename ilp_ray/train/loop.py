@@ -125,7 +125,7 @@ def train_loop_per_worker(config: dict) -> None:
             win["n"] += 1
             logs["batches"].extend([{"step": step, "epoch": epoch, "ids": [examples[i].id for i in idx]}])
             if step % cfg.log_every == 0:
-                metrics = _window_metrics(win, world, lr, epoch)
+                metrics = _window_metrics(win, world, lr, epoch, batch["input_ids"].device)
                 if tracker is not None:
                     tracker.log_metrics(metrics, step=step)
             last = step >= max_steps or (epoch == epochs - 1 and pos == n_steps)
@@ -250,14 +250,19 @@ def _checkpoint(step, epoch, pos, order, st, task, strategy, tokenizer, logs, ra
         shutil.rmtree(d, ignore_errors=True)
 
 
-def _window_metrics(win: dict, world: int, lr: float, epoch: int) -> dict:
-    """Loss (mean over the window's steps and ranks), lr and tokens/s since the last log; resets ``win``."""
+def _window_metrics(win: dict, world: int, lr: float, epoch: int, device=None) -> dict:
+    """Loss (mean over the window's steps and ranks), lr and tokens/s since the last log; resets ``win``.
+
+    ``device``: where the model lives. The all-reduce runs there: Ray Train's process group on GPU
+    is NCCL, which takes CUDA tensors only (a CPU tensor fails with "No backend type associated
+    with device type cpu").
+    """
     loss = win["loss"] / max(win["n"], 1)
     if world > 1:
         import torch
         import torch.distributed as dist
 
-        t = torch.tensor([loss])
+        t = torch.tensor([loss], device=device)
         dist.all_reduce(t)
         loss = float(t) / world
     now = time.perf_counter()
