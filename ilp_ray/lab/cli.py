@@ -12,6 +12,21 @@ import typer
 lab_app = typer.Typer(no_args_is_help=True, help="The ILP lab: a generated world, the audit scored against its truth.")
 
 
+def _run(job, config: Path | None, set_: list[str], options: dict, progress: bool):
+    """Load the ``LabConfig`` (YAML, then --set, then the command's options) and run ``job`` on
+    it; a bad setting or input exits 2 with its message, having written nothing."""
+    from ilp_ray.config import load_config, parse_overrides
+    from ilp_ray.errors import IlpError
+    from ilp_ray.lab.config import LabConfig
+
+    over = {**parse_overrides(set_), **options}
+    try:
+        return job(load_config(LabConfig, config, over), progress=progress)
+    except (IlpError, ValueError, NotImplementedError) as e:
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+
+
 @lab_app.command("run")
 def run_cmd(
     seed: int = typer.Option(0, "--seed", help="World seed."),
@@ -23,21 +38,10 @@ def run_cmd(
     progress: bool = typer.Option(True, help="Show progress."),
 ) -> None:
     """Generate a world, pretrain, fine-tune, audit, diagnose, and score the diagnosis against the truth."""
-    from ilp_ray.config import load_config, parse_overrides
-    from ilp_ray.errors import IlpError
-    from ilp_ray.lab.config import LabConfig
+    from ilp_ray.lab.run import run_lab
 
-    over = parse_overrides(set_)
-    over.update({"seed": seed, "size": size, "base": base,
-                 "out": out or f"runs/lab/{size}-seed{seed}"})
-    try:
-        cfg = load_config(LabConfig, config, over)
-        from ilp_ray.lab.run import run_lab
-
-        result = run_lab(cfg, progress=progress)
-    except (IlpError, ValueError, NotImplementedError) as e:
-        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+    result = _run(run_lab, config, set_, {"seed": seed, "size": size, "base": base,
+                                          "out": out or f"runs/lab/{size}-seed{seed}"}, progress)
     from ilp_ray.lab.report import print_lab
 
     print_lab(result)
@@ -60,20 +64,10 @@ def epochs_vs_cpt_cmd(
 
     Shares the world and the pretrained base with `ilp lab run` on the same --out.
     """
-    from ilp_ray.config import load_config, parse_overrides
-    from ilp_ray.errors import IlpError
-    from ilp_ray.lab.config import LabConfig
+    from ilp_ray.lab.experiment import run_epochs_vs_cpt
 
-    over = parse_overrides(set_)
-    over.update({"seed": seed, "size": size, "out": out or f"runs/lab/{size}-seed{seed}"})
-    try:
-        cfg = load_config(LabConfig, config, over)
-        from ilp_ray.lab.experiment import run_epochs_vs_cpt
-
-        result = run_epochs_vs_cpt(cfg, progress=progress)
-    except (IlpError, ValueError) as e:
-        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+    result = _run(run_epochs_vs_cpt, config, set_, {"seed": seed, "size": size,
+                                                    "out": out or f"runs/lab/{size}-seed{seed}"}, progress)
     from ilp_ray.lab.report import print_experiment
 
     print_experiment(result)

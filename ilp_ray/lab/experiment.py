@@ -27,8 +27,6 @@ from typing import Any
 from ilp_ray.lab.config import LabConfig
 from ilp_ray.pipeline.shards import write_json_atomic
 
-ARMS = ("sft_2_epochs", "sft_10_epochs", "cpt_then_sft")
-
 
 @dataclass
 class ExperimentResult:
@@ -70,21 +68,16 @@ def score_items(checkpoint: str, records) -> dict[str, float]:
 
 def run_epochs_vs_cpt(cfg: LabConfig, progress: bool = True) -> ExperimentResult:
     """Run the three arms (reusing any finished stage under ``cfg.out``) and write ``table.json``."""
-    import dataclasses
-
     import pandas as pd
 
     from ilp_ray.data import read_sft
-    from ilp_ray.lab import world as W
-    from ilp_ray.lab.run import _log, pretrain_config, sft_config, train_fresh
+    from ilp_ray.lab.run import _log, build_world, pretrain_config, sft_config, train_fresh
     from ilp_ray.train.config import CptTrainConfig, SftTrainConfig
 
     x = cfg.experiment_epochs_vs_cpt
     out = Path(cfg.out).resolve()
     t0 = time.perf_counter()
-    size = dataclasses.replace(W.SIZES[cfg.size], **cfg.world) if cfg.world else cfg.size
-    world = W.generate(cfg.seed, size)
-    paths = W.write(world, out / "world")
+    world, paths = build_world(cfg, out)
     truth = pd.read_json(paths["truth"], lines=True)
     gap_ids = set(truth.loc[truth.category == "I", "id"])
     gap = [r for r in read_sft(paths["sft"]) if r.id in gap_ids]

@@ -19,7 +19,6 @@ shards), so rerunning an interrupted lab continues it.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import shutil
@@ -128,7 +127,6 @@ def run_lab(cfg: LabConfig, progress: bool = True) -> LabResult:
     import pandas as pd
 
     from ilp_ray.config import AuditConfig
-    from ilp_ray.lab import world as W
     from ilp_ray.lab.score import score
     from ilp_ray.pipeline.audit import run_audit
     from ilp_ray.train.config import CptTrainConfig, SftTrainConfig
@@ -148,9 +146,7 @@ def run_lab(cfg: LabConfig, progress: bool = True) -> LabResult:
         walls[name] = time.perf_counter() - t
 
     with stage("world"):
-        size = dataclasses.replace(W.SIZES[cfg.size], **cfg.world) if cfg.world else cfg.size
-        world = W.generate(cfg.seed, size)  # a size the world cannot hold fails here, before any output
-        paths = W.write(world, out / "world")
+        world, paths = build_world(cfg, out)
     _log(f"world: {len(world.sft)} SFT samples, {len(world.corpus)} corpus documents -> {paths['sft'].parent}",
          progress)
     with stage("pretrain", "pretraining the base model on the corpus"):
@@ -176,6 +172,20 @@ def run_lab(cfg: LabConfig, progress: bool = True) -> LabResult:
     _log_mlflow(audit.run_id, audit.tracking_uri, cfg.experiment, metrics, out / "metrics.json")
     report = audit.diagnosis.report
     return LabResult(out, metrics, report, audit.run_id, audit.tracking_uri)
+
+
+def build_world(cfg: LabConfig, out: Path):
+    """The world of ``cfg`` (its size with ``cfg.world``'s overrides), written under ``out/world``.
+
+    A size the world cannot hold fails here, before any output.
+    """
+    import dataclasses
+
+    from ilp_ray.lab import world as W
+
+    size = dataclasses.replace(W.SIZES[cfg.size], **cfg.world) if cfg.world else cfg.size
+    world = W.generate(cfg.seed, size)
+    return world, W.write(world, out / "world")
 
 
 def train_fresh(tcfg, progress: bool):
