@@ -8,11 +8,12 @@ embedding seconds, similarity-search seconds, response comparison + grouping sec
 detector's total, peak RSS, and the recall of the planted contradictions; then the growth exponent
 of the search time (log-log slope). Run from the repo root:
 
-    OMP_NUM_THREADS=2 .venv/bin/python bench/conflicts.py                      # 10k, 30k, 100k, hashing
-    OMP_NUM_THREADS=1 .venv/bin/python bench/conflicts.py --n 10000 --embedder minilm
+    .venv/bin/python bench/conflicts.py                                   # 10k, 30k, 100k, hashing
+    .venv/bin/python bench/conflicts.py --n 100000 --embedder minilm      # the issue's target
+    .venv/bin/python bench/conflicts.py --n 10000 --embedder minilm --backend torch
 
-``--embedder hashing`` (default) gives the search-only figure: MiniLM embeds ~200-360 texts/s on
-2 cores, ~5-8 min for 100k texts before any search. The last line is one JSON object with
+It runs as ``ilp diagnose`` does: the diagnosis's embedder and every core (``threads`` unset).
+``--embedder hashing`` (default) gives the search-only figure. The last line is one JSON object with
 ``seconds`` and ``peak_rss_mb`` (of the largest size) and every size's figures.
 """
 
@@ -80,32 +81,35 @@ def make_samples(n: int, plant: float = 0.02, seed: int = 0):
     return ids, prompts, responses, contradictions
 
 
-def run_one(n: int, embedder: str, k: int, theta: float) -> dict:
+def run_one(n: int, embedder: str, k: int, theta: float, backend: str = "auto") -> dict:
     import numpy as np
     import pandas as pd
 
-    from ilp_ray.data.embed import HashingEmbedder, get_embedder
+    from ilp_ray.data.embed import torch_threads
     from ilp_ray.diagnosis.base import DiagnosisContext
     from ilp_ray.diagnosis.config import DiagnosisConfig
+    from ilp_ray.diagnosis.run import diagnosis_threads, make_embedder
     from ilp_ray.diagnosis.sft_internal_conflict import SftInternalConflict
 
     ids, prompts, responses, planted = make_samples(n)
     v = pd.DataFrame({"id": ids, "subset": "bench", "position": np.arange(n), "answer": 0, "question": prompts,
                       "options": [[r, "x"] for r in responses], "distractor_ids": [["d"]] * n,
                       "pass_expected": 0.1, "unlearned": True})
-    emb = HashingEmbedder() if embedder == "hashing" else get_embedder(batch_size=256, num_threads=None)
-    cfg = DiagnosisConfig(embedder=embedder, conflict={"theta": theta, "k": k, "judge": "model"})
+    # The diagnosis's own embedder and threads (every core, as `ilp diagnose` runs it).
+    cfg = DiagnosisConfig(embedder=embedder, embed_backend=backend, conflict={"theta": theta, "k": k, "judge": "model"})
+    emb = make_embedder(cfg)
     ctx = DiagnosisContext(verdicts=v, config=cfg, embedder=emb)
-    t0 = time.perf_counter()
-    ctx.prompt_embeddings()
-    t_embed = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    res = SftInternalConflict().run(ctx)
-    t_detect = time.perf_counter() - t1
+    with torch_threads(diagnosis_threads(cfg)):
+        t0 = time.perf_counter()
+        ctx.prompt_embeddings()
+        t_embed = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        res = SftInternalConflict().run(ctx)
+        t_detect = time.perf_counter() - t1
     found = set(map(tuple, res.info["pairs"][["a", "b"]].itertuples(index=False)))
     hits = sum((ids[a], ids[b]) in found for a, b in planted)
     s = res.summary
-    return {"n": n, "embedder": embedder, "embed_s": round(t_embed, 2), "search_s": s["search_seconds"],
+    return {"n": n, "embedder": embedder, "backend": getattr(emb, "active_backend", "-"), "embed_s": round(t_embed, 2), "search_s": s["search_seconds"],
             "compare_group_s": s["compare_group_seconds"], "detector_s": round(t_detect, 2),
             "seconds": round(t_embed + t_detect, 2), "texts_per_s": round(n / t_embed, 1),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
@@ -118,11 +122,11 @@ def main(args) -> dict:
         args.theta = 0.85 if args.embedder == "minilm" else 0.79
     sizes = [args.n] if args.n else [10_000, 30_000, 100_000]
     if args.one:
-        return run_one(sizes[0], args.embedder, args.k, args.theta)
+        return run_one(sizes[0], args.embedder, args.k, args.theta, args.backend)
     rows = []
     for n in sizes:
         cmd = [sys.executable, __file__, "--one", "--n", str(n), "--embedder", args.embedder, "--k", str(args.k),
-               "--theta", str(args.theta)]
+               "--theta", str(args.theta), "--backend", args.backend]
         out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), check=False)
         if out.returncode != 0:
             raise SystemExit(f"n={n} failed:\n{out.stderr[-3000:]}")
@@ -149,6 +153,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=None, help="one size; default: 10k, 30k and 100k")
     p.add_argument("--embedder", choices=["hashing", "minilm"], default="hashing")
     p.add_argument("--k", type=int, default=16, help="neighbours searched per sample")
+    p.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto", help="MiniLM backend")
     p.add_argument("--theta", type=float, default=None, help=(
         "prompt cosine threshold; default 0.85 for MiniLM (the config default) and 0.79 for the hashing "
         "embedder, whose paraphrase cosines on these prompts are 0.79-0.90 (others stay below 0.79)"))

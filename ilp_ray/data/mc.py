@@ -37,9 +37,12 @@ from ilp_ray.errors import DataError
 from ilp_ray.records import McItem, SftRecord
 
 _POOL_PER_OPTION = 8
-# Scores per query block: 8M float32 scores plus argpartition's int64 indices is ~96 MiB.
-_SCORE_BUDGET = 1 << 23
+# Scores per query block: 32M float32 scores is 128 MiB (torch.topk keeps only m per row).
+_SCORE_BUDGET = 1 << 25
 _GATHER_BUDGET = 1 << 22  # key floats gathered at once for float64 rescoring
+# Candidates kept beyond m before the float64 rescoring, so float32 noise and exact ties at the m-th
+# place cannot push out the key the (score desc, index asc) order wants.
+_SLACK = 8
 
 
 def normalize_text(text: str) -> str:
@@ -51,12 +54,13 @@ def topk_neighbours(queries: np.ndarray, keys: np.ndarray, m: int,
                     block_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Blocked exact top-m inner-product search.
 
-    Candidates are preselected with float32 block matmuls, then their scores are recomputed one
-    query at a time in float64 and rounded to float32. BLAS picks different kernels (so different
+    Candidates are preselected with float32 block matmuls and ``torch.topk`` (both on torch's
+    intra-op threads; numpy's argpartition was single-threaded and took ~2/3 of the time), then
+    their scores are recomputed one query at a time in float64 and rounded to float32. BLAS picks different kernels (so different
     summation orders) for different block shapes; the float64 rescoring makes the ranking, and
     the tie-break by index between equal scores (e.g. identical embeddings of different texts),
-    independent of ``block_size``. Only which of several exactly tied keys fills the last pool
-    slot can still depend on it.
+    independent of ``block_size``. The preselection keeps ``m + 8`` candidates, so only when more
+    than 8 keys tie (within float32 noise) at the ``m``-th place can the pick depend on it.
 
     Args:
         queries: float32 ``(q, d)``.
@@ -77,20 +81,115 @@ def topk_neighbours(queries: np.ndarray, keys: np.ndarray, m: int,
     scores = np.empty((q, m), dtype=np.float32)
     if m == 0:
         return idx, scores
+    pool = min(m + _SLACK, n)
+    if pool < n:
+        import torch
+
+        keys_t = torch.from_numpy(np.ascontiguousarray(keys, dtype=np.float32))
     for lo in range(0, q, block_size):
         qb = queries[lo:lo + block_size]
-        if m < n:
-            s = qb @ keys.T
-            np.negative(s, out=s)  # in place: argpartition selects the smallest
-            part = np.argpartition(s, m - 1, axis=1)[:, :m]
+        if pool < n:
+            with torch.no_grad():
+                s = torch.from_numpy(np.ascontiguousarray(qb, dtype=np.float32)) @ keys_t.T
+                part = torch.topk(s, pool, dim=1, sorted=False).indices.numpy()
             del s
         else:
             part = np.broadcast_to(np.arange(n), (len(qb), n))
         ps = _exact_scores(qb, keys, part)
-        order = np.lexsort((part, -ps), axis=1)  # last key is primary: score desc, then index asc
+        order = np.lexsort((part, -ps), axis=1)[:, :m]  # last key is primary: score desc, then index asc
         idx[lo:lo + block_size] = np.take_along_axis(part, order, axis=1)
         scores[lo:lo + block_size] = np.take_along_axis(ps, order, axis=1)
     return idx, scores
+
+
+def self_topk_neighbours(emb: np.ndarray, m: int, block_size: int | None = None,
+                         slack: int = _SLACK) -> tuple[np.ndarray, np.ndarray]:
+    """``topk_neighbours(emb, emb, m)`` (self included), scoring each pair once.
+
+    The score matrix is walked in square tiles on and above the diagonal. A tile's scores serve
+    twice: as candidates of its rows (``topk`` along each row) and, transposed, of its columns.
+    A running table keeps each row's best ``m + slack`` candidates; at the end they are rescored
+    in float64 and ranked as ``topk_neighbours`` ranks them (score desc, then index asc), so the
+    result is the same, except when more than ``slack`` keys tie within float32 noise at the
+    ``m``-th place. Memory: the table plus one tile, whatever n is.
+
+    Args:
+        emb: float32 ``(n, d)``.
+        m: neighbours per row, self included (clipped to ``n``).
+        block_size: tile side; None: 2048 (a 16 MiB tile, cache-friendly to transpose).
+        slack: extra candidates kept per row, against float32 ranking noise.
+
+    Returns:
+        ``(idx, scores)``, both ``(n, m)``, as ``topk_neighbours`` returns them.
+    """
+    import torch
+
+    n = len(emb)
+    m = min(m, n)
+    pool = min(m + slack, n)
+    if m == 0 or pool >= n:  # every key is a candidate anyway
+        return topk_neighbours(emb, emb, m, block_size=block_size)
+    b = block_size or 2048
+    e = torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32))
+    best_v = torch.full((n, pool), -torch.inf)
+    best_i = torch.full((n, pool), -1, dtype=torch.int64)
+
+    def fold(rows: torch.Tensor, cand_v: torch.Tensor, cand_i: torch.Tensor) -> None:
+        """Fold dense candidates ``(len(rows), c)`` into the table rows ``rows``."""
+        v = torch.cat([best_v[rows], cand_v], dim=1)
+        i = torch.cat([best_i[rows], cand_i], dim=1)
+        keep = torch.topk(v, pool, dim=1, sorted=False).indices
+        best_v[rows] = torch.gather(v, 1, keep)
+        best_i[rows] = torch.gather(i, 1, keep)
+
+    def merge(tile: torch.Tensor, row0: int, col0: int, down: bool) -> None:
+        """Fold a tile of scores into the table: each tile row ``row0 + r`` takes key ``col0 + c``
+        (``down``: each tile column ``col0 + c`` takes key ``row0 + r``) where it makes the pool.
+
+        Once the pools are full, only scores at or above a pool's worst can enter: those few are
+        gathered sparsely (a compare and a nonzero on the tile as laid out, never transposed)
+        instead of a top-k over the whole tile."""
+        start, other = (col0, row0) if down else (row0, col0)
+        n_rows = tile.shape[1] if down else tile.shape[0]
+        worst = best_v[start:start + n_rows].min(dim=1).values
+        hit = None
+        if bool(torch.isfinite(worst).all()):
+            hit = (tile >= (worst[None, :] if down else worst[:, None])).nonzero()
+            if len(hit) > tile.numel() // 8:  # dense after all (many near-duplicates)
+                hit = None
+        if hit is None:
+            scores = tile.T.contiguous() if down else tile
+            top = torch.topk(scores, min(pool, scores.shape[1]), dim=1, sorted=False)
+            fold(torch.arange(start, start + n_rows), top.values, top.indices + other)
+            return
+        if not len(hit):
+            return
+        vals = tile[hit[:, 0], hit[:, 1]]
+        hr, hc = (hit[:, 1], hit[:, 0]) if down else (hit[:, 0], hit[:, 1])
+        if down:  # group by table row
+            order = torch.argsort(hr, stable=True)
+            hr, hc, vals = hr[order], hc[order], vals[order]
+        urows, counts = torch.unique_consecutive(hr, return_counts=True)
+        slot = torch.arange(len(hr)) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        which = torch.repeat_interleave(torch.arange(len(urows)), counts)
+        cand_v = torch.full((len(urows), int(counts.max())), -torch.inf)
+        cand_i = torch.full(cand_v.shape, -1, dtype=torch.int64)
+        cand_v[which, slot] = vals
+        cand_i[which, slot] = hc + other
+        fold(urows + start, cand_v, cand_i)
+
+    with torch.no_grad():
+        for lo in range(0, n, b):
+            rows = e[lo:min(lo + b, n)]
+            for clo in range(lo, n, b):
+                tile = rows @ e[clo:min(clo + b, n)].T
+                merge(tile, lo, clo, down=False)
+                if clo != lo:  # off the diagonal: the same scores as candidates of the columns
+                    merge(tile, lo, clo, down=True)
+    part = best_i.numpy()
+    ps = _exact_scores(emb, emb, part)
+    order = np.lexsort((part, -ps), axis=1)[:, :m]
+    return np.take_along_axis(part, order, axis=1), np.take_along_axis(ps, order, axis=1)
 
 
 def _exact_scores(qb: np.ndarray, keys: np.ndarray, part: np.ndarray) -> np.ndarray:

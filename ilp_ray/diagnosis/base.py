@@ -83,12 +83,12 @@ class DiagnosisContext:
     def prompt_neighbours(self, m: int, block_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``m`` prompt neighbours of every sample (self included), cached; a later call
         for fewer neighbours slices the cached search instead of searching again."""
-        from ilp_ray.data.mc import topk_neighbours
+        from ilp_ray.data.mc import self_topk_neighbours
 
         hit = self._cache.get("prompt_topk")
         if hit is None or hit[0].shape[1] < min(m, len(self.verdicts)):
             e = self.prompt_embeddings()
-            hit = topk_neighbours(e, e, m, block_size=block_size)
+            hit = self_topk_neighbours(e, m, block_size=block_size)
             self._cache["prompt_topk"] = hit
         return hit[0][:, :m], hit[1][:, :m]
 

@@ -137,7 +137,14 @@ class DiagnosisConfig(_Section):
         "Which samples get a cause: every unlearned sample, or only the top-K most severe (paper)."))
     embedder: Literal["minilm", "hashing"] = Field("minilm", description=(
         "Prompt/response embedder: all-MiniLM-L6-v2, or the hashing twin (tests, dry runs)."))
-    embed_batch_size: int = Field(256, ge=1, description="Texts per MiniLM forward pass.")
+    embed_batch_size: int = Field(32, ge=1, description=(
+        "Texts per MiniLM forward pass. 32: on 2 CPU cores short prompts embed ~10-25% faster than at 256."))
+    embed_backend: Literal["auto", "torch", "onnx"] = Field("auto", description=(
+        "MiniLM on ONNX Runtime (~1.3x faster on CPU, same embeddings to 1e-6) or eager torch; "
+        "'auto': ONNX when onnxruntime is installed."))
+    threads: int | None = Field(None, ge=1, description=(
+        "CPU threads for the embedding and the neighbour search. None: every core, since the "
+        "diagnosis runs alone after scoring; set 1 when other work shares the machine."))
     data: str | None = Field(None, description="The SFT data file, for free-form responses; None: the MC answer text.")
     trajectory: str | None = Field(None, description="trajectory.parquet of the SFT run; None: IV and V without trajectories.")
     evidence: str | None = Field(None, description=(

@@ -2,9 +2,9 @@
 
 ``similar_pairs`` finds every pair of samples whose prompt cosine is ``>= theta`` (compared in
 float32, as the scores are) among each sample's ``k`` nearest prompts, with the blocked,
-memory-bounded ``topk_neighbours``: no n × n matrix, ~``_SCORE_BUDGET`` floats per block whatever
-n is. A pair is found from either side, so it is missed only when *both* samples have k closer
-neighbours; ``saturated`` flags the samples whose k-th neighbour still passes theta.
+memory-bounded ``self_topk_neighbours`` (each pair scored once): no n × n matrix, one
+2048 × 2048 tile of scores at a time whatever n is. A pair is found from either side, so it is
+missed only when *both* samples have k closer neighbours; ``saturated`` flags the samples whose k-th neighbour still passes theta.
 ``spark_similar_pairs`` (``spark_search.py``) runs the same search by partitions of query blocks
 and returns the same arrays.
 """
@@ -15,7 +15,7 @@ import re
 
 import numpy as np
 
-from ilp_ray.data.mc import normalize_text, topk_neighbours
+from ilp_ray.data.mc import normalize_text, self_topk_neighbours
 
 _NUM_WORDS = {w: str(i) for i, w in enumerate(
     ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty"])}
@@ -54,7 +54,7 @@ def similar_pairs(emb: np.ndarray, theta: float, k: int, block_size: int | None 
         emb: float32 ``(n, d)`` unit rows.
         theta: cosine threshold (inclusive).
         k: neighbours per sample, self excluded.
-        block_size: queries per block; None: bounded by memory (see ``topk_neighbours``).
+        block_size: queries per block; None: bounded by memory (see ``self_topk_neighbours``).
 
     Returns:
         ``(i, j, sim, saturated)``: pair arrays with ``i < j``, sorted, and a bool per sample.
@@ -62,7 +62,7 @@ def similar_pairs(emb: np.ndarray, theta: float, k: int, block_size: int | None 
     n = len(emb)
     if n < 2:
         return (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(n, bool))
-    return pairs_from_neighbours(*topk_neighbours(emb, emb, min(k + 1, n), block_size=block_size), theta)
+    return pairs_from_neighbours(*self_topk_neighbours(emb, min(k + 1, n), block_size=block_size), theta)
 
 
 def pairs_from_neighbours(idx: np.ndarray, sims: np.ndarray, theta: float):
@@ -76,14 +76,9 @@ def _numbers(text: str) -> list[str]:
     return sorted(_NUM.findall(text.replace(",", "")) + [_NUM_WORDS[w] for w in words if w in _NUM_WORDS])
 
 
-def responses_disagree(a: str, b: str, cos: float | None, theta_response: float, exact: bool) -> tuple[bool, str]:
-    """Do two responses to the same question disagree? Returns (verdict, the rule that decided).
-
-    In order: equal after normalisation → agree; ``exact`` mode (pre-built MC answers) → disagree;
-    both carry numbers and they differ → disagree (embeddings barely see digits: "100 degrees"
-    vs "90 degrees" has cosine 0.90 on MiniLM); every word of one occurs in the other → agree
-    ("Paris" vs "The capital of France is Paris."); else disagree when cosine < theta_response.
-    """
+def response_rule(a: str, b: str, exact: bool) -> tuple[bool | None, str]:
+    """The text rules of ``responses_disagree``: (verdict, rule), or (None, "") when only the
+    response cosine can decide, so that only those pairs need their responses embedded."""
     if normalize_text(a) == normalize_text(b):
         return False, "same text"
     if exact:
@@ -94,6 +89,20 @@ def responses_disagree(a: str, b: str, cos: float | None, theta_response: float,
     wa, wb = set(_WORD.findall(a.casefold())), set(_WORD.findall(b.casefold()))
     if wa and wb and (wa <= wb or wb <= wa):
         return False, "one contains the other"
+    return None, ""
+
+
+def responses_disagree(a: str, b: str, cos: float | None, theta_response: float, exact: bool) -> tuple[bool, str]:
+    """Do two responses to the same question disagree? Returns (verdict, the rule that decided).
+
+    In order: equal after normalisation → agree; ``exact`` mode (pre-built MC answers) → disagree;
+    both carry numbers and they differ → disagree (embeddings barely see digits: "100 degrees"
+    vs "90 degrees" has cosine 0.90 on MiniLM); every word of one occurs in the other → agree
+    ("Paris" vs "The capital of France is Paris."); else disagree when cosine < theta_response.
+    """
+    verdict, rule = response_rule(a, b, exact)
+    if verdict is not None:
+        return verdict, rule
     if cos is None:
         return True, "different text"
     if cos < np.float32(theta_response):

@@ -13,6 +13,7 @@ Outputs under ``run_dir/diagnosis/`` (each written atomically)::
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,7 +82,15 @@ def load_inputs(run_dir: str | Path, cfg: DiagnosisConfig):
 def make_embedder(cfg: DiagnosisConfig):
     from ilp_ray.data.embed import HashingEmbedder, get_embedder
 
-    return HashingEmbedder() if cfg.embedder == "hashing" else get_embedder(batch_size=cfg.embed_batch_size)
+    if cfg.embedder == "hashing":
+        return HashingEmbedder()
+    return get_embedder(batch_size=cfg.embed_batch_size, num_threads=diagnosis_threads(cfg),
+                        backend=cfg.embed_backend)
+
+
+def diagnosis_threads(cfg: DiagnosisConfig) -> int:
+    """``cfg.threads``, or every core of this machine."""
+    return cfg.threads or os.cpu_count() or 1
 
 
 def diagnose(ctx) -> tuple[Any, dict[str, Any], dict[str, Any]]:
@@ -126,7 +135,10 @@ def run_diagnosis(run_dir: str | Path, cfg: DiagnosisConfig, tracker=None) -> Di
     verdicts, records, traj, evidence = load_inputs(run_dir, cfg)
     ctx = DiagnosisContext(verdicts=verdicts, config=cfg, records=records, trajectories=traj,
                            embedder=make_embedder(cfg), evidence=evidence, run_dir=run_dir)
-    table, ct, results = diagnose(ctx)
+    from ilp_ray.data.embed import torch_threads
+
+    with torch_threads(diagnosis_threads(cfg)):  # the neighbour search runs on torch
+        table, ct, results = diagnose(ctx)
     out = run_dir / "diagnosis"
     files = {"diagnosis": out / "diagnosis.parquet", "cause_table": out / "cause_table.json",
              "summary": out / "summary.json"}

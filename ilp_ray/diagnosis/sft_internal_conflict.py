@@ -26,7 +26,7 @@ import pandas as pd
 
 from ilp_ray.diagnosis.base import CauseDetector, CauseResult, DiagnosisContext, r3
 from ilp_ray.diagnosis.judges import JUDGES, ConflictPair, judged_wrong
-from ilp_ray.diagnosis.pairs import pairs_from_neighbours, responses_disagree, similar_pairs
+from ilp_ray.diagnosis.pairs import pairs_from_neighbours, response_rule, responses_disagree, similar_pairs
 
 _MAX_PARTNERS = 10  # partners listed per sample in its evidence
 
@@ -75,13 +75,16 @@ class SftInternalConflict(CauseDetector):
         mc_built = np.array([len(d) == 0 for d in v["distractor_ids"]]) if "distractor_ids" in v \
             else np.zeros(n, bool)
         exact = {"exact": np.ones(n, bool), "embedding": np.zeros(n, bool), "auto": mc_built}[cfg.response_match]
-        rcos = self._response_cosines(ctx, responses, i, j, exact)
+        pair_exact = [bool(exact[a] and exact[b]) for a, b in zip(i.tolist(), j.tolist(), strict=True)]
+        first = [response_rule(responses[a], responses[b], x)
+                 for a, b, x in zip(i.tolist(), j.tolist(), pair_exact, strict=True)]
+        rcos = self._response_cosines(ctx, responses, i, j, [t for t, (vd, _) in enumerate(first) if vd is None])
         keep, rules = [], []
-        for t in range(len(i)):
-            a, b = int(i[t]), int(j[t])
-            bad, rule = responses_disagree(responses[a], responses[b], rcos.get(t), cfg.theta_response,
-                                           bool(exact[a] and exact[b]))
-            keep.append(bad)
+        for t, (vd, rule) in enumerate(first):
+            if vd is None:
+                vd, rule = responses_disagree(responses[int(i[t])], responses[int(j[t])], rcos.get(t),
+                                              cfg.theta_response, pair_exact[t])
+            keep.append(vd)
             rules.append(rule)
         keep = np.asarray(keep, bool)
         ci, cj, cs = i[keep], j[keep], sim[keep]
@@ -146,10 +149,9 @@ class SftInternalConflict(CauseDetector):
         return CauseResult(self.frame(is_, score, evidence), summary, {"groups": groups, "pairs": pair_table})
 
     @staticmethod
-    def _response_cosines(ctx: DiagnosisContext, responses: list[str], i, j, exact) -> dict[int, float]:
-        """Response cosine per candidate pair that needs one (embedding mode), embedding only the
-        responses of those pairs (few, next to n)."""
-        need = [t for t in range(len(i)) if not (exact[i[t]] and exact[j[t]])]
+    def _response_cosines(ctx: DiagnosisContext, responses: list[str], i, j, need: list[int]) -> dict[int, float]:
+        """Response cosine of each candidate pair in ``need`` (those the text rules leave open),
+        embedding only the responses of those pairs (few, next to n)."""
         if not need:
             return {}
         rows = sorted({int(i[t]) for t in need} | {int(j[t]) for t in need})

@@ -168,3 +168,34 @@ def test_spark_path_equals_local():
     assert len(local[0]) >= 80
     for a, b in zip(local, spark, strict=False):
         np.testing.assert_array_equal(a, b)
+
+
+def test_only_pairs_the_text_rules_leave_open_get_their_responses_embedded(ctx_factory):
+    """Response embeddings cost MiniLM time: a pair decided by its text (same text, different
+    numbers, one contained in the other) must not send its responses to the embedder."""
+    from ilp_ray.data.embed import HashingEmbedder
+
+    class Counting(HashingEmbedder):
+        def __init__(self):
+            super().__init__()
+            self.seen: list[str] = []
+
+        def encode(self, texts):
+            self.seen += list(texts)
+            return super().encode(texts)
+
+    data = [("a", "What is the capital of Oz?", "Emerald City"), ("b", "What is the capital of Oz ?", "emerald city"),
+            ("c", "How tall is the tower of Gillikin?", "12 metres"), ("d", "How tall is the tower of Gillikin", "13 metres"),
+            ("e", "Who rules the Quadling country?", "Glinda"), ("f", "Who rules the Quadling country", "Ozma")]
+    rows = [verdict_row(i, p, options=(r, "x", "y", "z"), probs=[0.5, 0.2, 0.2, 0.1], position=n)
+            for n, (i, p, r) in enumerate(data)]
+    emb = Counting()
+    ctx = ctx_factory(rows, embedder=emb, **{"conflict.response_match": "embedding",
+                                             "conflict.judge": "none"})
+    ctx.prompt_embeddings()
+    emb.seen.clear()
+    res = DETECTORS.create("sft_internal_conflict").run(ctx)
+    why = {(a, b): w for a, b, w in res.info["pairs"][["a", "b", "why"]].itertuples(index=False)}
+    assert res.summary["similar_pairs"] == 3
+    assert why[("c", "d")] == "different numbers" and why[("e", "f")].startswith("response cosine")
+    assert sorted(emb.seen) == ["Glinda", "Ozma"]  # the other two pairs were decided by their text

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ilp_ray.data import Embedder, HashingEmbedder, build_mc_items, topk_neighbours
-from ilp_ray.data.mc import normalize_text
+from ilp_ray.data.mc import normalize_text, self_topk_neighbours
 from ilp_ray.errors import DataError
 from ilp_ray.records import McItem, SftRecord
 
@@ -181,6 +181,71 @@ def test_blocked_topk_matches_brute_force(m, block):
     want = np.argsort(-full, axis=1, kind="stable")[:, :min(m, 37)]
     np.testing.assert_array_equal(idx, want)
     np.testing.assert_allclose(scores, np.take_along_axis(full, want, axis=1), rtol=1e-5, atol=1e-6)
+
+
+def _brute_force(emb, m):
+    """The top-m rows by float64 score, ties by index: the order both searches promise."""
+    full = emb.astype(np.float64) @ emb.astype(np.float64).T
+    order = np.lexsort((np.broadcast_to(np.arange(len(emb)), full.shape), -full), axis=1)[:, :m]
+    return order, np.take_along_axis(full, order, axis=1).astype(np.float32)
+
+
+@pytest.mark.parametrize("n, m, block", [(60, 5, 7), (300, 17, 13), (300, 17, None), (40, 39, 3), (200, 1, 64)])
+def test_self_topk_matches_brute_force(n, m, block):
+    rng = np.random.default_rng(n + m)
+    e = rng.standard_normal((n, 12)).astype(np.float32)
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    want_idx, want_s = _brute_force(e, m)
+    idx, scores = self_topk_neighbours(e, m, block_size=block)
+    np.testing.assert_array_equal(idx, want_idx)
+    np.testing.assert_allclose(scores, want_s, rtol=0, atol=1e-6)
+    # The plain search agrees, whatever its block size.
+    np.testing.assert_array_equal(topk_neighbours(e, e, m, block_size=block)[0], want_idx)
+
+
+def test_self_topk_breaks_exact_ties_by_index():
+    """Identical embeddings (duplicate prompts) tie exactly: the lower index comes first, even
+    when the tied keys span several blocks and more of them tie than the row keeps."""
+    rng = np.random.default_rng(1)
+    e = rng.standard_normal((90, 6)).astype(np.float32)
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    e[[7, 30, 31, 60, 88]] = e[3]
+    want_idx, _ = _brute_force(e, 4)
+    for block in (5, 16, None):
+        idx, scores = self_topk_neighbours(e, 4, block_size=block)
+        np.testing.assert_array_equal(idx, want_idx)
+        assert idx[88].tolist() == [3, 7, 30, 31] and np.allclose(scores[88], 1.0)
+
+
+def test_onnx_backend_matches_torch(minilm):
+    texts = ["", "x", "What is the capital of France?", "Name the capital city of France.",
+             "word " * 300, "Quelle est la capitale de la France ?"]
+    torch_emb = Embedder(batch_size=4, backend="torch").encode(texts)
+    onnx = Embedder(batch_size=4, backend="onnx")
+    got = onnx.encode(texts)
+    assert onnx.active_backend == "onnx" and got.shape == (6, 384) and got.dtype == np.float32
+    np.testing.assert_allclose(got, torch_emb, atol=1e-5)  # "word " * 300 is truncated to 256 tokens alike
+    np.testing.assert_allclose(Embedder(batch_size=1, backend="onnx").encode(texts[2:3])[0], got[2], atol=1e-6)
+
+
+def test_repeated_texts_are_embedded_once(minilm, monkeypatch):
+    e = Embedder(batch_size=4, backend="onnx")
+    e.encode(["warm up"])
+    seen = []
+    real = e._onnx.encode
+    monkeypatch.setattr(e._onnx, "encode", lambda texts, bs: seen.extend(texts) or real(texts, bs))
+    got = e.encode(["b", "a", "b", "", "a"])
+    assert sorted(seen) == ["", "a", "b"]
+    np.testing.assert_array_equal(got[0], got[2])
+    np.testing.assert_allclose(got[[1, 3]], e.encode(["a", ""]), atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, msg", [({"backend": "tensorflow"}, "backend must be"),
+                                         ({"num_threads": 0}, "num_threads must be"),
+                                         ({"batch_size": 0}, "batch_size must be")])
+def test_embedder_bad_settings(kwargs, msg):
+    with pytest.raises(ValueError, match=msg):
+        Embedder(**kwargs)
 
 
 def test_minilm_embedder_normalised_and_shared(minilm):
