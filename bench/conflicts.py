@@ -11,6 +11,7 @@ of the search time (log-log slope). Run from the repo root:
     .venv/bin/python bench/conflicts.py                                   # 10k, 30k, 100k, hashing
     .venv/bin/python bench/conflicts.py --n 100000 --embedder minilm      # the issue's target
     .venv/bin/python bench/conflicts.py --n 10000 --embedder minilm --backend torch
+    .venv/bin/python bench/conflicts.py --backend-ratio                   # torch vs ONNX, side by side
 
 It runs as ``ilp diagnose`` does: the diagnosis's embedder and every core (``threads`` unset).
 ``--embedder hashing`` (default) gives the search-only figure. The last line is one JSON object with
@@ -117,7 +118,31 @@ def run_one(n: int, embedder: str, k: int, theta: float, backend: str = "auto") 
             "conflict_pairs": s["conflict_pairs"], "groups": s["groups"], "saturated": s["saturated_samples"]}
 
 
+def backend_ratio(n: int = 4000, rounds: int = 2) -> dict:
+    """MiniLM texts/s on torch and on ONNX Runtime, alternated in one process on the same prompts
+    (every core, the diagnosis's batch size), and their ratio."""
+    from ilp_ray.data.embed import Embedder
+    from ilp_ray.diagnosis.config import DiagnosisConfig
+
+    _, prompts, _, _ = make_samples(n)
+    bs, speed = DiagnosisConfig().embed_batch_size, {"torch": [], "onnx": []}
+    embedders = {b: Embedder(batch_size=bs, num_threads=os.cpu_count(), backend=b) for b in speed}
+    for e in embedders.values():
+        e.encode(prompts[:200])  # load (and export) outside the timing
+    for _ in range(rounds):
+        for b, e in embedders.items():
+            t = time.perf_counter()
+            e.encode(prompts)
+            speed[b].append(n / (time.perf_counter() - t))
+    out = {b: round(sum(v) / len(v), 1) for b, v in speed.items()}
+    out["onnx_over_torch"] = round(out["onnx"] / out["torch"], 3)
+    print(f"MiniLM texts/s: torch {out['torch']:.0f}, onnx {out['onnx']:.0f}, ratio {out['onnx_over_torch']:.2f}")
+    return out
+
+
 def main(args) -> dict:
+    if args.backend_ratio:
+        return backend_ratio()
     if args.theta is None:
         args.theta = 0.85 if args.embedder == "minilm" else 0.79
     sizes = [args.n] if args.n else [10_000, 30_000, 100_000]
@@ -157,6 +182,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--theta", type=float, default=None, help=(
         "prompt cosine threshold; default 0.85 for MiniLM (the config default) and 0.79 for the hashing "
         "embedder, whose paraphrase cosines on these prompts are 0.79-0.90 (others stay below 0.79)"))
+    p.add_argument("--backend-ratio", action="store_true", help="only compare MiniLM on torch and ONNX, side by side")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     return p
 
