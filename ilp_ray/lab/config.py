@@ -67,6 +67,9 @@ class LabConfig(_Section):
     diagnose: DiagnosisConfig = Field(DiagnosisConfig(enabled=True), description=(
         "The diagnosis, as in an audit; the lab fills in data and trajectory."))
     experiment: str = Field("ilp-lab", description="MLflow experiment of every stage of the lab.")
+    threads: int = Field(2, ge=1, description=(
+        "torch threads of the pretraining and SFT worker. The lab runs one stage at a time and owns "
+        "the machine, so 2 (every core here); set 1 when other work shares it."))
     experiment_epochs_vs_cpt: EpochsVsCptSection = EpochsVsCptSection()
 
     @field_validator("world")

@@ -203,3 +203,21 @@ def test_evidence_against_truth_by_hand():
     assert pv["supports"] == {"precision": 1.0, "recall": 0.5, "judged": 1, "true": 2}
     assert pv["absent"]["precision"] == pytest.approx(2 / 3) and pv["absent"]["recall"] == 1.0
     assert pv["contradicts"]["precision"] == 1.0 and pv["contradicts"]["recall"] == 1.0
+
+
+def test_lab_trains_on_its_threads_setting(tmp_path):
+    """The lab owns the machine: its training workers take `threads` torch threads (2 by
+    default); 0 is refused before anything runs."""
+    from pydantic import ValidationError
+
+    from ilp_ray.lab.config import LabConfig
+    from ilp_ray.lab.run import pretrain_config, sft_config
+    from ilp_ray.train.config import CptTrainConfig, SftTrainConfig
+
+    cfg = LabConfig(out=str(tmp_path))
+    pre = CptTrainConfig.model_validate(pretrain_config(cfg, tmp_path / "corpus.jsonl", tmp_path / "pre"))
+    assert pre.scaling.threads_per_worker == 2
+    sft = SftTrainConfig.model_validate(sft_config(LabConfig(threads=1), "base", tmp_path / "sft.jsonl", tmp_path, 10))
+    assert sft.scaling.threads_per_worker == 1
+    with pytest.raises(ValidationError, match="threads"):
+        LabConfig(threads=0)
