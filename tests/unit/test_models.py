@@ -62,7 +62,7 @@ def test_checkpoint_round_trip(tiny_dir):
 
 
 def test_directory_without_config_json_is_named(tmp_path):
-    with pytest.raises(DataError, match="no config.json") as err:
+    with pytest.raises(DataError, match=r"no config\.json") as err:
         resolve_model(tmp_path)
     assert str(tmp_path) in str(err.value)
 

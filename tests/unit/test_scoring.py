@@ -39,7 +39,9 @@ def tiny():
 def reference_tokens(tok, item, fmt, max_length):
     """lm-eval's _encode_pair, written out again: (token lists per option, context length)."""
     bos_text = tok.decode(tok.bos_token_id)
-    enc = (lambda s: tok.encode(s, add_special_tokens=not s.startswith(bos_text)))
+    def enc(s):
+        return tok.encode(s, add_special_tokens=not s.startswith(bos_text))
+
     wholes, ctx_len = [], None
     for option in item.options:
         ctx, cont = render(item.question, option, fmt, tok)
@@ -256,7 +258,9 @@ def test_smollm2_parity_with_lm_eval_hflm(smollm2):
         ref = lls[pos:pos + len(item.options)]
         pos += len(item.options)
         assert got.logprob_sum == pytest.approx(ref, abs=2e-3)
-        argmax = (lambda xs: max(range(len(xs)), key=xs.__getitem__))
+        def argmax(xs):
+            return max(range(len(xs)), key=xs.__getitem__)
+
         assert argmax(got.logprob_sum) == argmax(ref)  # acc
         # acc_norm, as lm-eval's multiple_choice computes it: log-likelihood / len(choice) in chars
         norm_ref = [ll / len(o) for ll, o in zip(ref, item.options)]
