@@ -6,8 +6,8 @@ rows, so a dot product is a cosine similarity.
 MiniLM runs on one of two backends, with the same numbers (cosine to each other >= 0.99999):
 
 - ``onnx``: the model's transformer exported once to ONNX (cached under
-  ``$ILP_CACHE_DIR/onnx``) and run by ONNX Runtime, whose fused kernels embed short texts ~1.3x
-  faster than eager torch on CPU (``bench/conflicts.py``);
+  ``$ILP_CACHE_DIR/onnx``) and run by ONNX Runtime, which embeds short texts ~1.2x faster than
+  eager torch on 2 CPU cores (``bench/conflicts.py --backend-ratio``);
 - ``torch``: sentence-transformers as is.
 
 ``auto`` (the default) takes ``onnx`` when onnxruntime is installed and the model is a plain

@@ -56,10 +56,10 @@ def topk_neighbours(queries: np.ndarray, keys: np.ndarray, m: int,
 
     Candidates are preselected with float32 block matmuls and ``torch.topk`` (both on torch's
     intra-op threads; numpy's argpartition was single-threaded and took ~2/3 of the time), then
-    their scores are recomputed one query at a time in float64 and rounded to float32. BLAS picks different kernels (so different
-    summation orders) for different block shapes; the float64 rescoring makes the ranking, and
-    the tie-break by index between equal scores (e.g. identical embeddings of different texts),
-    independent of ``block_size``. The preselection keeps ``m + 8`` candidates, so only when more
+    their scores are recomputed one query at a time in float64 and rounded to float32. BLAS picks
+    different kernels (so different summation orders) for different block shapes; the float64
+    rescoring makes the ranking, and the tie-break by index between equal scores (e.g. identical
+    embeddings of different texts), independent of ``block_size``. The preselection keeps ``m + 8`` candidates, so only when more
     than 8 keys tie (within float32 noise) at the ``m``-th place can the pick depend on it.
 
     Args:
@@ -107,7 +107,7 @@ def self_topk_neighbours(emb: np.ndarray, m: int, block_size: int | None = None,
     """``topk_neighbours(emb, emb, m)`` (self included), scoring each pair once.
 
     The score matrix is walked in square tiles on and above the diagonal. A tile's scores serve
-    twice: as candidates of its rows (``topk`` along each row) and, transposed, of its columns.
+    twice: as candidates of its rows and, read down its columns, of its columns.
     A running table keeps each row's best ``m + slack`` candidates; at the end they are rescored
     in float64 and ranked as ``topk_neighbours`` ranks them (score desc, then index asc), so the
     result is the same, except when more than ``slack`` keys tie within float32 noise at the
@@ -116,7 +116,7 @@ def self_topk_neighbours(emb: np.ndarray, m: int, block_size: int | None = None,
     Args:
         emb: float32 ``(n, d)``.
         m: neighbours per row, self included (clipped to ``n``).
-        block_size: tile side; None: 2048 (a 16 MiB tile, cache-friendly to transpose).
+        block_size: tile side; None: 2048 (a 16 MiB tile).
         slack: extra candidates kept per row, against float32 ranking noise.
 
     Returns:

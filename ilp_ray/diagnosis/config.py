@@ -40,9 +40,11 @@ class ConflictConfig(_Section):
     k: int = Field(16, ge=1, description=(
         "Neighbours searched per sample. A pair is found from either side; the evidence flags a "
         "sample whose k-th neighbour still passes theta (more may exist)."))
-    block_size: int | None = Field(None, ge=1, description="Queries per search block; None: bounded by memory.")
+    block_size: int | None = Field(None, ge=1, description=(
+        "Tile side of the local search (a tile is block_size² scores; None: 2048), or queries per "
+        "Spark task block."))
     backend: Literal["local", "spark"] = Field("local", description=(
-        "'local': blocked numpy search in this process (100k samples on one machine); 'spark': the "
+        "'local': tiled torch search in this process (100k samples on one machine); 'spark': the "
         "same search over query blocks on Spark, for more."))
     spark_master: str = Field("local[*]", description="Spark master URL for backend=spark.")
     spark_partitions: int | None = Field(None, ge=1, description="Query-block partitions; None: 2 per core.")
