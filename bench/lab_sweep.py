@@ -8,6 +8,7 @@ again (the lab skips finished stages), so a sweep can be resumed or re-scored ch
 
     .venv/bin/python bench/lab_sweep.py --size default --seeds 10 11 12 13 14
     .venv/bin/python bench/lab_sweep.py --size small --seeds 0 1 2 3 4 --out runs/lab-sweep
+    .venv/bin/python bench/lab_sweep.py --base smollm2 --size small --seeds 0 1 2   # the real-model lab
 
 The last line is one JSON object: the per-seed figures and the summary.
 """
@@ -27,9 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CAUSES = ("I", "II", "III", "IV", "V")
 
 
-def run_seed(size: str, seed: int, out: Path, extra: list[str]) -> dict:
-    folder = out / f"{size}-seed{seed}"
-    cmd = [str(ROOT / ".venv" / "bin" / "ilp"), "lab", "run", "--size", size, "--seed", str(seed),
+def run_seed(size: str, seed: int, out: Path, extra: list[str], base: str = "tiny") -> dict:
+    folder = out / (f"{size}-seed{seed}" if base == "tiny" else f"{base}-{size}-seed{seed}")
+    cmd = [str(ROOT / ".venv" / "bin" / "ilp"), "lab", "run", "--base", base, "--size", size, "--seed", str(seed),
            "--out", str(folder), "--no-progress", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "RAY_USAGE_STATS_ENABLED": "0", "TOKENIZERS_PARALLELISM": "false"}
@@ -64,6 +65,7 @@ def summarise(rows: list[dict]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", default="default", choices=["small", "default"])
+    ap.add_argument("--base", default="tiny", choices=["tiny", "smollm2"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[10, 11, 12, 13, 14])
     ap.add_argument("--out", default="runs/lab-sweep", help="One folder per seed under here.")
     ap.add_argument("--set", action="append", default=[], help="Passed to ilp lab run --set (repeatable).")
@@ -71,7 +73,7 @@ def main() -> None:
     extra = [a for s in args.set for a in ("--set", s)]
     rows = []
     for seed in args.seeds:
-        r = run_seed(args.size, seed, Path(args.out).resolve(), extra)
+        r = run_seed(args.size, seed, Path(args.out).resolve(), extra, args.base)
         rows.append(r)
         rec = " ".join(f"{c} {r['recall'][c]:.2f}" for c in CAUSES)
         print(f"seed {seed}: macro-F1 {r['macro_f1']:.3f} | recall {rec} | control yield "

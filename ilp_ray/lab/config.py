@@ -39,6 +39,19 @@ class SftSection(_Section):
     eval_every: int = Field(4, ge=1, description="Trajectory evaluation every N steps (and at subset ends).")
 
 
+class Smollm2Section(_Section):
+    """``--base smollm2``: the bundled SmolLM2-135M is the base (no pretraining; see ilp_ray.lab.real)."""
+
+    model: str = Field("smollm2-135m", description="The base: a bundled name or a HF checkpoint directory.")
+    known_p: float = Field(0.5, gt=0, le=1, description=(
+        "A real fact is known to the base (a control or II candidate) at p(true value) >= this."))
+    unknown_p: float = Field(0.3, gt=0, le=1, description=(
+        "A real motto is unknown to the base (a V candidate) below this p, with a variant preferred."))
+    sft: SftSection = Field(SftSection(lr=1e-4, warmup_steps=2, eval_every=2), description=(
+        "The sequential SFT of the pretrained 135M model: a far lower lr than the tiny model's, and "
+        "a trajectory point every 2 steps (a subset is only 5-8 steps long)."))
+
+
 class EpochsVsCptSection(_Section):
     """``ilp lab experiment epochs-vs-cpt``: the paper's Table 4 on the category I facts."""
 
@@ -66,6 +79,7 @@ class LabConfig(_Section):
     sft: SftSection = SftSection()
     diagnose: DiagnosisConfig = Field(DiagnosisConfig(enabled=True), description=(
         "The diagnosis, as in an audit; the lab fills in data and trajectory."))
+    smollm2: Smollm2Section = Smollm2Section()
     experiment: str = Field("ilp-lab", description="MLflow experiment of every stage of the lab.")
     threads: int = Field(2, ge=1, description=(
         "torch threads of the pretraining and SFT worker. The lab runs one stage at a time and owns "

@@ -74,6 +74,9 @@ def run_epochs_vs_cpt(cfg: LabConfig, progress: bool = True) -> ExperimentResult
     from ilp_ray.lab.run import _log, build_world, pretrain_config, sft_config, train_fresh
     from ilp_ray.train.config import CptTrainConfig, SftTrainConfig
 
+    if cfg.base != "tiny":
+        raise ValueError(f"epochs-vs-cpt runs on the tiny base, whose pretraining corpus it extends "
+                         f"by CPT; got base={cfg.base!r}")
     x = cfg.experiment_epochs_vs_cpt
     out = Path(cfg.out).resolve()
     t0 = time.perf_counter()

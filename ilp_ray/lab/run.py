@@ -3,8 +3,9 @@ and diagnose the result, and score the diagnosis against the truth.
 
 Layout of ``out``::
 
-    world/       sft.jsonl, corpus.jsonl, truth.jsonl, world.json
-    pretrain/    the base model's training run (Ray Train + DeepSpeed); the base is its final checkpoint
+    world/       sft.jsonl, corpus.jsonl, truth.jsonl, world.json (+ probe.json with --base smollm2)
+    pretrain/    the base model's training run (Ray Train + DeepSpeed); the base is its final
+                 checkpoint (with --base smollm2 there is none: the base is the bundled model)
     sft/         the sequential SFT run, with trajectory.parquet
     index/       the corpus, indexed with tantivy
     evidence/    the corpus evidence of every SFT fact (supports / contradicts / absent)
@@ -65,7 +66,7 @@ def pretrain_config(cfg: LabConfig, corpus: Path, out: Path) -> dict[str, Any]:
 
 
 def sft_config(cfg: LabConfig, base: str, data: Path, out: Path, n_samples: int) -> dict[str, Any]:
-    s = cfg.sft
+    s = cfg.smollm2.sft if cfg.base == "smollm2" else cfg.sft
     return {
         "run_dir": str(out), "name": "sft",
         "model": {"spec": base},
@@ -133,8 +134,6 @@ def run_lab(cfg: LabConfig, progress: bool = True) -> LabResult:
     from ilp_ray.pipeline.audit import run_audit
     from ilp_ray.train.config import CptTrainConfig, SftTrainConfig
 
-    if cfg.base != "tiny":
-        raise NotImplementedError("--base smollm2 is not built yet")
     out = Path(cfg.out).resolve()
     walls: dict[str, float] = {}
     t_all = time.perf_counter()
@@ -147,20 +146,24 @@ def run_lab(cfg: LabConfig, progress: bool = True) -> LabResult:
         yield
         walls[name] = time.perf_counter() - t
 
-    with stage("world"):
+    with stage("world", "probing what the base knows (real facts)" if cfg.base == "smollm2" else None):
         world, paths = build_world(cfg, out)
     _log(f"world: {len(world.sft)} SFT samples, {len(world.corpus)} corpus documents -> {paths['sft'].parent}",
          progress)
-    with stage("pretrain", "pretraining the base model on the corpus"):
-        pre = train_fresh(CptTrainConfig.model_validate(pretrain_config(cfg, paths["corpus"], out)), progress)
+    if cfg.base == "tiny":
+        with stage("pretrain", "pretraining the base model on the corpus"):
+            pre = train_fresh(CptTrainConfig.model_validate(pretrain_config(cfg, paths["corpus"], out)), progress)
+        base, base_id = str(pre.checkpoint), pre.checkpoint_id
+    else:
+        base, base_id = cfg.smollm2.model, cfg.smollm2.model
     with stage("sft", "sequential SFT (s1 -> s2 -> s3) with trajectories"):
         sft = train_fresh(SftTrainConfig.model_validate(
-            sft_config(cfg, str(pre.checkpoint), paths["sft"], out, len(world.sft))), progress)
+            sft_config(cfg, base, paths["sft"], out, len(world.sft))), progress)
     with stage("evidence", "corpus evidence: index the corpus (tantivy), search and judge every SFT fact"):
         evidence = corpus_evidence(cfg, paths, out, progress)
     with stage("audit", "audit and diagnosis"):
         audit = run_audit(AuditConfig.model_validate(
-            audit_config(cfg, str(pre.checkpoint), str(sft.checkpoint), paths["sft"], sft.trajectory, out,
+            audit_config(cfg, base, str(sft.checkpoint), paths["sft"], sft.trajectory, out,
                          evidence["outputs"]["corpus_evidence"])),
             progress=progress)
 
@@ -169,7 +172,7 @@ def run_lab(cfg: LabConfig, progress: bool = True) -> LabResult:
     metrics["evidence"] = evidence_vs_truth(truth, pd.read_parquet(evidence["outputs"]["corpus_evidence"]))
     walls["total"] = time.perf_counter() - t_all
     metrics.update(wall_s=walls["total"], stage_wall_s=walls, seed=cfg.seed, size=cfg.size, base=cfg.base,
-                   base_checkpoint=pre.checkpoint_id, sft_checkpoint=sft.checkpoint_id)
+                   base_checkpoint=base_id, sft_checkpoint=sft.checkpoint_id)
     write_json_atomic(metrics, out / "metrics.json")
     _log_mlflow(audit.run_id, audit.tracking_uri, cfg.experiment, metrics, out / "metrics.json")
     report = audit.diagnosis.report
@@ -179,12 +182,26 @@ def run_lab(cfg: LabConfig, progress: bool = True) -> LabResult:
 def build_world(cfg: LabConfig, out: Path):
     """The world of ``cfg`` (its size with ``cfg.world``'s overrides), written under ``out/world``.
 
-    A size the world cannot hold fails here, before any output.
+    With ``--base smollm2`` the base is probed first (cached per base model, see
+    ``ilp_ray.lab.real.probe``; the probe is copied to ``out/world/probe.json``). A size the world
+    cannot hold fails here, before any output.
     """
     import dataclasses
 
     from ilp_ray.lab import world as W
 
+    if cfg.base == "smollm2":
+        from ilp_ray.lab import real as R
+
+        size = dataclasses.replace(R.REAL_SIZES[cfg.size], **cfg.world)
+        R.check_size(size)  # before the probe's minute of scoring
+        probe = R.probe(cfg.smollm2.model)
+        world = R.generate_real(cfg.seed, size, probe, cfg.smollm2.known_p, cfg.smollm2.unknown_p)
+        world.size = cfg.size
+        paths = W.write(world, out / "world")
+        write_json_atomic({"model": cfg.smollm2.model, "probe": [[*k, p] for k, p in probe.items()]},
+                          out / "world" / "probe.json")
+        return world, paths
     size = dataclasses.replace(W.SIZES[cfg.size], **cfg.world) if cfg.world else cfg.size
     world = W.generate(cfg.seed, size)
     return world, W.write(world, out / "world")

@@ -214,18 +214,11 @@ def _build(w: World, sz: LabSize, rng: np.random.Generator) -> None:
 
     samples: dict[str, list[dict]] = {s: [] for s in SUBSETS}
 
+    def sample(*args):
+        return sample_row(w, *args)
+
     def add(*args):
         samples[args[0]].append(sample(*args))
-
-    def sample(subset, category, key, value, q, corpus_value, group):
-        rel = w.relations[key[1]]
-        opts = w.options.get(key, rel.values)
-        truth = ("absent" if corpus_value is None else "supports" if corpus_value == value else "contradicts")
-        return {
-            "prompt": rel.questions[q].format(e=key[0]), "response": value, "subset": subset,
-            "options": list(opts), "answer": opts.index(value),
-            "_truth": {"category": category, "entity": key[0], "relation": key[1], "value": value,
-                       "corpus_value": corpus_value, "corpus_truth": truth, "group": group}}
 
     def q():
         return int(rng.integers(3))
@@ -264,6 +257,27 @@ def _build(w: World, sz: LabSize, rng: np.random.Generator) -> None:
         for i, key in enumerate(picks["V"]):
             add("s3", "V", key, w.facts[key], (i + r) % 3, w.facts[key], f"V-{i}")
 
+    number(w, samples)
+    # The corpus order has its own stream: reordering SFT samples does not reshuffle the corpus.
+    perm = np.random.default_rng([w.seed, 1]).permutation(len(corpus))
+    w.corpus = [{"id": f"doc-{i:05d}", "text": corpus[j]} for i, j in enumerate(perm.tolist())]
+
+
+def sample_row(w: World, subset: str, category: str, key: tuple[str, str], value: str, q: int,
+               corpus_value: str | None, group: str) -> dict:
+    """One SFT sample (question paraphrase ``q`` of ``key``, answered ``value``) with its truth
+    under ``_truth``; ``corpus_value`` is what the corpus says (None: nothing)."""
+    rel = w.relations[key[1]]
+    opts = list(w.options.get(key, rel.values))
+    truth = "absent" if corpus_value is None else "supports" if corpus_value == value else "contradicts"
+    return {"prompt": rel.questions[q].format(e=key[0]), "response": value, "subset": subset,
+            "options": opts, "answer": opts.index(value),
+            "_truth": {"category": category, "entity": key[0], "relation": key[1], "value": value,
+                       "corpus_value": corpus_value, "corpus_truth": truth, "group": group}}
+
+
+def number(w: World, samples: dict[str, list[dict]]) -> None:
+    """Give the samples ids in training order (subset by subset) and split off their truth."""
     n = 0
     for s in SUBSETS:
         for row in samples[s]:
@@ -272,9 +286,6 @@ def _build(w: World, sz: LabSize, rng: np.random.Generator) -> None:
             n += 1
             w.sft.append({"id": rid, **row})
             w.truth.append({"id": rid, "subset": s, **t})
-    # The corpus order has its own stream: reordering SFT samples does not reshuffle the corpus.
-    perm = np.random.default_rng([w.seed, 1]).permutation(len(corpus))
-    w.corpus = [{"id": f"doc-{i:05d}", "text": corpus[j]} for i, j in enumerate(perm.tolist())]
 
 
 def _spread(rows: list[dict], extra: list[dict], rng: np.random.Generator) -> list[dict]:

@@ -125,7 +125,8 @@ def test_score_refuses_samples_the_audit_did_not_see():
     (["--set", "world.forgett=3"], "unknown world field 'forgett'"),
     (["--set", "world.entities=0"], "world.entities must be positive"),
     (["--set", "world.forget=999"], "the size asks for"),
-    (["--base", "smollm2"], "not built yet"),
+    (["--base", "smollm2", "--set", "smollm2.known_p=0"], "field 'smollm2.known_p'"),
+    (["--base", "smollm2", "--set", "world.rare=99"], "asks for 22 real facts (control + conflict), 99 mottos"),
 ])
 def test_lab_cli_bad_input(tmp_path, args, message):
     """Bad lab settings fail with a message that names the field, and write nothing."""
@@ -158,6 +159,7 @@ def test_each_country_has_its_own_mottos(small):
     (["--set", "experiment_epochs_vs_cpt.cpt_ratio=0"], "field 'experiment_epochs_vs_cpt.cpt_ratio'"),
     (["--set", "experiment_epochs_vs_cpt.long_epochs=0"], "field 'experiment_epochs_vs_cpt.long_epochs'"),
     (["--size", "tiny"], "field 'size'"),
+    (["--set", "base=smollm2"], "runs on the tiny base"),
 ])
 def test_experiment_cli_bad_input(tmp_path, args, message):
     from typer.testing import CliRunner
