@@ -65,6 +65,17 @@ class TrajectoryEvaluator:
         self.examples = [examples[it.id] for it in self.items]
         self.tokenizer, self.fmt = tokenizer, fmt
         self.batch_size, self.max_length, self.pad_id = batch_size, max_length, pad_id
+        # Samples repeated verbatim (same question, options, answer and tokens) are scored once.
+        slot: dict[tuple, int] = {}
+        self._unique: list[int] = []  # index of each distinct sample's first occurrence
+        of = []  # each item's distinct sample
+        for i, (it, ex) in enumerate(zip(self.items, self.examples, strict=True)):
+            k = (it.question, tuple(it.options), it.answer, ex.input_ids, ex.labels)
+            if k not in slot:
+                slot[k] = len(self._unique)
+                self._unique.append(i)
+            of.append(slot[k])
+        self._of = np.array(of, dtype=np.int64)
 
     def evaluate(self, model, step: int, epoch: int, reason: str) -> Evaluation:
         """Score every item with ``model`` in eval mode under no_grad; leaves it in train mode."""
@@ -79,10 +90,13 @@ class TrajectoryEvaluator:
             with torch.no_grad():
                 engine = TransformersEngine((model, self.tokenizer), fmt=self.fmt, batch_size=self.batch_size,
                                             max_length=self.max_length, tag="trajectory")  # sets eval mode
-                scores = engine.score(self.items)
-                losses = per_sample_loss(model, self.examples, self.pad_id, self.batch_size)
+                scores = engine.score([self.items[i] for i in self._unique])
+                losses = per_sample_loss(model, [self.examples[i] for i in self._unique], self.pad_id,
+                                         self.batch_size)
         finally:
             model.train()
+        scores = [scores[j] for j in self._of]
+        losses = np.asarray(losses, dtype=float)[self._of]
         probs = option_probs(pad_ragged([s.logprob_sum for s in scores], -np.inf))
         answers = np.array([it.answer for it in self.items])
         p = pass_expected(probs, answers)
