@@ -15,6 +15,9 @@ from ilp_ray.config_base import _Section
 from ilp_ray.diagnosis.config import DiagnosisConfig
 from ilp_ray.train.config import TinyModelConfig
 
+#: SFT examples per step by world size, where ``sft.batch_size`` is not set.
+SFT_BATCH = {"small": 4, "default": 8}
+
 
 class PretrainSection(_Section):
     """Pretraining the tiny base model from scratch on the world's corpus (``--base tiny``)."""
@@ -34,7 +37,10 @@ class SftSection(_Section):
 
     lr: float = Field(5e-4, gt=0, description="Learning rate (constant after warm-up).")
     warmup_steps: int = Field(4, ge=0, description="Linear warm-up steps.")
-    batch_size: int = Field(8, ge=1, description="Examples per step.")
+    batch_size: int | None = Field(None, ge=1, description=(
+        "Examples per step. None: the size's, 8 at 'default' and 4 at 'small'. The small world has a "
+        "third of the samples; at 8 its subsets are 3-8 steps long, too short to learn the IV facts "
+        "and then lose them (IV recall 0 on one seed in five; 1.0 on all five at 4)."))
     epochs: int = Field(1, ge=1, description="Passes over the whole sequence of subsets.")
     eval_every: int = Field(4, ge=1, description="Trajectory evaluation every N steps (and at subset ends).")
 
@@ -47,7 +53,7 @@ class Smollm2Section(_Section):
         "A real fact is known to the base (a control or II candidate) at p(true value) >= this."))
     unknown_p: float = Field(0.3, gt=0, le=1, description=(
         "A real motto is unknown to the base (a V candidate) below this p, with a variant preferred."))
-    sft: SftSection = Field(SftSection(lr=1e-4, warmup_steps=2, eval_every=2), description=(
+    sft: SftSection = Field(SftSection(lr=1e-4, warmup_steps=2, eval_every=2, batch_size=8), description=(
         "The sequential SFT of the pretrained 135M model: a far lower lr than the tiny model's, and "
         "a trajectory point every 2 steps (a subset is only 5-8 steps long)."))
 
@@ -85,6 +91,11 @@ class LabConfig(_Section):
         "torch threads of the pretraining and SFT worker. The lab runs one stage at a time and owns "
         "the machine, so 2 (every core here); set 1 when other work shares it."))
     experiment_epochs_vs_cpt: EpochsVsCptSection = EpochsVsCptSection()
+
+    def sft_settings(self) -> SftSection:
+        """The SFT section of this run's base, with the batch size resolved for the size."""
+        s = self.smollm2.sft if self.base == "smollm2" else self.sft
+        return s if s.batch_size else s.model_copy(update={"batch_size": SFT_BATCH[self.size]})
 
     @field_validator("world")
     @classmethod

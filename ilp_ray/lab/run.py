@@ -66,7 +66,7 @@ def pretrain_config(cfg: LabConfig, corpus: Path, out: Path) -> dict[str, Any]:
 
 
 def sft_config(cfg: LabConfig, base: str, data: Path, out: Path, n_samples: int) -> dict[str, Any]:
-    s = cfg.smollm2.sft if cfg.base == "smollm2" else cfg.sft
+    s = cfg.sft_settings()
     return {
         "run_dir": str(out), "name": "sft",
         "model": {"spec": base},

@@ -2,9 +2,9 @@
 pretraining and SFT, tantivy evidence, the Ray Data audit, the diagnosis with MiniLM, MLflow).
 
 The floors sit below the worst of the small sweep (docs/benchmarks.md, "Small size": seeds 0-4,
-macro-F1 0.78-1.00, yields control ≤ 0.21, I ≥ 0.42, II ≥ 0.75, III ≥ 0.67, V ≥ 0.13): they catch a
-broken stage, not a tuning regression, and leave room for another CPU's arithmetic. IV has no
-yield floor: the small world forgets 4-25% of its IV samples, on one seed almost none.
+macro-F1 0.95-1.00, every cause's recall ≥ 0.90; yields control ≤ 0.38, I ≥ 0.42, II ≥ 0.75,
+III ≥ 0.50, IV ≥ 0.08, V ≥ 0.10; seed 0, run here, sits at control 0.38, I 0.42 and V 0.10): they
+catch a broken stage, not a tuning regression, and leave room for another CPU's arithmetic.
 """
 
 import json
@@ -28,11 +28,13 @@ def test_small_lab_run(tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     y = m["yield"]
     # What the world is built to do: control facts mostly survive, the categories mostly don't.
-    assert y["control"] <= 0.4
-    assert y["I"] >= 0.3 and y["II"] >= 0.5 and y["III"] >= 0.5 and y["V"] >= 0.1
-    assert m["macro_f1"] >= 0.7
-    # III (paraphrased contradictions) and II (a corpus that says otherwise) are the sharpest signals.
-    assert m["recall"]["III"] >= 0.8 and m["recall"]["II"] >= 0.6
+    assert y["control"] <= 0.5
+    assert y["I"] >= 0.3 and y["II"] >= 0.5 and y["III"] >= 0.4 and y["IV"] >= 0.04 and y["V"] >= 0.05
+    assert m["macro_f1"] >= 0.85
+    # Every cause is found; III (paraphrased contradictions), II (a corpus that says otherwise) and
+    # IV (a trajectory that rose and fell) are the sharpest signals.
+    assert min(m["recall"].values()) >= 0.6
+    assert m["recall"]["III"] >= 0.8 and m["recall"]["II"] >= 0.8 and m["recall"]["IV"] >= 0.8
     # The evidence stage against the generator's record of the corpus: within 3 points.
     ev = m["evidence"]
     assert abs(ev["nonexistence_rate"] - ev["true_nonexistence_rate"]) <= 0.03

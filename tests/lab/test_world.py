@@ -223,3 +223,25 @@ def test_lab_trains_on_its_threads_setting(tmp_path):
     assert sft.scaling.threads_per_worker == 1
     with pytest.raises(ValidationError, match="threads"):
         LabConfig(threads=0)
+
+
+def test_sft_batch_follows_the_size_unless_set(tmp_path):
+    """SFT takes 4 examples per step at the small size and 8 at the default (the small world's
+    subsets would otherwise be too short to learn and lose its IV facts); a set value wins, the
+    smollm2 base keeps its own 8, and 0 is refused."""
+    from pydantic import ValidationError
+
+    from ilp_ray.lab.config import LabConfig
+    from ilp_ray.lab.run import sft_config
+    from ilp_ray.train.config import SftTrainConfig
+
+    def batch(**kw):
+        c = sft_config(LabConfig(out=str(tmp_path), **kw), "base", tmp_path / "sft.jsonl", tmp_path, 10)
+        return SftTrainConfig.model_validate(c).optim.batch_size
+
+    assert batch(size="small") == 4 and batch(size="default") == 8
+    assert batch(size="small", sft={"batch_size": 6}) == 6
+    assert batch(size="small", base="smollm2") == 8
+    assert LabConfig(size="small").sft.batch_size is None  # the resolved copy does not write back
+    with pytest.raises(ValidationError, match="batch_size"):
+        LabConfig(sft={"batch_size": 0})
