@@ -137,6 +137,11 @@ class DiagnosisConfig(_Section):
         "Causes to test, by detector name; the decision order is the fixed order of decide.py."))
     scope: Literal["unlearned", "top_k"] = Field("unlearned", description=(
         "Which samples get a cause: every unlearned sample, or only the top-K most severe (paper)."))
+    relapse_to_base: bool = Field(True, description=(
+        "A forgotten sample (IV) whose final answer is the base model's own confident, "
+        "corpus-backed wrong answer (II fires too) is II: it was learned, then fell back to what "
+        "pretraining taught, so the conflict is the cause and the forgetting its mechanism. "
+        "False: the plain order, IV before II."))
     embedder: Literal["minilm", "hashing"] = Field("minilm", description=(
         "Prompt/response embedder: all-MiniLM-L6-v2, or the hashing twin (tests, dry runs)."))
     embed_batch_size: int = Field(32, ge=1, description=(

@@ -13,6 +13,11 @@ Each unlearned sample is tested in this order, and its cause is the first test t
 5. **V, insufficient training**: still improving at the end, or a rare/long pattern. The
    weakest and most generic signal, so the last resort.
 
+One exception (``relapse_to_base``): a sample IV claims is II when II fires too and its final
+answer is the base model's own (confident, and with corpus evidence, what the corpus says). It
+was learned and then fell back to its pretrained belief: the conflict is why it did not hold.
+Forgetting to any other answer stays IV. The table's ``relapsed`` column marks these samples.
+
 None fires → ``unattributed``: a label is never forced. Learned samples get no cause (null).
 With ``scope: top_k`` only the audit's top-K unlearned samples are diagnosed (the paper's 1,000);
 the others keep a null cause and ``in_scope`` false. All detector columns stay in the table, so
@@ -46,16 +51,18 @@ def _json(obj: Any) -> str:
     return json.dumps(obj, default=conv)  # insertion order: each detector puts its key numbers first
 
 
-def decide(verdicts: pd.DataFrame, results: dict[str, CauseResult], scope: str = "unlearned") -> pd.DataFrame:
+def decide(verdicts: pd.DataFrame, results: dict[str, CauseResult], scope: str = "unlearned",
+           relapse: bool = True) -> pd.DataFrame:
     """The diagnosis table: one row per sample.
 
     Args:
         verdicts: the audit's verdict table.
         results: detector name → its ``CauseResult`` (any subset of ``ORDER``).
         scope: "unlearned" (every unlearned sample) or "top_k" (``in_top_k`` only).
+        relapse: IV that fell back to the base's confident wrong answer is II (see above).
 
     Returns:
-        ``id, subset, position, unlearned, in_scope, cause, cause_score, signals``, then each
+        ``id, subset, position, unlearned, in_scope, cause, cause_score, signals, relapsed``, then each
         detector's ``is_<name>``, ``<name>_score`` and ``<name>_evidence`` (a JSON string).
     """
     unl = verdicts["unlearned"].to_numpy(dtype=bool)
@@ -77,10 +84,17 @@ def decide(verdicts: pd.DataFrame, results: dict[str, CauseResult], scope: str =
         cause_score[first] = score[first]
         open_ &= ~first
     cause[open_] = UNATTRIBUTED
+    relapsed = np.zeros(n, dtype=bool)
+    iv, ii = "left_side_forgetting", "base_conflict"
+    if relapse and iv in results and ii in results and "base_pred" in verdicts:
+        back = verdicts["pred"].to_numpy() == verdicts["base_pred"].to_numpy()  # NaN (no base) never matches
+        relapsed = (cause == iv) & results[ii].frame[f"is_{ii}"].to_numpy(dtype=bool) & back
+        cause[relapsed] = ii
+        cause_score[relapsed] = results[ii].frame[f"{ii}_score"].to_numpy(dtype=float)[relapsed]
     out = pd.DataFrame({
         "id": verdicts["id"].astype(str).to_numpy(), "subset": verdicts["subset"].astype(str).to_numpy(),
         "position": verdicts["position"].to_numpy(dtype=np.int64), "unlearned": unl, "in_scope": in_scope,
-        "cause": cause, "cause_score": cause_score, "signals": signals})
+        "cause": cause, "cause_score": cause_score, "signals": signals, "relapsed": relapsed})
     for name in order:
         f = results[name].frame
         out[f"is_{name}"] = f[f"is_{name}"].to_numpy(dtype=bool)

@@ -104,7 +104,7 @@ def diagnose(ctx) -> tuple[Any, dict[str, Any], dict[str, Any]]:
         results[name] = DETECTORS.create(name).run(ctx)
         timings[name] = round(time.perf_counter() - t, 3)
         log.info("diagnosis: %s flagged %d samples in %.1fs", name, results[name].summary["n_flagged"], timings[name])
-    table = decide(ctx.verdicts, results, ctx.config.scope)
+    table = decide(ctx.verdicts, results, ctx.config.scope, ctx.config.relapse_to_base)
     ct = cause_table(table, list(results))
     for name, t in timings.items():
         results[name].summary["seconds"] = t

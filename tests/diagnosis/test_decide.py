@@ -96,3 +96,27 @@ def test_custom_detector_shape_in_decide():
     v = pd.DataFrame([verdict_row("x")])
     d = decide(v, {"always_for_test": CauseResult(Always().frame([True], [1.0], [{}]), {})})
     assert d.loc[0, "cause"] == "always_for_test"
+
+
+def test_forgotten_back_to_the_base_belief_is_a_conflict():
+    """IV and II both fire: the sample is II when its final answer is the base model's own wrong
+    answer (it relapsed to what pretraining taught), IV when it drifted to anything else, and IV
+    for both with the rule off or without a base model."""
+    base = [0.05, 0.85, 0.05, 0.05]                                   # the base believes option 1
+    v = pd.DataFrame([
+        verdict_row("relapse", probs=[0.1, 0.7, 0.1, 0.1], base_probs=base),   # back to option 1
+        verdict_row("drift", probs=[0.1, 0.1, 0.7, 0.1], base_probs=base),     # to option 2
+        verdict_row("iv_only", probs=[0.1, 0.7, 0.1, 0.1], base_probs=base),   # II did not fire
+    ])
+    res = fake_results({"left_side_forgetting": [True, True, True], "base_conflict": [True, True, False]})
+    res["base_conflict"].frame["base_conflict_score"] = [0.85, 0.85, 0.0]
+    d = decide(v, res).set_index("id")
+    assert d.loc["relapse", "cause"] == "base_conflict" and d.loc["relapse", "relapsed"]
+    assert d.loc["relapse", "cause_score"] == 0.85                    # II's own score, not IV's
+    assert d.loc["relapse", "signals"] == ["left_side_forgetting", "base_conflict"]
+    assert d.loc["drift", "cause"] == "left_side_forgetting" and not d.loc["drift", "relapsed"]
+    assert d.loc["iv_only", "cause"] == "left_side_forgetting"
+    assert (decide(v, res, relapse=False)["cause"] == "left_side_forgetting").all()
+    no_base = pd.DataFrame([verdict_row("relapse", probs=[0.1, 0.7, 0.1, 0.1])])
+    one = {k: CauseResult(r.frame.iloc[:1], {}) for k, r in res.items()}
+    assert decide(no_base, one)["cause"].tolist() == ["left_side_forgetting"]
