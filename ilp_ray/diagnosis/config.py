@@ -104,6 +104,10 @@ class ForgettingConfig(_Section):
     min_drop: float = Field(0.1, ge=0, le=1, description=(
         "The peak must exceed the final p(correct) by at least this, so a sample hovering at tau "
         "is not called forgotten."))
+    held_evals: int = Field(2, ge=1, description=(
+        "Learned means p(correct) >= tau at this many consecutive evaluations (from the sample's "
+        "first training step on): a sample right at one evaluation and wrong at the next was "
+        "never held, so losing it is not forgetting."))
     deciles: int = Field(10, ge=2, description="Position bins for the position effect (paper: the first 10%).")
     exclude_base_known: bool = Field(True, description=(
         "Not IV when the base model already answered the sample (base p(correct) >= tau): SFT then "

@@ -1,8 +1,10 @@
 """IV. Left-side forgetting (paper 3.2.4; Appendix D): learned during training, lost by the end.
 
-Per sample, from its trajectory: it reached ``p_correct >= tau`` at an evaluation at or after the
-step that first trained it (``trained_step``; any evaluation when the trajectory lacks the column),
-and its final evaluation is below ``tau``, at least ``min_drop`` under that peak. Score: the
+Per sample, from its trajectory: it held ``p_correct >= tau`` over ``held_evals`` consecutive
+evaluations at or after the step that first trained it (``trained_step``; any evaluation when the
+trajectory lacks the column), and its final evaluation is below ``tau``, at least ``min_drop``
+under that peak. A sample right at a single evaluation and wrong at the next was never held: a
+fact taught once can flicker to right just after its step, and losing it is not forgetting. Score: the
 relative loss, ``(peak - final) / peak``. Two cases are not IV, and the evidence says which:
 
 - the sample was right only before training reached it (the base model's knowledge, eroded by
@@ -61,11 +63,14 @@ class LeftSideForgetting(CauseDetector):
                 continue
             peak = f["peak_after_p"]
             drop = peak - f["final_p"]
-            fired[i] = f["reached_after"] and f["final_p"] < cfg.tau and drop >= cfg.min_drop and not known[i]
+            held = f["held_after"] >= cfg.held_evals
+            fired[i] = held and f["final_p"] < cfg.tau and drop >= cfg.min_drop and not known[i]
             score[i] = drop / peak if fired[i] and peak > 0 else 0.0
             ev = {"learned_at_step": f["first_learned_step"], "peak_p": r3(peak), "peak_step": f["peak_after_step"],
                   "final_p": r3(f["final_p"]), "final_step": f["final_step"], "drop": r3(drop), "tau": cfg.tau,
                   "trained_step": f["trained_step"], "position_decile": int(bins[i]) + 1, "n_evals": f["n_evals"]}
+            if f["reached_after"] and not held:
+                ev["held_evals"] = f["held_after"]  # right at fewer consecutive evaluations than asked
             if f["reached"] and not f["reached_after"]:
                 ev["known_before_training_only"] = True  # learned before its step (e.g. base), lost before it
             if known[i]:

@@ -92,7 +92,8 @@ def per_sample(traj: pd.DataFrame, tau: float, last_m: int, max_points: int = 24
 
     With a ``trained_step`` column (the first step that trained the sample; the SFT job writes
     it), also the same facts over the evaluations from that step on: ``trained_step``,
-    ``reached_after``, ``peak_after_p``, ``peak_after_step`` and ``n_after``. What a sample did
+    ``reached_after``, ``peak_after_p``, ``peak_after_step``, ``n_after`` and ``held_after`` (the
+    longest run of consecutive evaluations with p >= tau, from that step on). What a sample did
     before training reached it (the base model's knowledge, eroded or not by earlier subsets) says
     nothing about how its own training went. Without the column, or for a sample never trained,
     the "after" facts are those of the whole trajectory.
@@ -112,12 +113,14 @@ def per_sample(traj: pd.DataFrame, tau: float, last_m: int, max_points: int = 24
         if not after.any():  # trained after its last evaluation: judge the whole trajectory
             after[:] = True
         ka = int(np.flatnonzero(after)[p[after].argmax()])
+        runs = np.diff(np.flatnonzero(np.diff(np.r_[0, reached[after].astype(int), 0])))[::2]
         out[str(vid)] = {
             "n_evals": len(p), "steps": steps[keep].tolist(), "p": [round(float(x), 4) for x in p[keep]],
             "peak_p": float(p[k]), "peak_step": int(steps[k]), "final_p": float(p[-1]),
             "final_step": int(steps[-1]), "reached": bool(reached.any()),
             "first_learned_step": int(steps[np.argmax(reached)]) if reached.any() else None,
             "trained_step": trained, "n_after": int(after.sum()), "reached_after": bool(reached[after].any()),
+            "held_after": int(runs.max()) if len(runs) else 0,
             "peak_after_p": float(p[ka]), "peak_after_step": int(steps[ka]),
             "slope_p": _slope(p[-last_m:]), "slope_loss": _slope(loss[-last_m:]),
             "final_loss": float(loss[-1]) if np.isfinite(loss[-1]) else None,

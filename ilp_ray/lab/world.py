@@ -23,8 +23,12 @@ Categories (``truth.jsonl``, field ``category``):
   of the last subset: a rare pattern, seen few times, still being learned when training stops.
 
 The corpus also holds ``background`` facts (never in SFT) so that the model learns a world, not
-a list. ``truth.jsonl`` records, for every SFT sample, what the corpus says about the value the
-sample teaches: ``supports``, ``contradicts`` or ``absent`` (the corpus-evidence ground truth).
+a list. Each relation's values are dealt evenly over the countries, one background fact per value
+is kept out of the SFT picks, and it is stated often enough that every value appears at least
+``value_mentions`` times: the base can say every answer SFT asks of it, so a fact SFT fails to
+teach fails for its category's reason, not because its answer is a word the base barely read.
+``truth.jsonl`` records, for every SFT sample, what the corpus says about the value the sample
+teaches: ``supports``, ``contradicts`` or ``absent`` (the corpus-evidence ground truth).
 """
 
 from __future__ import annotations
@@ -97,6 +101,7 @@ class LabSize:
     control_mentions: int = 8
     conflict_mentions: int = 8
     background_mentions: int = 2
+    value_mentions: int = 8  # the corpus states every value of every relation at least this often
 
 
 SIZES = {
@@ -176,8 +181,11 @@ def generate(seed: int = 0, size: str | LabSize = "default") -> World:
     # one word): long answers whose options share most of their tokens. Being the country's own,
     # learning one country's motto does not push another country's options around.
     options = {(e, "motto"): _motto_options(rng) for e in entities}
-    facts = {(e, r): (options[(e, r)] if r == "motto" else rels[r].values)[rng.integers(6)]
-             for e in entities for r in rels}
+    # Each relation's values are dealt out evenly over the countries (every value is some
+    # country's fact once there are six countries), so that the corpus can state every one.
+    dealt = {r: rng.permutation(np.arange(len(entities)) % 6) for r in rels if r != "motto"}
+    facts = {(e, r): (options[(e, r)][rng.integers(6)] if r == "motto" else rels[r].values[dealt[r][i]])
+             for i, e in enumerate(entities) for r in rels}
     world = World(seed, size if isinstance(size, str) else "custom", entities, rels, facts, options)
     _build(world, sz, rng)
     return world
@@ -187,21 +195,32 @@ def _build(w: World, sz: LabSize, rng: np.random.Generator) -> None:
     plain = [(e, r) for e in w.entities for r in w.relations if r != "motto"]
     motto = [(e, "motto") for e in w.entities]
     order = rng.permutation(len(plain))
-    pool = [plain[i] for i in order]
+    # The first fact (in the shuffled order) holding each value of each relation is kept for the
+    # background, so the corpus states every value: no SFT answer is a name the base never read.
+    # Without it, one small world in three taught some IV fact a founder the corpus never named;
+    # the base could not learn it from six samples, and IV read as I.
+    reserved, pool, seen = [], [], set()
+    for key in (plain[i] for i in order):
+        val = (key[1], w.facts[key])
+        (pool if val in seen else reserved).append(key)
+        seen.add(val)
     need = sz.control + sz.gap + sz.conflict + sz.pairs + sz.forget
     if need > len(pool) or sz.rare > len(motto):
-        raise ValueError(f"a world of {len(w.entities)} entities has {len(pool)} facts (+{len(motto)} "
-                         f"mottos); the size asks for {need} (+{sz.rare})")
+        raise ValueError(f"a world of {len(w.entities)} entities has {len(pool)} facts to pick from "
+                         f"({len(reserved)} more state each value once in the background) and "
+                         f"{len(motto)} mottos; the size asks for {need} (+{sz.rare} mottos)")
     take = iter(pool)
     picks = {c: [next(take) for _ in range(n)] for c, n in
              (("control", sz.control), ("I", sz.gap), ("II", sz.conflict), ("III", sz.pairs), ("IV", sz.forget))}
-    background = list(take)
+    background = reserved + list(take)
     picks["V"] = [motto[i] for i in rng.permutation(len(motto))[:sz.rare]]
 
     corpus: list[str] = []
+    said: dict[tuple[str, str], int] = {}  # (relation, value) -> statements of it so far
 
     def mention(key, value, times, questions=True):
         rel = w.relations[key[1]]
+        said[(key[1], value)] = said.get((key[1], value), 0) + times
         forms = [s.format(e=key[0], v=value) for s in rel.statements]
         if questions:
             forms += [f"{q.format(e=key[0])}\n{value}" for q in rel.questions]
@@ -239,6 +258,14 @@ def _build(w: World, sz: LabSize, rng: np.random.Generator) -> None:
         add(sub, "III", key, other(key, w.facts[key]), int(qb), None, f"III-{i}")
     for key in background:
         mention(key, w.facts[key], sz.background_mentions)
+    # A value the corpus states rarely (a capital only its one background country has) is one
+    # the base can barely produce: SFT then had to teach it from scratch, and an IV fact with it
+    # was never learned (seed 0, small: 2 statements of "Gefud" against 40 of the commonest
+    # capital). Its reserved background fact makes up the difference.
+    for key in reserved:
+        short = sz.value_mentions - said[(key[1], w.facts[key])]
+        if short > 0:
+            mention(key, w.facts[key], short)
     for key in w.facts:
         if key[1] == "motto" and key not in picks["V"]:
             mention(key, w.facts[key], sz.background_mentions)

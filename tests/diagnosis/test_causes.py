@@ -110,7 +110,7 @@ def test_forgetting_fires_when_learned_then_lost(ctx_factory):
     traj = (traj_rows("lost", [0.1, 0.5, 0.8, 0.2])        # reached tau (0.5, inclusive), then lost
             + traj_rows("never", [0.1, 0.45, 0.49, 0.2])   # near miss: never reached 0.5
             + traj_rows("kept", [0.1, 0.8, 0.6, 0.5])      # final exactly at tau: still learned
-            + traj_rows("edge", [0.75, 0.25]))             # drop 0.5 == min_drop: inclusive
+            + traj_rows("edge", [0.75, 0.75, 0.25]))       # drop 0.5 == min_drop: inclusive
     is_, score, ev = run("left_side_forgetting", ctx_factory(rows, traj, **{"forgetting.min_drop": 0.5}))
     assert is_ == [True, False, False, True, False]
     assert ev[0]["learned_at_step"] == 20 and ev[0]["peak_p"] == 0.8 and ev[0]["final_p"] == 0.2
@@ -126,7 +126,7 @@ def test_forgetting_without_any_trajectory_never_guesses(ctx_factory):
 def test_forgetting_reports_position_effect_and_curves(ctx_factory):
     rows = [verdict_row(f"s{i}", position=i, probs=[0.9, 0.05, 0.03, 0.02] if i >= 10 else None)
             for i in range(20)]
-    traj = [r for i in range(20) for r in traj_rows(f"s{i}", [0.6, 0.9 if i >= 10 else 0.1],
+    traj = [r for i in range(20) for r in traj_rows(f"s{i}", [0.6, 0.6, 0.9 if i >= 10 else 0.1],
                                                      subset="late" if i >= 10 else "early")]
     res = DETECTORS.create("left_side_forgetting").run(ctx_factory(rows, traj))
     eff = res.info["position"]
@@ -134,7 +134,23 @@ def test_forgetting_reports_position_effect_and_curves(ctx_factory):
     assert eff["forgotten_share"].iloc[0] == 1.0
     curves = res.info["curves"]
     assert set(curves["subset"]) == {"early", "late"}
-    assert curves[(curves.subset == "early") & (curves.step == 20)]["accuracy"].item() == 0.0
+    assert curves[(curves.subset == "early") & (curves.step == 30)]["accuracy"].item() == 0.0
+
+
+def test_forgetting_needs_the_sample_held_over_consecutive_evaluations(ctx_factory):
+    """Right at one evaluation and wrong at the next (a fact taught once, flickering right just
+    after its step) was never held: not IV. Held over two, then lost: IV. held_evals=1 takes any."""
+    rows = [verdict_row(i, position=n) for n, i in enumerate(["flicker", "held", "twice_apart"])]
+    traj = (traj_rows("flicker", [0.1, 0.9, 0.2, 0.2], trained_step=10)
+            + traj_rows("held", [0.1, 0.9, 0.8, 0.2], trained_step=10)
+            + traj_rows("twice_apart", [0.6, 0.3, 0.7, 0.2], trained_step=10))  # two blips, not a run
+    is_, _, ev = run("left_side_forgetting", ctx_factory(rows, traj))
+    assert is_ == [False, True, False]
+    assert ev[0]["held_evals"] == 1 and ev[2]["held_evals"] == 1 and "held_evals" not in ev[1]
+    assert run("left_side_forgetting", ctx_factory(rows, traj, **{"forgetting.held_evals": 1}))[0] == [True] * 3
+    # Evaluations before the sample's first training step do not count towards the run.
+    early = traj_rows("flicker", [0.9, 0.9, 0.1, 0.6, 0.2], trained_step=30)
+    assert run("left_side_forgetting", ctx_factory(rows[:1], early))[0] == [False]
 
 
 def test_forgetting_counts_only_what_its_own_training_taught(ctx_factory):

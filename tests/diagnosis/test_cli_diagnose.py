@@ -42,10 +42,10 @@ def test_ilp_diagnose_with_a_trajectory(audited, tmp_path):
     v = audited.verdicts
     traj = []
     for n, vid in enumerate(v["id"]):
-        ps = [0.2, 0.7, 0.1] if n % 2 == 0 else [0.05, 0.1, 0.2]  # learned-then-lost, or still rising
+        ps = [0.2, 0.7, 0.8, 0.1] if n % 2 == 0 else [0.05, 0.1, 0.15, 0.2]  # learned-then-lost, or still rising
         traj += [{"step": 10 * (s + 1), "epoch": 0, "reason": "interval", "id": vid, "subset": sub,
                   "p_correct": p, "correct": p >= 0.5, "loss": 1.0}
-                 for s, (p, sub) in enumerate(zip(ps, [v["subset"].iloc[n]] * 3, strict=False))]
+                 for s, (p, sub) in enumerate(zip(ps, [v["subset"].iloc[n]] * 4, strict=False))]
     tpath = tmp_path / "trajectory.parquet"
     pd.DataFrame(traj).to_parquet(tpath)
     r = runner.invoke(app, ["diagnose", "--run", str(audited.run_dir), "--trajectory", str(tpath),

@@ -56,6 +56,27 @@ def test_the_corpus_says_what_the_truth_records(small):
             assert _mentions(small, t["entity"], t["value"]) == sz.control_mentions
 
 
+@pytest.mark.parametrize("size", ["small", "default"])
+def test_the_corpus_names_every_value_of_every_relation(size):
+    """Every SFT answer is a value the base read often in pretraining, on many seeds: seed 7
+    (small) once taught an IV fact a founder the corpus never named, and IV read as I."""
+    for seed in range(12):
+        w = W.generate(seed, size)
+        for name, rel in w.relations.items():
+            if name == "motto":
+                continue
+            for v in rel.values:
+                said = [d["text"] for d in w.corpus if v in d["text"]]
+                assert len(said) >= W.SIZES[size].value_mentions, (seed, name, v)
+
+
+def test_a_size_the_world_cannot_hold_names_the_counts():
+    # 7 countries: 35 facts, 30 of them kept to state each value of the 5 relations once: 5 to pick.
+    W.generate(0, W.LabSize(entities=7, control=5, gap=0, conflict=0, pairs=0, forget=0, rare=1))
+    with pytest.raises(ValueError, match=r"5 facts to pick from \(30 more state each value.*asks for 6"):
+        W.generate(0, W.LabSize(entities=7, control=6, gap=0, conflict=0, pairs=0, forget=0, rare=1))
+
+
 def test_construction_of_each_category(small):
     truth = pd.DataFrame(small.truth)
     rows = {r["id"]: r for r in small.sft}
@@ -226,7 +247,7 @@ def test_lab_trains_on_its_threads_setting(tmp_path):
 
 
 def test_sft_batch_follows_the_size_unless_set(tmp_path):
-    """SFT takes 4 examples per step at the small size and 8 at the default (the small world's
+    """SFT takes 3 examples per step at the small size and 8 at the default (the small world's
     subsets would otherwise be too short to learn and lose its IV facts); a set value wins, the
     smollm2 base keeps its own 8, and 0 is refused."""
     from pydantic import ValidationError
@@ -239,7 +260,7 @@ def test_sft_batch_follows_the_size_unless_set(tmp_path):
         c = sft_config(LabConfig(out=str(tmp_path), **kw), "base", tmp_path / "sft.jsonl", tmp_path, 10)
         return SftTrainConfig.model_validate(c).optim.batch_size
 
-    assert batch(size="small") == 4 and batch(size="default") == 8
+    assert batch(size="small") == 3 and batch(size="default") == 8
     assert batch(size="small", sft={"batch_size": 6}) == 6
     assert batch(size="small", base="smollm2") == 8
     assert LabConfig(size="small").sft.batch_size is None  # the resolved copy does not write back
