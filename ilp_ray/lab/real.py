@@ -289,8 +289,8 @@ def _fill(w: World, sz: LabSize, picks: dict[str, list], cands: dict, rng: np.ra
 
 #: Sizes of the SmolLM2 world: SFT-side counts only (the corpus is the fixed stand-in).
 REAL_SIZES = {
-    "small": LabSize(entities=10, control=12, gap=10, conflict=10, pairs=5, forget=12, rare=8,
-                     forget_repeats=6, rare_repeats=3),
+    "small": LabSize(entities=10, control=12, gap=10, conflict=10, pairs=5, forget=6, rare=8,
+                     forget_repeats=9, rare_repeats=3),
     "default": LabSize(entities=16, control=18, gap=15, conflict=15, pairs=8, forget=10, rare=12,
                        forget_repeats=9, rare_repeats=3),
 }
