@@ -105,7 +105,8 @@ class LabSize:
 
 
 SIZES = {
-    "small": LabSize(entities=24, control=24, gap=12, conflict=12, pairs=6, forget=8, rare=10, forget_repeats=6),
+    "small": LabSize(entities=24, control=24, gap=12, conflict=12, pairs=6, forget=8, rare=10, forget_repeats=6,
+                     rare_repeats=2),
     "default": LabSize(entities=48, control=60, gap=30, conflict=30, pairs=15, forget=20, rare=24),
 }
 
