@@ -1,12 +1,13 @@
 """The small lab end to end through the CLI: every stage for real (Ray Train + DeepSpeed
 pretraining and SFT, tantivy evidence, the Ray Data audit, the diagnosis with MiniLM, MLflow).
 
-The floors sit below what seed 0 and the small sweep give on this 2-core machine (docs/benchmarks.md,
-"Current figures", 2026-12-02: seeds 0-9, IV taught 4x and V twice; nine seeds at macro-F1 ≥ 0.935
-with every recall ≥ 0.83, seed 7 at 0.776 with no IV fact lost; seed 0, run here: macro-F1 1.000,
-yields control 0.00, I 0.42, II 0.92, III 0.58, IV 0.31, V 0.20). They catch a broken stage, not a
-tuning regression, and leave some room for another CPU's arithmetic; which facts a tiny model forgets
-does move with it (the same seeds gave other yields on the previous session's machine).
+The floors sit below what seed 0 gives on this 2-core machine; the small sweep shows how far other
+seeds move (docs/benchmarks.md, "Current figures", 2026-12-02: seeds 0-9, IV taught 4x and V twice;
+nine seeds at macro-F1 ≥ 0.935 with every recall ≥ 0.83, seed 7 at 0.776 with no IV fact lost; seed 0:
+macro-F1 1.000, yields control 0.00, I 0.42, II 0.92, III 0.58, IV 0.31, V 0.20). They catch a
+broken stage, not a tuning regression, and leave some room for another CPU's arithmetic; which facts
+a tiny model forgets does move with it (the same seeds gave other yields on the previous session's
+machine).
 """
 
 import json
