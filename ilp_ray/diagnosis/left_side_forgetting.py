@@ -5,7 +5,17 @@ evaluations at or after the step that first trained it (``trained_step``; any ev
 trajectory lacks the column), and its final evaluation is below ``tau``, at least ``min_drop``
 under that peak. A sample right at a single evaluation and wrong at the next was never held: a
 fact taught once can flicker to right just after its step, and losing it is not forgetting. Score: the
-relative loss, ``(peak - final) / peak``. Two cases are not IV, and the evidence says which:
+relative loss, ``(peak - final) / peak``.
+
+Left-side forgetting is earlier subsets overwritten by later ones (``scope: subset``, the default):
+where the subsets trained one after another, the sample must also be right at some evaluation at
+or after the step its own subset ended. One held and lost within its own subset (and so any sample
+of the last subset) is not IV; its evidence says ``lost_within_subset``. A fact SFT states once,
+late in the run, can be right at a couple of evaluations and then wrong: that is a sample the run
+barely taught, not one a later subset overwrote. Where the order is not sequential (one subset, a
+shuffled run), the rule above is the whole test.
+
+Two more cases are not IV, and the evidence says which:
 
 - the sample was right only before training reached it (the base model's knowledge, eroded by
   earlier subsets): its own training never taught it, so forgetting is not what went wrong;
@@ -26,7 +36,13 @@ import numpy as np
 import pandas as pd
 
 from ilp_ray.diagnosis.base import CauseDetector, CauseResult, DiagnosisContext, r3
-from ilp_ray.diagnosis.trajectories import per_sample, position_deciles, subset_curves
+from ilp_ray.diagnosis.trajectories import (
+    peak_since,
+    per_sample,
+    position_deciles,
+    subset_curves,
+    subset_ends,
+)
 
 
 def position_effect(v: pd.DataFrame, forgotten: np.ndarray, bins: int) -> pd.DataFrame:
@@ -55,6 +71,8 @@ class LeftSideForgetting(CauseDetector):
         facts = per_sample(ctx.trajectories, cfg.tau, 3)
         bins = position_deciles(v["position"].to_numpy(), cfg.deciles)
         known = self.base_known(ctx, cfg.tau) if cfg.exclude_base_known else np.zeros(n, bool)
+        ends = subset_ends(ctx.trajectories) if cfg.scope == "subset" else None
+        survived = peak_since(ctx.trajectories, ends) if ends else {}
         fired, score, evidence = np.zeros(n, bool), np.zeros(n), []
         for i, vid in enumerate(ctx.ids):
             f = facts.get(vid)
@@ -64,7 +82,9 @@ class LeftSideForgetting(CauseDetector):
             peak = f["peak_after_p"]
             drop = peak - f["final_p"]
             held = f["held_after"] >= cfg.held_evals
-            fired[i] = held and f["final_p"] < cfg.tau and drop >= cfg.min_drop and not known[i]
+            # Left-side: still right once its subset had ended, so a later subset undid it.
+            left = ends is None or survived.get(vid, 0.0) >= cfg.tau
+            fired[i] = held and left and f["final_p"] < cfg.tau and drop >= cfg.min_drop and not known[i]
             score[i] = drop / peak if fired[i] and peak > 0 else 0.0
             ev = {"learned_at_step": f["first_learned_step"], "peak_p": r3(peak), "peak_step": f["peak_after_step"],
                   "final_p": r3(f["final_p"]), "final_step": f["final_step"], "drop": r3(drop), "tau": cfg.tau,
@@ -75,11 +95,16 @@ class LeftSideForgetting(CauseDetector):
                 ev["known_before_training_only"] = True  # learned before its step (e.g. base), lost before it
             if known[i]:
                 ev["base_known"] = True
+            if ends is not None:
+                ev["subset_end_step"] = ends.get(f["subset"])
+                if held and not left:
+                    ev["lost_within_subset"] = True  # held, then lost before its subset ended
             evidence.append({**ev, "steps": f["steps"], "p": f["p"]})
         covered = np.array([vid in facts for vid in ctx.ids])
         eff = position_effect(v, fired, cfg.deciles)
         curves = subset_curves(ctx.trajectories)
         summary = {"tau": cfg.tau, "min_drop": cfg.min_drop, "with_trajectory": int(covered.sum()),
+                   "scope": "subset" if ends is not None else "sample", "subset_ends": ends,
                    "base_known_excluded": int((known & covered).sum()),
                    "without_trajectory": int((~covered).sum()), "forgotten": int(fired.sum()),
                    "first_decile_accuracy": r3(eff["accuracy"].iloc[0]),

@@ -115,6 +115,7 @@ def per_sample(traj: pd.DataFrame, tau: float, last_m: int, max_points: int = 24
         ka = int(np.flatnonzero(after)[p[after].argmax()])
         runs = np.diff(np.flatnonzero(np.diff(np.r_[0, reached[after].astype(int), 0])))[::2]
         out[str(vid)] = {
+            "subset": str(g["subset"].iloc[0]) if "subset" in g else "default",
             "n_evals": len(p), "steps": steps[keep].tolist(), "p": [round(float(x), 4) for x in p[keep]],
             "peak_p": float(p[k]), "peak_step": int(steps[k]), "final_p": float(p[-1]),
             "final_step": int(steps[-1]), "reached": bool(reached.any()),
@@ -126,6 +127,49 @@ def per_sample(traj: pd.DataFrame, tau: float, last_m: int, max_points: int = 24
             "final_loss": float(loss[-1]) if np.isfinite(loss[-1]) else None,
         }
     return out
+
+
+def subset_ends(traj: pd.DataFrame) -> dict[str, int] | None:
+    """The step each subset's training ended, when the subsets trained one after another.
+
+    From ``trained_step`` (the first step whose batch held a sample): a subset's span runs from
+    its samples' smallest to their largest, and it ends at the first ``subset_boundary``
+    evaluation at or after that (the last subset: at the last evaluation). The order is sequential when the spans, sorted by start,
+    do not overlap (one batch may straddle a boundary, so touching spans count as sequential).
+    None where that cannot be said or does not hold: no ``trained_step`` column, fewer than two
+    subsets with a trained sample, or spans that overlap (a shuffled run).
+    """
+    if "trained_step" not in traj.columns:
+        return None
+    first = traj.dropna(subset=["trained_step"]).drop_duplicates("id")
+    if first.empty:
+        return None
+    spans = first.groupby("subset")["trained_step"].agg(["min", "max"]).sort_values("min")
+    if len(spans) < 2:
+        return None
+    if (spans["min"].to_numpy()[1:] < spans["max"].to_numpy()[:-1]).any():
+        return None
+    # A trajectory usually covers a sample of the data, whose last trained sample can come a little
+    # before its subset's real end: the trainer's subset_boundary evaluation marks it exactly, and
+    # the last subset ends with the run.
+    reason = traj["reason"].astype(str) if "reason" in traj.columns else pd.Series("", index=traj.index)
+    bounds = np.sort(traj.loc[reason.str.contains("subset_boundary"), "step"].unique())
+    ends = {}
+    for k, (name, last) in enumerate(spans["max"].items()):
+        if k == len(spans) - 1:
+            ends[str(name)] = int(traj["step"].max())
+        else:
+            later = bounds[bounds >= last]
+            ends[str(name)] = int(later[0]) if len(later) else int(last)
+    return ends
+
+
+def peak_since(traj: pd.DataFrame, since: dict[str, int]) -> dict[str, float]:
+    """Per id, the highest p(correct) at the evaluations at or after ``since[subset]`` (the step its
+    subset ended); ids with no such evaluation are absent."""
+    start = traj["subset"].astype(str).map(since)
+    late = traj[start.notna() & (traj["step"] >= start.fillna(np.inf))]
+    return {str(k): float(v) for k, v in late.groupby("id")["p_correct"].max().items()}
 
 
 def subset_curves(traj: pd.DataFrame) -> pd.DataFrame:

@@ -268,3 +268,43 @@ def test_corpus_support_vetoes_a_blind_base(ctx_factory):
     rows = [verdict_row("read", base_probs=blind), verdict_row("unread", base_probs=blind)]
     ev = _evidence({"read": "supports", "unread": "absent"})
     assert run("base_knowledge_gap", ctx_factory(rows, evidence=ev))[0] == [False, True]
+
+
+def test_forgetting_is_left_side_in_a_sequential_run(ctx_factory):
+    """Subsets trained one after another (s1 to step 20, s2 from 30): IV needs the sample still
+    right once its subset had ended, so that a later subset undid it. A sample of the last subset,
+    held and lost within it, is not IV; scope=sample judges it on its own window."""
+    rows = [verdict_row(i, position=n, subset=s) for n, (i, s) in
+            enumerate([("early", "s1"), ("late", "s2"), ("early_lost_in_s1", "s1"), ("filler", "s1")])]
+    traj = (traj_rows("early", [0.9, 0.9, 0.8, 0.2], subset="s1", trained_step=10)    # right at s1's end (20)
+            + traj_rows("filler", [0.9, 0.9, 0.9, 0.9], subset="s1", trained_step=15)  # s1's last in the sample
+            + traj_rows("early_lost_in_s1", [0.9, 0.9, 0.3, 0.2], subset="s1", steps=[5, 10, 20, 40],
+                        trained_step=5)                                                # held, gone by 20
+            + traj_rows("late", [0.1, 0.1, 0.9, 0.8, 0.2], subset="s2", steps=[10, 20, 30, 35, 40],
+                        trained_step=30))                                              # s2 is last
+    for r in traj:  # the trainer's evaluation at the end of s1
+        r["reason"] = "interval+subset_boundary" if r["step"] == 20 else r["reason"]
+    is_, _, ev = run("left_side_forgetting", ctx_factory(rows, traj))
+    assert is_ == [True, False, False, False]
+    assert ev[0]["subset_end_step"] == 20 and "lost_within_subset" not in ev[0]
+    assert ev[1]["lost_within_subset"] is True and ev[1]["subset_end_step"] == 40
+    assert ev[2]["lost_within_subset"] is True
+    assert run("left_side_forgetting", ctx_factory(rows, traj, **{"forgetting.scope": "sample"}))[0] == \
+        [True, True, True, False]
+    res = DETECTORS.create("left_side_forgetting").run(ctx_factory(rows, traj))
+    assert res.summary["scope"] == "subset" and res.summary["subset_ends"] == {"s1": 20, "s2": 40}
+
+
+def test_forgetting_falls_back_to_the_sample_rule_when_subsets_interleave(ctx_factory):
+    """A shuffled run (subset spans overlap) or a single subset has no left side: the sample's own
+    held-then-lost window decides, as with scope=sample."""
+    rows = [verdict_row("a", subset="s1"), verdict_row("b", subset="s2", position=1)]
+    shuffled = (traj_rows("a", [0.1, 0.9, 0.9, 0.2], subset="s1", trained_step=20)
+                + traj_rows("b", [0.9, 0.9, 0.2, 0.2], subset="s2", trained_step=10)
+                + traj_rows("a2", [0.9] * 4, subset="s1", trained_step=10)
+                + traj_rows("b2", [0.9] * 4, subset="s2", trained_step=30))
+    res = DETECTORS.create("left_side_forgetting").run(ctx_factory(rows, shuffled))
+    assert res.frame["is_left_side_forgetting"].tolist() == [True, True] and res.summary["scope"] == "sample"
+    one = traj_rows("a", [0.1, 0.9, 0.9, 0.2], subset="s1", trained_step=10)
+    assert run("left_side_forgetting", ctx_factory(rows[:1], one))[0] == [True]
+    assert "subset_end_step" not in run("left_side_forgetting", ctx_factory(rows[:1], one))[2][0]
