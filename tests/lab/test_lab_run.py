@@ -1,14 +1,17 @@
 """The small lab end to end through the CLI: every stage for real (Ray Train + DeepSpeed
 pretraining and SFT, tantivy evidence, the Ray Data audit, the diagnosis with MiniLM, MLflow).
 
-The floors sit below what seed 0 gives on this 2-core machine; the small sweep shows how far other
-seeds move (docs/benchmarks.md, "Current figures", 2026-12-02: seeds 0-9, IV taught 4x and V twice;
-nine seeds at macro-F1 ≥ 0.935 with every recall ≥ 0.83, seed 7 at 0.776 with no IV fact lost; seed 0:
-macro-F1 1.000, yields control 0.00, I 0.42, II 0.92, III 0.58, IV 0.31, V 0.20). They catch a
-broken stage, not a tuning regression, and leave some room for another CPU's arithmetic; which facts
-a tiny model forgets does move with it (the same seeds gave other yields on the previous session's
-machine).
+The floors sit at or below the lowest figure of the small sweep (docs/benchmarks.md, "Current
+figures", 2026-12-02 evening: seeds 0-9, 12 IV facts taught 6x, 16 mottos twice; macro-F1
+0.996 +- 0.006, min 0.985, every recall >= 0.86; lowest yields over the ten seeds: I 0.17 (seed 0),
+II 0.67, III 0.58, IV 0.08, V 0.12; control at most 0.25. Seed 0 there: macro-F1 0.985, yields
+control 0.25, I 0.17, II 0.92, III 0.83, IV 0.25, V 0.47; unseen seeds 10-19: macro-F1 >= 0.960, lowest
+yields I 0.58, II 0.58, III 0.50, IV 0.08, V 0.19, control at most 0.38, lowest recall II 0.78 on one
+seed, 0.88 on the others). They catch a broken stage, not a tuning
+regression, and leave room for another CPU's arithmetic: which facts a tiny model learns and
+forgets moves with it (each machine this project ran on gave the same seeds other yields).
 """
+
 
 import json
 import os
@@ -32,7 +35,7 @@ def test_small_lab_run(tmp_path):
     y = m["yield"]
     # What the world is built to do: control facts mostly survive, the categories mostly don't.
     assert y["control"] <= 0.5
-    assert y["I"] >= 0.3 and y["II"] >= 0.5 and y["III"] >= 0.4 and y["IV"] >= 0.04 and y["V"] >= 0.05
+    assert y["I"] >= 0.08 and y["II"] >= 0.5 and y["III"] >= 0.4 and y["IV"] >= 0.04 and y["V"] >= 0.05
     assert m["macro_f1"] >= 0.85
     # Every cause is found; III (paraphrased contradictions), II (a corpus that says otherwise) and
     # IV (a trajectory that rose and fell) are the sharpest signals.
