@@ -109,13 +109,12 @@ class ForgettingConfig(_Section):
         "first training step on): a sample right at one evaluation and wrong at the next was "
         "never held, so losing it is not forgetting."))
     scope: Literal["subset", "sample"] = Field("subset", description=(
-        "'subset': left-side forgetting as the paper has it, earlier subsets overwritten by later "
-        "ones. Where the subsets trained one after another, the sample must still be right at or "
-        "after the end of its own subset, so that what undid it is a later subset; a sample lost "
-        "within its own subset (and any sample of the last one) is not IV (evidence "
-        "lost_within_subset). Where the order is not sequential (one subset, a shuffled run, no "
-        "trained_step column) this is 'sample'. 'sample': held and lost anywhere from its first "
-        "training step on."))
+        "'subset': left-side forgetting as the paper has it, the earlier data of a sequential run "
+        "overwritten by later data. Where the subsets trained one after another, a sample of the "
+        "last subset (the right side, the recent data) is not IV (evidence last_subset); samples "
+        "of earlier subsets are judged by the held-then-lost rule. Where the order is not "
+        "sequential (one subset, a shuffled run, no trained_step column) this is 'sample'. "
+        "'sample': held and lost anywhere from its first training step on, in any subset."))
     deciles: int = Field(10, ge=2, description="Position bins for the position effect (paper: the first 10%).")
     exclude_base_known: bool = Field(True, description=(
         "Not IV when the base model already answered the sample (base p(correct) >= tau): SFT then "

@@ -7,13 +7,14 @@ under that peak. A sample right at a single evaluation and wrong at the next was
 fact taught once can flicker to right just after its step, and losing it is not forgetting. Score: the
 relative loss, ``(peak - final) / peak``.
 
-Left-side forgetting is earlier subsets overwritten by later ones (``scope: subset``, the default):
-where the subsets trained one after another, the sample must also be right at some evaluation at
-or after the step its own subset ended. One held and lost within its own subset (and so any sample
-of the last subset) is not IV; its evidence says ``lost_within_subset``. A fact SFT states once,
-late in the run, can be right at a couple of evaluations and then wrong: that is a sample the run
-barely taught, not one a later subset overwrote. Where the order is not sequential (one subset, a
-shuffled run), the rule above is the whole test.
+Left-side forgetting is the earlier part of a sequential run overwritten by what came after
+(``scope: subset``, the default). Where the subsets trained one after another, the last subset is
+the right side, the recent data the model is biased towards: a sample of it is not IV (evidence
+``last_subset``). A fact SFT states once in the last subset can be right at a couple of
+evaluations and then wrong: that is a sample the run barely taught, not one later data overwrote.
+A sample of an earlier subset is IV when held and lost anywhere from its first training step on,
+inside its own subset or after it. Where the order is not sequential (one subset, a shuffled
+run), the held-then-lost rule above is the whole test.
 
 Two more cases are not IV, and the evidence says which:
 
@@ -37,7 +38,6 @@ import pandas as pd
 
 from ilp_ray.diagnosis.base import CauseDetector, CauseResult, DiagnosisContext, r3
 from ilp_ray.diagnosis.trajectories import (
-    peak_since,
     per_sample,
     position_deciles,
     subset_curves,
@@ -72,7 +72,7 @@ class LeftSideForgetting(CauseDetector):
         bins = position_deciles(v["position"].to_numpy(), cfg.deciles)
         known = self.base_known(ctx, cfg.tau) if cfg.exclude_base_known else np.zeros(n, bool)
         ends = subset_ends(ctx.trajectories) if cfg.scope == "subset" else None
-        survived = peak_since(ctx.trajectories, ends) if ends else {}
+        last_step = int(ctx.trajectories["step"].max()) if ends else None
         fired, score, evidence = np.zeros(n, bool), np.zeros(n), []
         for i, vid in enumerate(ctx.ids):
             f = facts.get(vid)
@@ -82,8 +82,8 @@ class LeftSideForgetting(CauseDetector):
             peak = f["peak_after_p"]
             drop = peak - f["final_p"]
             held = f["held_after"] >= cfg.held_evals
-            # Left-side: still right once its subset had ended, so a later subset undid it.
-            left = ends is None or survived.get(vid, 0.0) >= cfg.tau
+            # Left side: not the last subset (the one whose training ends with the run).
+            left = ends is None or ends.get(f["subset"], last_step) < last_step
             fired[i] = held and left and f["final_p"] < cfg.tau and drop >= cfg.min_drop and not known[i]
             score[i] = drop / peak if fired[i] and peak > 0 else 0.0
             ev = {"learned_at_step": f["first_learned_step"], "peak_p": r3(peak), "peak_step": f["peak_after_step"],
@@ -98,7 +98,7 @@ class LeftSideForgetting(CauseDetector):
             if ends is not None:
                 ev["subset_end_step"] = ends.get(f["subset"])
                 if held and not left:
-                    ev["lost_within_subset"] = True  # held, then lost before its subset ended
+                    ev["last_subset"] = True  # held and lost in the last subset: the right side
             evidence.append({**ev, "steps": f["steps"], "p": f["p"]})
         covered = np.array([vid in facts for vid in ctx.ids])
         eff = position_effect(v, fired, cfg.deciles)

@@ -164,14 +164,6 @@ def subset_ends(traj: pd.DataFrame) -> dict[str, int] | None:
     return ends
 
 
-def peak_since(traj: pd.DataFrame, since: dict[str, int]) -> dict[str, float]:
-    """Per id, the highest p(correct) at the evaluations at or after ``since[subset]`` (the step its
-    subset ended); ids with no such evaluation are absent."""
-    start = traj["subset"].astype(str).map(since)
-    late = traj[start.notna() & (traj["step"] >= start.fillna(np.inf))]
-    return {str(k): float(v) for k, v in late.groupby("id")["p_correct"].max().items()}
-
-
 def subset_curves(traj: pd.DataFrame) -> pd.DataFrame:
     """Accuracy and mean p(correct) by (step, subset): the per-subset learning curves."""
     return (traj.groupby(["step", "subset"], sort=True)

@@ -271,9 +271,9 @@ def test_corpus_support_vetoes_a_blind_base(ctx_factory):
 
 
 def test_forgetting_is_left_side_in_a_sequential_run(ctx_factory):
-    """Subsets trained one after another (s1 to step 20, s2 from 30): IV needs the sample still
-    right once its subset had ended, so that a later subset undid it. A sample of the last subset,
-    held and lost within it, is not IV; scope=sample judges it on its own window."""
+    """Subsets trained one after another (s1 to step 20, s2 from 30): the last subset is the right
+    side, so a sample of it, held and lost within it, is not IV. A sample of s1 is IV when held and
+    lost, after its subset ended or inside it. scope=sample judges every sample on its own window."""
     rows = [verdict_row(i, position=n, subset=s) for n, (i, s) in
             enumerate([("early", "s1"), ("late", "s2"), ("early_lost_in_s1", "s1"), ("filler", "s1")])]
     traj = (traj_rows("early", [0.9, 0.9, 0.8, 0.2], subset="s1", trained_step=10)    # right at s1's end (20)
@@ -285,14 +285,17 @@ def test_forgetting_is_left_side_in_a_sequential_run(ctx_factory):
     for r in traj:  # the trainer's evaluation at the end of s1
         r["reason"] = "interval+subset_boundary" if r["step"] == 20 else r["reason"]
     is_, _, ev = run("left_side_forgetting", ctx_factory(rows, traj))
-    assert is_ == [True, False, False, False]
-    assert ev[0]["subset_end_step"] == 20 and "lost_within_subset" not in ev[0]
-    assert ev[1]["lost_within_subset"] is True and ev[1]["subset_end_step"] == 40
-    assert ev[2]["lost_within_subset"] is True
+    assert is_ == [True, False, True, False]
+    assert ev[0]["subset_end_step"] == 20 and "last_subset" not in ev[0] and "last_subset" not in ev[2]
+    assert ev[1]["last_subset"] is True and ev[1]["subset_end_step"] == 40
     assert run("left_side_forgetting", ctx_factory(rows, traj, **{"forgetting.scope": "sample"}))[0] == \
         [True, True, True, False]
     res = DETECTORS.create("left_side_forgetting").run(ctx_factory(rows, traj))
     assert res.summary["scope"] == "subset" and res.summary["subset_ends"] == {"s1": 20, "s2": 40}
+    # A trajectory sample whose last s1 sample trained at 15, with no boundary evaluation: s1 ends
+    # at 15 in the sample's view, still before the run's end, so s1's samples stay on the left side.
+    plain = [{**r, "reason": "interval"} for r in traj]
+    assert run("left_side_forgetting", ctx_factory(rows, plain))[0] == [True, False, True, False]
 
 
 def test_forgetting_falls_back_to_the_sample_rule_when_subsets_interleave(ctx_factory):
