@@ -72,7 +72,7 @@ class LeftSideForgetting(CauseDetector):
         bins = position_deciles(v["position"].to_numpy(), cfg.deciles)
         known = self.base_known(ctx, cfg.tau) if cfg.exclude_base_known else np.zeros(n, bool)
         ends = subset_ends(ctx.trajectories) if cfg.scope == "subset" else None
-        last_step = int(ctx.trajectories["step"].max()) if ends else None
+        last = list(ends)[-1] if ends else None  # the right side: the subset trained last
         fired, score, evidence = np.zeros(n, bool), np.zeros(n), []
         for i, vid in enumerate(ctx.ids):
             f = facts.get(vid)
@@ -82,8 +82,7 @@ class LeftSideForgetting(CauseDetector):
             peak = f["peak_after_p"]
             drop = peak - f["final_p"]
             held = f["held_after"] >= cfg.held_evals
-            # Left side: not the last subset (the one whose training ends with the run).
-            left = ends is None or ends.get(f["subset"], last_step) < last_step
+            left = ends is None or (f["subset"] in ends and f["subset"] != last)
             fired[i] = held and left and f["final_p"] < cfg.tau and drop >= cfg.min_drop and not known[i]
             score[i] = drop / peak if fired[i] and peak > 0 else 0.0
             ev = {"learned_at_step": f["first_learned_step"], "peak_p": r3(peak), "peak_step": f["peak_after_step"],

@@ -130,37 +130,29 @@ def per_sample(traj: pd.DataFrame, tau: float, last_m: int, max_points: int = 24
 
 
 def subset_ends(traj: pd.DataFrame) -> dict[str, int] | None:
-    """The step each subset's training ended, when the subsets trained one after another.
+    """The step each subset's training ended, in training order, when the subsets trained one
+    after another.
 
-    From ``trained_step`` (the first step whose batch held a sample): a subset's span runs from
-    its samples' smallest to their largest, and it ends at the first ``subset_boundary``
-    evaluation at or after that (the last subset: at the last evaluation). The order is sequential when the spans, sorted by start,
-    do not overlap (one batch may straddle a boundary, so touching spans count as sequential).
-    None where that cannot be said or does not hold: no ``trained_step`` column, fewer than two
-    subsets with a trained sample, or spans that overlap (a shuffled run).
+    From ``trained_step`` (the first step whose batch held a sample): a subset's span runs from its
+    samples' smallest to their largest. The order is sequential when the spans, sorted by start, do
+    not overlap (one batch may straddle a boundary, so touching spans count). A trajectory usually
+    covers a sample of the data, whose last trained sample can come a little before its subset's
+    real end, so a subset ends at the first ``subset_boundary`` evaluation at or after its span, and
+    the last subset at the last evaluation. None where the order cannot be said or is not
+    sequential: no ``trained_step`` column, fewer than two subsets with a trained sample, or spans
+    that overlap (a shuffled run).
     """
     if "trained_step" not in traj.columns:
         return None
     first = traj.dropna(subset=["trained_step"]).drop_duplicates("id")
-    if first.empty:
-        return None
     spans = first.groupby("subset")["trained_step"].agg(["min", "max"]).sort_values("min")
-    if len(spans) < 2:
+    if len(spans) < 2 or (spans["min"].to_numpy()[1:] < spans["max"].to_numpy()[:-1]).any():
         return None
-    if (spans["min"].to_numpy()[1:] < spans["max"].to_numpy()[:-1]).any():
-        return None
-    # A trajectory usually covers a sample of the data, whose last trained sample can come a little
-    # before its subset's real end: the trainer's subset_boundary evaluation marks it exactly, and
-    # the last subset ends with the run.
     reason = traj["reason"].astype(str) if "reason" in traj.columns else pd.Series("", index=traj.index)
     bounds = np.sort(traj.loc[reason.str.contains("subset_boundary"), "step"].unique())
-    ends = {}
-    for k, (name, last) in enumerate(spans["max"].items()):
-        if k == len(spans) - 1:
-            ends[str(name)] = int(traj["step"].max())
-        else:
-            later = bounds[bounds >= last]
-            ends[str(name)] = int(later[0]) if len(later) else int(last)
+    ends = {str(name): int(bounds[bounds >= last][0]) if (bounds >= last).any() else int(last)
+            for name, last in spans["max"].items()}
+    ends[str(spans.index[-1])] = int(traj["step"].max())
     return ends
 
 

@@ -7,11 +7,10 @@ figures", 2026-12-02 evening: seeds 0-9, 12 IV facts taught 6x, 16 mottos twice;
 II 0.67, III 0.58, IV 0.08, V 0.12; control at most 0.25. Seed 0 there: macro-F1 0.985, yields
 control 0.25, I 0.17, II 0.92, III 0.83, IV 0.25, V 0.47; unseen seeds 10-19: macro-F1 >= 0.960, lowest
 yields I 0.58, II 0.58, III 0.50, IV 0.08, V 0.19, control at most 0.38, lowest recall II 0.78 on one
-seed, 0.88 on the others). They catch a broken stage, not a tuning
-regression, and leave room for another CPU's arithmetic: which facts a tiny model learns and
-forgets moves with it (each machine this project ran on gave the same seeds other yields).
+seed, 0.88 on the others). They catch a broken stage, not a tuning regression, and leave room for
+another CPU's arithmetic: which facts a tiny model learns and forgets moves with it (each machine
+this project ran on gave the same seeds other yields).
 """
-
 
 import json
 import os
