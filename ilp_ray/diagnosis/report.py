@@ -1,8 +1,9 @@
 """The diagnosis report: one self-contained HTML file a person reads instead of the Parquet.
 
 Figures are PNGs saved under ``figures/`` and embedded in the HTML as base64 data URIs, so the
-file can be mailed or opened from an MLflow artifact view without its folder. Sections: the
-cause distribution (overall and per subset), pass@N histograms of the base and fine-tuned
+file can be mailed or opened from an MLflow artifact view without its folder. Sections: what this
+run could and could not show (per cause, whether its inputs were there, the trajectory's coverage
+per subset, and the warnings; ``run.coverage``), the cause distribution (overall and per subset), pass@N histograms of the base and fine-tuned
 models, confidence against correctness, per-subset learning curves (with a trajectory),
 accuracy by training-position decile, the corpus-evidence rates and how they met the causes (with
 corpus evidence), the worst samples per cause with their evidence, and the conflict groups.
@@ -29,7 +30,7 @@ h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-to
 table{border-collapse:collapse;font-size:.85em;margin:.6em 0}td,th{border:1px solid #ddd;padding:4px 7px;
 vertical-align:top;text-align:left}th{background:#f3f3f3}.num{text-align:right;font-variant-numeric:tabular-nums}
 .ev{font-family:ui-monospace,monospace;font-size:.92em;white-space:pre-wrap}.fig{display:inline-block;margin:.4em;max-width:640px;vertical-align:top}
-.bad{color:#b00}.ok{color:#070}.muted{color:#777}.grid{display:flex;flex-wrap:wrap}"""
+.warn li{color:#8a5a00;margin:.2em 0}.bad{color:#b00}.ok{color:#070}.muted{color:#777}.grid{display:flex;flex-wrap:wrap}"""
 
 
 def _fig_bytes(fig) -> bytes:
@@ -239,6 +240,55 @@ def _corpus_html(v: pd.DataFrame, table: pd.DataFrame, evidence: pd.DataFrame | 
             f"contradicts strengthens II):</p><table><tr><th>corpus</th>{head}</tr>{cross_rows}</table>")
 
 
+def _range(a, b) -> str:
+    return "—" if a is None else str(a) if a == b else f"{a}–{b}"
+
+
+def _coverage_html(cov: dict[str, Any]) -> str:
+    """The "What this run could and could not show" section: causes, trajectory, warnings."""
+    from ilp_ray.diagnosis.decide import ORDER
+
+    warn = "".join(f"<li>{html.escape(w)}</li>" for w in cov.get("warnings", []))
+    parts = [f'<ul class="warn">{warn}</ul>' if warn else
+             "<p class=ok>Every cause had the inputs to be tested on this run.</p>"]
+    rows = []
+    for c in ORDER:
+        e = cov.get(c)
+        if e is None:
+            continue
+        mark = '<span class="ok">yes</span>' if e["testable"] else '<span class="bad">no</span>'
+        rows.append(f"<tr><td>{LABELS.get(c, c)}</td><td>{mark}</td><td class=num>{e['samples']} of {e['of']}</td>"
+                    f"<td>{_esc(e['why'] or '', 300)}</td></tr>")
+    parts.append("<table><tr><th>cause</th><th>can fire</th><th>diagnosed samples with its inputs</th>"
+                 f"<th>why not</th></tr>{''.join(rows)}</table>")
+    t = cov.get("trajectory") or {}
+    if not t.get("given"):
+        parts.append("<p>No training trajectory was given.</p>")
+    else:
+        sched = t.get("schedule")
+        how = ""
+        if sched:
+            how = (f"; schedule: every {sched['every_steps']} steps" if sched.get("mode") == "interval" else
+                   f"; schedule: automatic, at least {sched.get('min_evals_per_subset')} evaluations per subset")
+        parts.append(f"<p>Trajectory: {t['samples']} of {t['of']} samples ({t['share']:.0%}), {t['unlearned']} of "
+                     f"{t['unlearned_of']} unlearned ({t['unlearned_share']:.0%}); {t['evaluations']} evaluations"
+                     f"{_esc(how)}. IV needs {t['needed_for_iv']} evaluations at or after a sample's training "
+                     "step.</p>")
+        srows = "".join(
+            f"<tr><td>{_esc(s)}</td><td class=num>{r['samples']}</td><td class=num>{r['evaluations']}</td>"
+            f"<td class=num>{_range(r['evals_after_min'], r['evals_after_max'])}</td><td class=num>{r['iv_samples']}</td>"
+            f"<td>{'yes' if r['iv_possible'] else '<span class=bad>no</span>'}</td><td>{_esc(r.get('why', ''), 200)}</td></tr>"
+            for s, r in t.get("per_subset", {}).items())
+        parts.append("<table><tr><th>subset</th><th>samples with a trajectory</th><th>evaluations</th>"
+                     "<th>evaluations after training (min–max)</th><th>samples IV can test</th><th>IV can fire</th>"
+                     f"<th>why not</th></tr>{srows}</table>")
+    u = cov.get("untested") or {}
+    if u.get("n"):
+        parts.append(f"<p class=bad>{u['n']} of {u['of']} diagnosed samples: {_esc(u['why'])} "
+                     f"({_esc(', '.join(u['ids']), 400)}{'…' if u['n'] > len(u['ids']) else ''}).</p>")
+    return "".join(parts)
+
+
 def _groups_html(v: pd.DataFrame, groups: pd.DataFrame, limit: int = 30) -> str:
     if groups is None or groups.empty:
         return "<p>No conflicting pairs were found.</p>"
@@ -260,9 +310,17 @@ def _groups_html(v: pd.DataFrame, groups: pd.DataFrame, limit: int = 30) -> str:
     return "".join(parts)
 
 
-def write_report(out: Path, ctx, table: pd.DataFrame, ct: dict[str, Any], results: dict) -> Path:
-    """Write ``out/report.html`` and ``out/figures/*.png``; returns the HTML path."""
+def write_report(out: Path, ctx, table: pd.DataFrame, ct: dict[str, Any], results: dict,
+                 coverage: dict[str, Any] | None = None) -> Path:
+    """Write ``out/report.html`` and ``out/figures/*.png``; returns the HTML path.
+
+    ``coverage``: ``run.coverage`` of this diagnosis (computed here when not given).
+    """
     v = ctx.verdicts
+    if coverage is None:
+        from ilp_ray.diagnosis.run import coverage as compute_coverage
+
+        coverage = compute_coverage(ctx, table)
     F = _Figures(out / "figures")
     _cause_figure(F, ct)
     kg = results.get("base_knowledge_gap")
@@ -288,18 +346,12 @@ def write_report(out: Path, ctx, table: pd.DataFrame, ct: dict[str, Any], result
     head = "".join(f"<th>{_esc(s)}</th>" for s in ct["per_subset"])
     summaries = "".join(f"<tr><td>{LABELS.get(n, n)}</td><td class=ev>{_esc(json.dumps(r.summary, default=str), 600)}"
                         f"</td></tr>" for n, r in results.items())
-    notes = []
-    if not ctx.has_base:
-        notes.append("No base model was scored: causes I and II are silent.")
-    if ctx.trajectories is None:
-        notes.append("No training trajectory was given: IV is silent and V rests on rarity/length alone "
-                     "(reduced scores).")
     groups = results["sft_internal_conflict"].info.get("groups") if "sft_internal_conflict" in results else None
     body = f"""<h1>Why did SFT fail to learn these samples?</h1>
 <p>Run <code>{_esc(ctx.run_dir)}</code>: {ct['n_samples']} samples, {ct['n_unlearned']} unlearned,
 {ct['n_diagnosed']} diagnosed. Each diagnosed sample gets the first cause that fires in the order
 III → IV → II → I → V; <i>unattributed</i> when none does.</p>
-{''.join(f'<p class=bad>{html.escape(n)}</p>' for n in notes)}
+<h2 id="coverage">What this run could and could not show</h2>{_coverage_html(coverage)}
 <h2>Cause distribution</h2>
 <table><tr><th>cause</th><th>count</th><th>share</th>{head}</tr>{rows}</table>
 {F.html(['cause_distribution'])}

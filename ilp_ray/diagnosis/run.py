@@ -4,7 +4,8 @@ Outputs under ``run_dir/diagnosis/`` (each written atomically)::
 
     diagnosis.parquet         one row per sample: cause, signals, every detector's columns
     cause_table.json          share of diagnosed samples per cause, overall and per subset
-    summary.json              every detector's summary and the run's figures
+    summary.json              every detector's summary, the run's figures and ``coverage``: what
+                              this run could and could not show (see ``coverage``)
     conflict_groups.parquet   III's groups: id, group_id, group_size, members, judged_wrong
     conflict_pairs.parquet    III's pairs: a, b, similarity, why, judge
     report.html, figures/     the report (see report.py)
@@ -155,13 +156,204 @@ def run_diagnosis(run_dir: str | Path, cfg: DiagnosisConfig, tracker=None) -> Di
                         "diagnosed": int(table["in_scope"].sum()), "scope": cfg.scope,
                         "trajectory": cfg.trajectory, "embedder": cfg.embedder,
                         "base_model": bool(ctx.has_base), "corpus_evidence": evidence is not None}
+    schedule = None
+    if cfg.trajectory:
+        from ilp_ray.diagnosis.trajectories import read_schedule
+
+        schedule = read_schedule(cfg.trajectory)
+    cov = coverage(ctx, table, schedule)
+    summaries["coverage"] = cov
+    for w in cov["warnings"]:
+        log.info("diagnosis: %s", w)
     from ilp_ray.diagnosis.report import write_report
 
-    files["report"] = write_report(out, ctx, table, ct, results)
+    files["report"] = write_report(out, ctx, table, ct, results, cov)
     summaries["run"]["wall_s"] = round(time.perf_counter() - t0, 3)
     S.write_json_atomic(summaries, files["summary"])
-    _track(tracker, cfg, run_dir, out, ct)
+    _track(tracker, cfg, run_dir, out, ct, cov)
     return DiagnosisResult(run_dir, table, ct, summaries, files["report"], files)
+
+
+_NAMES = {"sft_internal_conflict": "III (SFT-internal conflict)", "left_side_forgetting": "IV (left-side forgetting)",
+          "base_conflict": "II (base conflict)", "base_knowledge_gap": "I (knowledge gap)",
+          "insufficient_training": "V (insufficient training)"}
+
+
+def coverage(ctx, table, schedule: dict | None = None) -> dict[str, Any]:
+    """What this run could and could not show: per cause, whether it can be tested and why not,
+    the trajectory's coverage, and the warnings a reader must see.
+
+    Per cause (every name of ``decide.ORDER``): ``testable`` (it can fire for at least one
+    diagnosed sample; for any sample when none is diagnosed), ``why`` (None when testable, else a
+    sentence), ``samples`` / ``of`` (diagnosed samples it had the inputs to test). A sample lacks
+    the inputs of I and II without a base model; of IV without a trajectory or with fewer than
+    ``forgetting.held_evals + 1`` evaluations at or after its training step; of V without a
+    trajectory of two or more evaluations when there are fewer samples than
+    ``insufficient.min_population`` (rarity and length are percentiles). IV also counts
+    ``last_subset``: diagnosed samples of the last subset of a sequential run, which it tests but
+    never calls IV (``forgetting.scope: subset``); V counts which rule judged them
+    (``trajectory``, ``pattern_only``).
+
+    ``trajectory``: ``given``; samples with a trajectory among all (``samples``, ``of``,
+    ``share``), the unlearned (``unlearned``, ``unlearned_of``, ``unlearned_share``) and the
+    diagnosed (``diagnosed``, ``diagnosed_of``); ``evaluations``, ``needed_for_iv`` and
+    ``per_subset`` (``trajectories.schedule_coverage``); ``schedule``, the SFT job's resolved
+    schedule when the trajectory file carries it. ``untested``: diagnosed samples that no cause
+    but III (a check of the data alone) had the inputs to test. ``warnings``: plain sentences.
+    """
+    import numpy as np
+
+    from ilp_ray.diagnosis.decide import ORDER
+
+    cfg = ctx.config
+    v, ids = ctx.verdicts, ctx.ids
+    n = len(v)
+    diag = table["in_scope"].to_numpy(dtype=bool)
+    unl = v["unlearned"].to_numpy(dtype=bool)
+    pool = diag if diag.any() else np.ones(n, bool)  # the samples "testable" is judged on
+    n_diag = int(diag.sum())
+    traj, held = ctx.trajectories, cfg.forgetting.held_evals
+    out: dict[str, Any] = {}
+
+    # The trajectory: who has one, how many evaluations from their training on, per subset.
+    tc: dict[str, Any] = {"given": traj is not None}
+    has, n_evals, n_after, sched = np.zeros(n, bool), np.zeros(n, np.int64), np.zeros(n, np.int64), None
+    if traj is not None:
+        from ilp_ray.diagnosis.trajectories import evals_after_training, schedule_coverage
+
+        ea = evals_after_training(traj).reindex(ids)
+        has = ea["n_evals"].notna().to_numpy()
+        n_evals = ea["n_evals"].fillna(0).to_numpy(dtype=np.int64)
+        n_after = ea["n_after"].fillna(0).to_numpy(dtype=np.int64)
+        sched = schedule_coverage(traj, held, cfg.forgetting.scope, ids)
+        tc.update(samples=int(has.sum()), of=n, share=_share(has.sum(), n),
+                  unlearned=int((has & unl).sum()), unlearned_of=int(unl.sum()),
+                  unlearned_share=_share((has & unl).sum(), unl.sum()),
+                  diagnosed=int((has & diag).sum()), diagnosed_of=n_diag,
+                  evaluations=sched["evaluations"], needed_for_iv=sched["needed"],
+                  sequential=sched["sequential"], last_subset=sched["last_subset"],
+                  per_subset=sched["per_subset"])
+    if schedule is not None:
+        tc["schedule"] = {k: schedule.get(k) for k in ("mode", "every_steps", "min_evals_per_subset")}
+    out["trajectory"] = tc
+
+    # Per cause: the rows it had the inputs to test, the rows it can fire on, and why not.
+    can: dict[str, np.ndarray] = {}
+    for name in ORDER:
+        extra: dict[str, Any] = {}
+        if name not in cfg.causes:
+            rows, why = np.zeros(n, bool), "not tested: not in diagnose.causes"
+            fire = rows
+        elif name == "sft_internal_conflict":
+            rows, why = np.full(n, n >= 2), "fewer than two samples: no pair to compare"
+            fire = rows
+        elif name in ("base_conflict", "base_knowledge_gap"):
+            rows, why = np.full(n, bool(ctx.has_base)), "no base model was scored"
+            fire = rows
+        elif name == "left_side_forgetting":
+            rows = has & (n_after >= held + 1)
+            last = sched["last_subset"] if sched else None
+            in_last = v["subset"].astype(str).to_numpy() == last if last is not None else np.zeros(n, bool)
+            fire = rows & ~in_last
+            extra["last_subset"] = int((in_last & diag).sum())
+            if traj is None:
+                why = "no training trajectory was given (diagnose.trajectory, --trajectory)"
+            elif not (has & pool).any():
+                why = (f"none of the {int(pool.sum())} samples diagnosed has a trajectory (it covers "
+                       f"{int(has.sum())} of {n} samples; trajectory.max_items)")
+            elif not (rows & pool).any():
+                why = (f"no sample has held_evals + 1 = {held + 1} evaluations at or after its training step "
+                       f"(the trajectory has {sched['evaluations']} in all)")
+            else:
+                why = (f"every sample it could test is in the last subset ({last}), the recent data, which is "
+                       "never IV under forgetting.scope: subset")
+        else:  # insufficient_training
+            ic = cfg.insufficient
+            by_traj = has & (n_evals >= 2)
+            rows = by_traj | (n >= ic.min_population)
+            fire = rows
+            why = (f"no sample has a trajectory of two or more evaluations, and there are fewer than "
+                   f"insufficient.min_population ({ic.min_population}) samples for the rarity/length percentiles")
+            extra.update(trajectory=int((by_traj & diag).sum()), pattern_only=int((rows & ~by_traj & diag).sum()))
+        testable = bool((fire & pool).any())
+        out[name] = {"testable": testable, "why": None if testable else why,
+                     "samples": int((rows & diag).sum()), "of": n_diag, **extra}
+        can[name] = rows
+
+    iii = "sft_internal_conflict" in cfg.causes
+    others = [c for c in ORDER if c != "sft_internal_conflict"]
+    none = diag & ~np.any([can[c] for c in others], axis=0)
+    out["untested"] = {"n": int(none.sum()), "of": n_diag, "ids": [ids[i] for i in np.flatnonzero(none)[:20]],
+                       "why": ("no cause but III (the data's own contradictions) had the inputs to test them"
+                               if iii else "no cause had the inputs to test them")}
+    out["warnings"] = _coverage_warnings(cfg, ctx.has_base, out, sched, has, pool, diag)
+    return out
+
+
+def _coverage_warnings(cfg, has_base: bool, cov: dict, sched: dict | None, has, pool, diag) -> list[str]:
+    """The coverage block's warnings: plain sentences, the most general first."""
+    w: list[str] = []
+    held = cfg.forgetting.held_evals
+    base_off = [_NAMES[c] for c in ("base_knowledge_gap", "base_conflict") if c in cfg.causes and not has_base]
+    if base_off:
+        w.append(f"No base model was scored: {' and '.join(base_off)} cannot fire on this run.")
+    iv_on, v_on = "left_side_forgetting" in cfg.causes, "insufficient_training" in cfg.causes
+    if sched is None and (iv_on or v_on):
+        w.append("No training trajectory was given: IV (left-side forgetting) cannot fire, and V (insufficient "
+                 "training) rests on rarity and length alone, at half score.")
+    elif sched is not None:
+        k, m = int((has & pool).sum()), int(pool.sum())
+        if k < m:
+            who = "diagnosed samples" if diag.any() else "samples"
+            w.append(f"Only {k} of {m} {who} ({_share(k, m):.0%}) have a trajectory (trajectory.max_items "
+                     f"samples the training set): IV cannot fire for the other {m - k}, and V judges them on "
+                     "rarity and length alone.")
+        per = sched["per_subset"]
+        blocked = [s for s, r in per.items() if s != sched["last_subset"] and r["samples"] and not r["iv_possible"]]
+        if iv_on:
+            for s in blocked:
+                w.append(f"IV cannot fire in subset {s}: its samples have at most {per[s]['evals_after_max']} "
+                         f"evaluation(s) at or after their training step, and IV needs held_evals + 1 = {held + 1} "
+                         f"(held at {held}, then lost). The trajectory has {sched['evaluations']} evaluation(s) "
+                         f"over {len(per)} subset(s): record it with the default schedule (trajectory.every_steps: "
+                         "null, trajectory.min_evals_per_subset) or a shorter interval.")
+            iv = cov["left_side_forgetting"]
+            if not iv["testable"] and not blocked and (has & pool).any():
+                w.append(f"IV (left-side forgetting) cannot fire: {iv['why']}.")
+            if iv["last_subset"]:
+                w.append(f"{iv['last_subset']} diagnosed sample(s) are in the last subset ({sched['last_subset']}), "
+                         "the recent data of this sequential run: they are never IV (forgetting.scope: subset).")
+    if v_on and not cov["insufficient_training"]["testable"]:
+        w.append(f"V (insufficient training) cannot fire: {cov['insufficient_training']['why']}.")
+    u = cov["untested"]
+    if u["n"]:
+        iii = "sft_internal_conflict" in cfg.causes
+        w.append(f"{u['n']} of {u['of']} diagnosed sample(s) could not be tested for any cause"
+                 f"{' but III' if iii else ''} for lack of inputs: they can only come out "
+                 f"{'III or ' if iii else ''}unattributed.")
+    return w
+
+
+def _share(k, m) -> float:
+    return float(k) / float(m) if m else 0.0
+
+
+def coverage_metrics(cov: dict[str, Any]) -> dict[str, float]:
+    """The numeric part of ``coverage`` as MLflow metrics (``diagnosis.coverage.*``)."""
+    from ilp_ray.diagnosis.decide import ORDER
+
+    t = cov.get("trajectory", {})
+    m = {"diagnosis.coverage.warnings": float(len(cov.get("warnings", []))),
+         "diagnosis.coverage.untested": float(cov.get("untested", {}).get("n", 0)),
+         "diagnosis.coverage.trajectory_share": float(t.get("share", 0.0)),
+         "diagnosis.coverage.trajectory_share_unlearned": float(t.get("unlearned_share", 0.0))}
+    if "evaluations" in t:
+        m["diagnosis.coverage.evaluations"] = float(t["evaluations"])
+    for name in ORDER:
+        if name in cov:
+            m[f"diagnosis.coverage.{name}.testable"] = float(cov[name]["testable"])
+            m[f"diagnosis.coverage.{name}.samples"] = float(cov[name]["samples"])
+    return m
 
 
 def metric_view(ct: dict[str, Any]) -> dict[str, float]:
@@ -176,11 +368,12 @@ def metric_view(ct: dict[str, Any]) -> dict[str, float]:
     return m
 
 
-def _track(tracker, cfg: DiagnosisConfig, run_dir: Path, out: Path, ct: dict[str, Any]) -> None:
+def _track(tracker, cfg: DiagnosisConfig, run_dir: Path, out: Path, ct: dict[str, Any],
+           cov: dict[str, Any] | None = None) -> None:
     from ilp_ray.track import flatten, make_tracker
 
     def log(t) -> None:
-        t.log_metrics(metric_view(ct))
+        t.log_metrics({**metric_view(ct), **(coverage_metrics(cov) if cov else {})})
         t.log_artifact(out, "diagnosis")
 
     if tracker is not None:
@@ -195,6 +388,7 @@ def _track(tracker, cfg: DiagnosisConfig, run_dir: Path, out: Path, ct: dict[str
 def print_result(result: DiagnosisResult) -> None:
     """The cause table in the terminal, and where the files are."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from ilp_ray.diagnosis.report import LABELS
@@ -212,4 +406,6 @@ def print_result(result: DiagnosisResult) -> None:
                   *[f"{b['shares'][cause]:.0%}" for b in ct["per_subset"].values()])
     console = Console()
     console.print(t)
+    for w in (result.summaries.get("coverage") or {}).get("warnings", []):
+        console.print(f"[yellow]warning: {escape(w)}[/]")
     console.print(f"table:  {result.files['diagnosis']}\nreport: {result.report}")

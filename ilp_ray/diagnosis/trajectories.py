@@ -2,9 +2,10 @@
 
 The table comes from the SFT job (``ilp_ray.train.trajectory``): one row per (evaluation, sample)
 with ``step, epoch, reason, id, subset, p_correct, correct, loss``; ``reason`` is ``interval``,
-``subset_boundary``, ``epoch_end`` or ``final``, joined with ``+`` when several hold at one step.
-It usually covers a seeded sample of the training set, so many samples have no trajectory: the
-detectors then say so and never guess.
+``subset_boundary``, ``epoch_end``, ``schedule`` (the automatic schedule) or ``final``, joined
+with ``+`` when several hold at one step. It usually covers a seeded sample of the training set,
+so many samples have no trajectory: the detectors then say so and never guess, and
+``schedule_coverage`` says what the evaluations it has can show (the diagnosis's coverage block).
 """
 
 from __future__ import annotations
@@ -154,6 +155,105 @@ def subset_ends(traj: pd.DataFrame) -> dict[str, int] | None:
             for name, last in spans["max"].items()}
     ends[str(spans.index[-1])] = int(traj["step"].max())
     return ends
+
+
+def read_schedule(path: str | Path) -> dict | None:
+    """The resolved schedule the SFT job stored in the trajectory's Parquet metadata, or None.
+
+    A folder of parts is read from its first part; a file without the key (other trainers, older
+    runs) or one that cannot be read gives None.
+    """
+    import json
+
+    import pyarrow.parquet as pq
+
+    from ilp_ray.train.trajectory import SCHEDULE_KEY
+
+    p = Path(path)
+    if p.is_dir():
+        parts = sorted(p.rglob("*.parquet"))
+        if not parts:
+            return None
+        p = parts[0]
+    try:
+        meta = pq.read_schema(str(p)).metadata or {}
+        return json.loads(meta[SCHEDULE_KEY]) if SCHEDULE_KEY in meta else None
+    except Exception:  # metadata is a convenience: a trajectory without it is read as before
+        return None
+
+
+def evals_after_training(traj: pd.DataFrame) -> pd.DataFrame:
+    """Per sample (index: id): ``subset``, ``trained_step``, ``n_evals`` and ``n_after``, the
+    evaluations at or after its first training step (``per_sample``'s ``n_after``: all of them
+    without a ``trained_step``, or when it trained after its last evaluation)."""
+    steps = traj["step"].to_numpy()
+    if "trained_step" in traj.columns:
+        ts = pd.to_numeric(traj["trained_step"], errors="coerce").to_numpy(dtype=float)
+    else:
+        ts = np.full(len(traj), np.nan)
+    after = np.isnan(ts) | (steps >= np.nan_to_num(ts, nan=-np.inf))
+    d = pd.DataFrame({"id": traj["id"].astype(str).to_numpy(), "subset": traj["subset"].astype(str).to_numpy(),
+                      "trained_step": ts, "after": after})
+    g = d.groupby("id", sort=False)
+    out = g.agg(subset=("subset", "first"), trained_step=("trained_step", "first"),
+                n_evals=("after", "size"), n_after=("after", "sum"))
+    out.loc[out["n_after"] == 0, "n_after"] = out["n_evals"]
+    out["n_after"] = out["n_after"].astype(np.int64)
+    return out
+
+
+def schedule_coverage(traj: pd.DataFrame, held_evals: int, scope: str = "subset",
+                      ids: list[str] | None = None) -> dict:
+    """What the trajectory's evaluations can show for cause IV, per subset.
+
+    IV needs a sample held at ``held_evals`` consecutive evaluations at or after its training step
+    and lost at a later one: ``held_evals + 1`` evaluations from that step on. Per subset (training
+    order when sequential, by name otherwise): ``samples`` (with a trajectory, among ``ids`` when
+    given), ``evaluations`` (distinct evaluation steps from the subset's first training step to its
+    end, ``subset_ends``; to the run's end when the order is not sequential), ``evals_after_min`` /
+    ``evals_after_max`` (over its samples, evaluations at or after their training step),
+    ``iv_samples`` (samples with enough of them), ``iv_possible`` and, when not, ``why``. Under
+    ``scope: subset`` in a sequential run the last subset is never IV (the recent data).
+
+    Returns:
+        ``evaluations`` (distinct steps in all), ``needed`` (held_evals + 1), ``sequential``,
+        ``last_subset`` and ``per_subset``.
+    """
+    ea = evals_after_training(traj)
+    if ids is not None:
+        ea = ea[ea.index.isin(ids)]
+    all_steps = np.sort(traj["step"].unique())
+    ends = subset_ends(traj)
+    last = list(ends)[-1] if ends else None
+    needed = held_evals + 1
+    order = list(ends) if ends else sorted(traj["subset"].astype(str).unique())
+    order += sorted(set(ea["subset"]) - set(order))
+    per: dict[str, dict] = {}
+    for name in order:
+        g = ea[ea["subset"] == name]
+        ts = g["trained_step"].dropna()
+        start = float(ts.min()) if len(ts) else -np.inf
+        stop = ends[name] if ends and name in ends else np.inf
+        n_ev = int(((all_steps >= start) & (all_steps <= stop)).sum())
+        ok = int((g["n_after"] >= needed).sum())
+        row = {"samples": len(g), "evaluations": n_ev,
+               "evals_after_min": int(g["n_after"].min()) if len(g) else None,
+               "evals_after_max": int(g["n_after"].max()) if len(g) else None,
+               "iv_samples": ok}
+        if scope == "subset" and name == last:
+            row.update(iv_possible=False, iv_samples=0,
+                       why="the last subset, the recent data: never IV under forgetting.scope: subset")
+        elif not len(g):
+            row.update(iv_possible=False, why="no sample of it has a trajectory")
+        elif not ok:
+            row.update(iv_possible=False,
+                       why=f"its samples have at most {row['evals_after_max']} evaluation(s) at or after their "
+                           f"training step; IV needs held_evals + 1 = {needed}")
+        else:
+            row["iv_possible"] = True
+        per[name] = row
+    return {"evaluations": len(all_steps), "needed": needed, "sequential": ends is not None,
+            "last_subset": last if scope == "subset" else None, "per_subset": per}
 
 
 def subset_curves(traj: pd.DataFrame) -> pd.DataFrame:

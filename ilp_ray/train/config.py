@@ -91,7 +91,16 @@ class CheckpointSection(_Section):
 class TrajectoryConfig(_Section):
     enabled: bool = Field(True, description="Record per-sample learning trajectories.")
     every_steps: int | None = Field(None, ge=1, description=(
-        "Evaluate every N steps; epoch ends (and subset boundaries in sequential order) always."))
+        "Evaluate every N steps; epoch ends (and subset boundaries in sequential order) always. "
+        "None: the automatic schedule, at least min_evals_per_subset evaluations spread over each "
+        "subset's steps (sequential order) or over each epoch (shuffled, one subset)."))
+    min_evals_per_subset: int = Field(4, ge=1, description=(
+        "For every_steps None: evaluations per subset per epoch in sequential order (per epoch "
+        "otherwise), its last step included; a subset shorter than this is evaluated at every "
+        "step. 4: cause IV needs a sample held at forgetting.held_evals (2) consecutive "
+        "evaluations at or after its training step and lost at a later one, inside its own subset "
+        "or after it; 4 leaves one more for the learning itself. Boundaries and epoch ends alone "
+        "(1) give a one-epoch, two-subset run 2 evaluations: IV can never fire there."))
     max_items: int = Field(256, ge=1, description=(
         "Evaluate at most this many MC items (a seeded sample) to bound the cost of one evaluation."))
     k: int = Field(4, ge=2, description="Options per MC item.")

@@ -6,8 +6,13 @@ every world-th of them. The loop checkpoints every ``checkpoint.every_steps`` st
 end, and on start resumes from ``ray.train.get_checkpoint()`` (the latest checkpoint of this run
 in Ray's storage) at the same step, epoch, position and order.
 
-Trajectories (SFT) are evaluated on rank 0 at the configured interval, at every epoch end and,
-when the sampler marks them (sequential order), after the last step of each subset.
+Trajectories (SFT) are evaluated on rank 0 at every epoch end, after the last step of each subset
+when the sampler marks them (sequential order), and at the configured interval
+(``trajectory.every_steps``) or, by default, at the automatic schedule: at least
+``trajectory.min_evals_per_subset`` evaluations spread over each subset's steps (each epoch's, for
+a sampler without subset boundaries; ``order.scheduled_steps``). The schedule of each epoch is a
+function of its order, recomputed when a sampler revises it and on resume from the saved order,
+and is recorded in ``ilp_logs/schedule.json``.
 """
 
 from __future__ import annotations
@@ -104,7 +109,11 @@ def train_loop_per_worker(config: dict) -> None:
         examples = task.examples(epoch)
         sampler = task.sampler
         bounds = _boundary_steps(order, task, epoch, G) if sampler and sampler.marks_subset_boundaries else set()
+        sched = _scheduled_steps(cfg, kind, order, task, epoch, G)
         n_steps = math.ceil(len(order) / G)
+        offset = step - pos  # the global step before this epoch's first
+        if rank == 0:
+            _record_schedule(run_path, cfg, kind, order, task, epoch, G, offset, n_steps, bounds, sched)
         while pos < n_steps and step < max_steps:
             idx = [order[(pos * G + j) % len(order)] for j in range(G)]
             batch = _collate([examples[i] for i in idx[rank::world]], pad_id, model)
@@ -129,7 +138,7 @@ def train_loop_per_worker(config: dict) -> None:
                 if tracker is not None:
                     tracker.log_metrics(metrics, step=step)
             last = step >= max_steps or (epoch == epochs - 1 and pos == n_steps)
-            reasons = _eval_reasons(cfg, kind, step, pos, n_steps, bounds)
+            reasons = _eval_reasons(cfg, kind, step, pos, n_steps, bounds, sched)
             if reasons:
                 t = time.perf_counter()
                 new = _evaluate(evaluator, strategy.module, step, epoch, reasons, logs, tracker, st, sampler,
@@ -139,6 +148,10 @@ def train_loop_per_worker(config: dict) -> None:
                     n_steps = math.ceil(len(order) / G)
                     bounds = (_boundary_steps(order, task, epoch, G)
                               if sampler and sampler.marks_subset_boundaries else set())
+                    sched = _scheduled_steps(cfg, kind, order, task, epoch, G)
+                    if rank == 0:
+                        _record_schedule(run_path, cfg, kind, order, task, epoch, G, offset, n_steps, bounds,
+                                         sched)
                 last_eval_step = step
                 timing["paused"] += time.perf_counter() - t
             if step % cfg.checkpoint.every_steps == 0 and not last:
@@ -191,13 +204,56 @@ def _boundary_steps(order, task, epoch: int, G: int) -> set[int]:
     return {p // G + 1 for p in boundary_positions(order, task.subsets(epoch))}
 
 
-def _eval_reasons(cfg, kind: str, step: int, pos: int, n_steps: int, bounds: set[int]) -> list[str]:
+def _scheduled_steps(cfg, kind: str, order, task, epoch: int, G: int) -> set[int]:
+    """The automatic schedule's steps (1-based within the epoch); empty under an explicit interval."""
+    if kind != "sft" or not cfg.trajectory.enabled or cfg.trajectory.every_steps is not None:
+        return set()
+    from ilp_ray.train.order import scheduled_steps
+
+    by_subset = bool(task.sampler and task.sampler.marks_subset_boundaries)
+    return scheduled_steps(order, task.subsets(epoch), G, cfg.trajectory.min_evals_per_subset, by_subset)
+
+
+def _eval_reasons(cfg, kind: str, step: int, pos: int, n_steps: int, bounds: set[int],
+                  sched: set[int] = frozenset()) -> list[str]:
+    """Why step ``step`` (``pos`` within its epoch) is evaluated; empty: it is not.
+
+    ``schedule`` (the automatic schedule) is named only where no other reason holds, so boundary
+    and epoch-end evaluations read as they always have.
+    """
     if kind != "sft" or not cfg.trajectory.enabled:
         return []
     every = cfg.trajectory.every_steps
     reasons = [r for r, hit in (("interval", bool(every) and step % every == 0),
                                 ("subset_boundary", pos in bounds), ("epoch_end", pos == n_steps)) if hit]
+    if not reasons and pos in sched:
+        reasons = ["schedule"]
     return reasons
+
+
+def _record_schedule(run_path: Path, cfg, kind: str, order, task, epoch: int, G: int, offset: int,
+                     n_steps: int, bounds: set[int], sched: set[int]) -> None:
+    """Write epoch ``epoch``'s planned evaluation steps into ``ilp_logs/schedule.json`` (rank 0)."""
+    if kind != "sft" or not cfg.trajectory.enabled:
+        return
+    from ilp_ray.pipeline.shards import write_json_atomic
+    from ilp_ray.train.trajectory import schedule_entry
+
+    path = run_path / "ilp_logs" / "schedule.json"
+    try:
+        rec = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        rec = {}
+    t = cfg.trajectory
+    rec.update({"mode": "interval" if t.every_steps is not None else "auto", "every_steps": t.every_steps,
+                "min_evals_per_subset": None if t.every_steps is not None else t.min_evals_per_subset,
+                "batch": G})
+    by_subset = bool(task.sampler and task.sampler.marks_subset_boundaries)
+    rec.setdefault("epochs", {})[str(epoch)] = schedule_entry(
+        order, task.subsets(epoch), G, offset, n_steps, bounds, sched, t.every_steps, by_subset,
+        cfg.optim.max_steps)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(rec, path)
 
 
 def _evaluate(evaluator, module, step, epoch, reasons, logs, tracker, st, sampler, order, pos, world, rank):

@@ -146,3 +146,46 @@ def make_sampler(name: str, subsets: Sequence[str], seed: int, subset_order: Seq
 def boundary_positions(order: Sequence[int], subsets: Sequence[str]) -> list[int]:
     """Positions p in ``order`` after which the subset changes (p = index of a subset's last example)."""
     return [p for p in range(len(order) - 1) if subsets[order[p]] != subsets[order[p + 1]]]
+
+
+def subset_segments(order: Sequence[int], subsets: Sequence[str], batch: int,
+                    by_subset: bool) -> list[tuple[str, int, int]]:
+    """The stretches of an epoch's steps, as ``(subset, first step, last step)`` (1-based, inclusive).
+
+    ``by_subset`` (a sampler that marks subset boundaries): one stretch per run of one subset in
+    ``order``, from the step whose batch holds its first example to the one that holds its last
+    (a batch that straddles a boundary belongs to both). Otherwise the whole epoch is one stretch,
+    named ``"*"``. ``batch`` is the global batch size.
+    """
+    if not len(order):
+        return []
+    if not by_subset:
+        return [("*", 1, -(-len(order) // batch))]
+    out, start = [], 0
+    for p in range(1, len(order) + 1):
+        if p == len(order) or subsets[order[p]] != subsets[order[start]]:
+            out.append((str(subsets[order[start]]), start // batch + 1, (p - 1) // batch + 1))
+            start = p
+    return out
+
+
+def spread_steps(first: int, last: int, n: int) -> list[int]:
+    """``min(n, last - first + 1)`` distinct steps spread evenly over ``[first, last]``, ``last`` included."""
+    span = last - first + 1
+    m = max(0, min(n, span))
+    return [first - 1 + -(-j * span // m) for j in range(1, m + 1)]
+
+
+def scheduled_steps(order: Sequence[int], subsets: Sequence[str], batch: int, min_evals: int,
+                    by_subset: bool) -> set[int]:
+    """The automatic trajectory schedule of one epoch: steps (1-based within the epoch) such that
+    every stretch of ``subset_segments`` holds at least ``min_evals`` evaluations (all its steps
+    when it is shorter), spread evenly and ending at the stretch's last step.
+
+    A pure function of the epoch's order, so every rank and a resumed run (which restores the
+    realised order) evaluate at the same steps.
+    """
+    out: set[int] = set()
+    for _, a, b in subset_segments(order, subsets, batch, by_subset):
+        out.update(spread_steps(a, b, min_evals))
+    return out

@@ -6,7 +6,9 @@ Run layout (``run_dir/name``, Ray Train's run folder)::
     init/                       the starting model of a ``tiny`` config (built once, reused on resume)
     ilp_logs/trajectory/        trajectory rows, one file per checkpoint interval
     ilp_logs/batches/           the example ids of every step's global batch
-    trajectory.parquet          all trajectory rows (written at the end; also an MLflow artifact)
+    ilp_logs/schedule.json      each epoch's planned trajectory evaluations (steps, per subset)
+    trajectory.parquet          all trajectory rows (written at the end; also an MLflow artifact);
+                                its Parquet metadata ``ilp.schedule`` holds schedule.json
     ilp_run.json                the MLflow run id, so a restarted job logs into the same run
 
 Restarting the same config continues the run: Ray Train v2 restores the run's checkpoint manager
@@ -165,10 +167,11 @@ def run_training(cfg: SftTrainConfig | CptTrainConfig) -> TrainResult:
     ckpt_id = checkpoint_id(final)
     traj_path = None
     rows = read_rows(run_path / "ilp_logs" / "trajectory")
+    schedule = read_schedule(run_path)
     if len(rows):
         traj_path = run_path / "trajectory.parquet"
         rows = with_trained_step(rows, read_rows(run_path / "ilp_logs" / "batches"))
-        rows.to_parquet(traj_path, index=False)
+        write_trajectory(rows, traj_path, schedule)
         tracker.log_artifact(traj_path, "trajectory")
     tracker.set_tags({"ilp.checkpoint_id": ckpt_id, "ilp.checkpoint_path": str(final)})
     if not _has_param(tracker, "final_checkpoint"):
@@ -181,11 +184,33 @@ def run_training(cfg: SftTrainConfig | CptTrainConfig) -> TrainResult:
     write_json_atomic({"config": _fingerprint(cfg), "data": _data_stats(cfg), "checkpoint": str(final),
                        "checkpoint_id": ckpt_id,
                        "metrics": out.metrics, "trajectory": str(traj_path) if traj_path else None,
-                       "run_id": out.run_id}, run_path / DONE)
+                       "trajectory_schedule": schedule, "run_id": out.run_id}, run_path / DONE)
     return out
 
 
 DONE = "ilp_done.json"
+
+
+def read_schedule(run_path: Path) -> dict | None:
+    """The trajectory schedule the loop recorded (``ilp_logs/schedule.json``), or None."""
+    try:
+        return json.loads((run_path / "ilp_logs" / "schedule.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def write_trajectory(rows, path: Path, schedule: dict | None) -> None:
+    """``trajectory.parquet``, with the resolved schedule as its ``ilp.schedule`` metadata."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ilp_ray.train.trajectory import SCHEDULE_KEY
+
+    table = pa.Table.from_pandas(rows, preserve_index=False)
+    if schedule is not None:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                               SCHEDULE_KEY: json.dumps(schedule).encode()})
+    pq.write_table(table, path)
 
 
 def with_trained_step(rows, batches):

@@ -5,6 +5,10 @@ The MC items are built once, before training, from the whole training set (the a
 evaluation is bounded whatever the data size. Each evaluation scores the items with the audit
 core's ``TransformersEngine`` on the live (unwrapped) model, so a trajectory's last point and a
 later audit of the saved checkpoint agree.
+
+When to evaluate is the loop's (``ilp_ray.train.loop``); ``schedule_entry`` is what it records of
+each epoch's plan (``ilp_logs/schedule.json``, then the ``ilp.schedule`` metadata of
+``trajectory.parquet``), so a reader knows which steps were meant to be evaluated and why.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from ilp_ray.records import McItem, SftRecord
 from ilp_ray.train.config import TrajectoryConfig
 
 COLUMNS = ("step", "epoch", "reason", "id", "subset", "p_correct", "correct", "loss")
+#: Parquet key-value metadata of trajectory.parquet holding the resolved schedule (JSON).
+SCHEDULE_KEY = b"ilp.schedule"
 
 
 def build_items(records: Sequence[SftRecord], cfg: TrajectoryConfig) -> list[McItem]:
@@ -121,3 +127,36 @@ def metrics_of(ev: Evaluation) -> dict[str, float]:
     out["traj.acc"] = float(np.mean([r["correct"] for r in ev.rows]))
     out["traj.seconds"] = ev.seconds
     return out
+
+
+def schedule_entry(order: Sequence[int], subsets: Sequence[str], batch: int, offset: int, n_steps: int,
+                   bounds: set[int], sched: set[int], every: int | None, by_subset: bool,
+                   max_steps: int | None = None) -> dict:
+    """One epoch of the resolved trajectory schedule, in global steps.
+
+    Args:
+        order, subsets, batch: the epoch's order, every example's subset, the global batch size.
+        offset: the global step before the epoch's first.
+        n_steps: the epoch's steps.
+        bounds, sched: subset-boundary and automatic-schedule steps, 1-based within the epoch.
+        every: the explicit interval (``trajectory.every_steps``), or None.
+        by_subset: the sampler marks subset boundaries (the stretches are its subsets).
+        max_steps: the run's step limit (a run cut short is evaluated at its last step).
+
+    Returns:
+        ``first_step``, ``last_step``, ``steps`` (every planned evaluation, sorted) and
+        ``segments``: per stretch of ``order.subset_segments`` (``subset``; ``"*"`` for the whole
+        epoch), its ``first_step``, ``last_step`` and the planned evaluations within them (``evals``).
+    """
+    from ilp_ray.train.order import subset_segments
+
+    last = n_steps if max_steps is None else min(n_steps, max_steps - offset)
+    local = set(bounds) | set(sched) | {n_steps}
+    if every:
+        local |= {p for p in range(1, n_steps + 1) if (offset + p) % every == 0}
+    local = {p for p in local if 1 <= p <= last} | ({last} if last >= 1 else set())
+    segs = [{"subset": name, "first_step": offset + a, "last_step": offset + b,
+             "evals": sum(a <= p <= b for p in local)}
+            for name, a, b in subset_segments(order, subsets, batch, by_subset)]
+    return {"first_step": offset + 1, "last_step": offset + n_steps, "steps": [offset + p for p in sorted(local)],
+            "segments": segs}

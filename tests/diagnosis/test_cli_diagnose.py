@@ -34,6 +34,11 @@ def test_audit_runs_diagnosis_as_its_last_stage(audited):
     client = mlflow.MlflowClient(tracking_uri=audited.tracking_uri)
     run = client.get_run(audited.run_id)
     assert "diagnosis.share.unattributed" in run.data.metrics
+    # What the run could show: a base model was scored, no trajectory was given.
+    assert run.data.metrics["diagnosis.coverage.base_conflict.testable"] == 1.0
+    assert run.data.metrics["diagnosis.coverage.trajectory_share"] == 0.0
+    cov = json.loads((out / "summary.json").read_text())["coverage"]
+    assert cov["left_side_forgetting"]["testable"] is False and cov["base_knowledge_gap"]["testable"] is True
     names = {a.path for a in client.list_artifacts(audited.run_id, "diagnosis")}
     assert {"diagnosis/report.html", "diagnosis/figures", "diagnosis/cause_table.json"} <= names
 
