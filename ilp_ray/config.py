@@ -17,7 +17,7 @@ from ilp_ray.diagnosis.config import DiagnosisConfig
 from ilp_ray.errors import ConfigError
 from ilp_ray.evidence.config import AuditEvidenceConfig
 
-__all__ = ["AuditConfig", "DetectConfig", "McConfig", "RayConfig", "ScoringConfig", "TrackingConfig",
+__all__ = ["AuditConfig", "DetectConfig", "FairnessConfig", "McConfig", "RayConfig", "ScoringConfig", "TrackingConfig",
            "load_config", "parse_overrides"]
 
 C = TypeVar("C", bound=BaseModel)
@@ -30,6 +30,19 @@ class McConfig(_Section):
         "Cosine at or above which a candidate distractor counts as a near duplicate of the answer "
         "and is excluded: a paraphrase of the answer is not a wrong option."))
     prefer_same_subset: bool = Field(True, description="Draw distractors from the record's own subset first.")
+    distractors: Literal["typed", "nearest"] = Field("typed", description=(
+        "'typed': distractors have the answer's form (number / token / words, script, casing, a "
+        "code's length, a length within length_ratio) and come from records of the same prompt "
+        "template first, so the item is a fair question; on 151 mixed real facts this cut items "
+        "with an option of another form from 41% to 1.3%. 'nearest': the nearest answers by "
+        "meaning, any form (the search before typed distractors)."))
+    length_ratio: float = Field(2.0, ge=1, description=(
+        "For typed distractors: a distractor's length in characters (and words) is within this "
+        "factor of the answer's, so length cannot give the answer away."))
+    subject_check: bool = Field(True, description=(
+        "Skip a candidate distractor that names the question's subject (the prompt's rare content "
+        "words): another record's answer about the same subject is likely correct here too "
+        "('a stream or brook' for 'Define the word brook'), whatever its cosine to the answer."))
 
 
 class ScoringConfig(_Section):
@@ -47,6 +60,13 @@ class ScoringConfig(_Section):
         "Option score: summed log-likelihood ('none': p(option text) renormalised over the options), "
         "or divided by characters (lm-eval's acc_norm) or tokens."))
     temperature: float = Field(1.0, gt=0, description="Softmax temperature over option scores.")
+    calibration: Literal["auto", "none", "prior"] = Field("auto", description=(
+        "'prior': subtract each option's log-likelihood without the question (its prior; lm-eval's "
+        "acc_mutual_info) before the softmax, so a string's length or frequency cannot win. On "
+        "151 real facts with typed distractors SmolLM2's accuracy was 0.72 calibrated against "
+        "0.63 summed, 0.66 per character, 0.64 per token (bench/mc_fairness.py). 'none': lm-eval's "
+        "plain scores. 'auto': prior for items the audit built, none for ready-made MC items, so "
+        "parity with lm-eval holds where a user brings lm-eval's items."))
 
 
     @model_validator(mode="before")
@@ -63,6 +83,16 @@ class ScoringConfig(_Section):
         return self
 
 
+class FairnessConfig(_Section):
+    enabled: bool = Field(True, description=(
+        "Score every option without the question (the prior; once per distinct option text) and "
+        "flag items whose answer or a distractor wins without it. Needed by calibration: prior."))
+    prior_threshold: float = Field(0.9, gt=0, le=1, description=(
+        "An option wins without the question when its question-free probability among the "
+        "options is >= this. 0.9: on 151 real SmolLM2 items, above it the uncalibrated pick was "
+        "the prior's in 70-80% of items, below it in 20-40% (near the 25% of chance)."))
+
+
 class DetectConfig(_Section):
     n: int = Field(5, ge=1, description="N draws for pass@N and BoN-N (paper: BoN-5).")
     tau: float = Field(0.2, ge=0, le=1, description="Unlearned when pass@N < tau (paper: 0.2).")
@@ -76,6 +106,7 @@ class DetectConfig(_Section):
     top_k: int = Field(1000, ge=1, description="The top-K most severe unlearned items go to diagnosis (paper: 1000).")
     known_threshold: float = Field(0.8, ge=0, le=1, description=(
         "K(x)=1 when the base model's zero-shot accuracy exceeds this (paper Eq. 2: 0.8)."))
+    fairness: FairnessConfig = FairnessConfig()
 
 
 class RayConfig(_Section):
@@ -91,6 +122,10 @@ class RayConfig(_Section):
 
 
 class AuditConfig(_Section):
+    preset: Literal["none", "lab"] | None = Field(None, description=(
+        "Named settings calibrated on a benchmark (ilp_ray/presets.py), filled in under this "
+        "config's own values: 'lab' is what the ILP lab audits with (N=1 on p(correct), tau 0.5, "
+        "and the diagnosis's lab preset). None: the paper's defaults."))
     data: str = Field(..., description="SFT dataset: JSONL, Parquet or CSV; a path or any pyarrow URI.")
     sft_model: str = Field(..., description="The fine-tuned model: a HF checkpoint dir or a bundled name.")
     base_model: str | None = Field(None, description="The base model before SFT; None skips base probing.")
@@ -106,6 +141,13 @@ class AuditConfig(_Section):
         "evidence.enabled is true (off by default)."))
     diagnose: DiagnosisConfig = Field(DiagnosisConfig(), description=(
         "Five-cause diagnosis, run as the audit's last stage when diagnose.enabled is true."))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data):
+        from ilp_ray.presets import AUDIT_PRESETS, apply_preset
+
+        return apply_preset(data, AUDIT_PRESETS)
 
     @field_validator("data", "sft_model")
     @classmethod

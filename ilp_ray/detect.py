@@ -17,17 +17,46 @@ from ilp_ray.config import DetectConfig, ScoringConfig
 SCORE_COLUMNS = ("id", "logprob_sum", "n_tokens", "n_chars", "truncated")
 
 
-def _probs(scores: pd.DataFrame, scoring: ScoringConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities under the configured score, the acc_norm score) as padded arrays."""
+def _probs(scores: pd.DataFrame, scoring: ScoringConfig, prior: np.ndarray | None = None,
+           calibrate: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities under the configured score, the acc_norm score) as padded arrays.
+
+    ``prior``: padded question-free log-likelihoods, subtracted from the rows ``calibrate`` marks
+    (the PMI of option and question) before any length normalisation.
+    """
     lp = M.pad_ragged(list(scores["logprob_sum"]), -np.inf)
     chars = M.pad_ragged(list(scores["n_chars"]), 0)
     toks = M.pad_ragged(list(scores["n_tokens"]), 0)
+    norm = M.option_scores(lp, chars, toks, "chars")
+    if prior is not None and calibrate is not None and calibrate.any():
+        lp = np.where(calibrate[:, None] & np.isfinite(lp), lp - np.where(np.isfinite(prior), prior, 0.0), lp)
     s = M.option_scores(lp, chars, toks, scoring.length_norm)
-    return M.option_probs(s, scoring.temperature), M.option_scores(lp, chars, toks, "chars")
+    return M.option_probs(s, scoring.temperature), norm
 
 
-def _aligned(items: pd.DataFrame, scores: pd.DataFrame, what: str) -> pd.DataFrame:
-    missing = [c for c in SCORE_COLUMNS if c not in scores.columns]
+def calibrated_rows(items: pd.DataFrame, scoring: ScoringConfig) -> np.ndarray:
+    """Which items get the prior subtracted: all ('prior'), none ('none'), or ('auto') the items
+    MC conversion built (with distractor ids), not ready-made ones (lm-eval parity)."""
+    n = len(items)
+    if scoring.calibration == "prior":
+        return np.ones(n, bool)
+    if scoring.calibration == "none":
+        return np.zeros(n, bool)
+    if "distractor_ids" not in items:
+        return np.zeros(n, bool)
+    return np.array([d is not None and len(d) > 0 for d in items["distractor_ids"]], dtype=bool)
+
+
+def _prior_array(items: pd.DataFrame, prior: pd.DataFrame | None, what: str) -> np.ndarray | None:
+    if prior is None:
+        return None
+    p = _aligned(items, prior, what, columns=("id", "logprob_sum"))
+    return M.pad_ragged(list(p["logprob_sum"]), -np.inf)
+
+
+def _aligned(items: pd.DataFrame, scores: pd.DataFrame, what: str,
+             columns: tuple[str, ...] = SCORE_COLUMNS) -> pd.DataFrame:
+    missing = [c for c in columns if c not in scores.columns]
     if missing:
         raise ValueError(f"{what} scores lack columns {missing}")
     out = items[["id"]].merge(scores, on="id", how="left", validate="one_to_one")
@@ -38,25 +67,40 @@ def _aligned(items: pd.DataFrame, scores: pd.DataFrame, what: str) -> pd.DataFra
 
 
 def compute_verdicts(items: pd.DataFrame, sft: pd.DataFrame, base: pd.DataFrame | None,
-                     scoring: ScoringConfig, detect: DetectConfig) -> tuple[pd.DataFrame, float]:
+                     scoring: ScoringConfig, detect: DetectConfig,
+                     priors: dict[str, pd.DataFrame] | None = None) -> tuple[pd.DataFrame, float]:
     """One row per MC item with every detection figure, and the seed stability.
 
     Args:
-        items: MC items with ``id, subset, position, answer`` (and ``options``).
+        items: MC items with ``id, subset, position, answer`` (and ``distractor_ids``, which
+            marks the items MC conversion built, for ``calibration: auto``).
         sft: the fine-tuned model's option scores (``SCORE_COLUMNS``), any row order.
         base: the base model's option scores, or None to skip knowledge-state probing.
-        scoring: how option scores become probabilities (length norm, temperature).
-        detect: N, τ, seeds, top-K and the knowledge threshold.
+        scoring: how option scores become probabilities (calibration, length norm, temperature).
+        detect: N, τ, seeds, top-K, the knowledge threshold and the fairness check.
+        priors: question-free option log-likelihoods by model (``"sft"``, ``"base"``): frames of
+            ``id, logprob_sum`` (``ilp_ray.scoring.prior``). Needed where items are calibrated;
+            with them every item gets the fairness columns.
 
     Returns:
         (verdicts, seed_stability). The verdicts are in ``items`` order; ``severity_rank`` is 1 for
         the most severe unlearned item and null for learned ones. The seed stability is the mean
         pairwise Jaccard index of the unlearned sets under ``detect.stability_seeds`` seeds.
+
+    Raises:
+        ValueError: calibrated items without the priors of a model they need.
     """
+    priors = priors or {}
     sft = _aligned(items, sft, "fine-tuned model")
     ids = items["id"].astype(str).tolist()
     answers = items["answer"].to_numpy(dtype=np.int64)
-    probs, norm_scores = _probs(sft, scoring)
+    calibrate = calibrated_rows(items, scoring)
+    need = ["sft"] + (["base"] if base is not None else [])
+    if calibrate.any() and any(m not in priors for m in need):
+        raise ValueError(f"calibration needs the option priors of {need}; got {sorted(priors)}")
+    sft_prior = _prior_array(items, priors.get("sft"), "fine-tuned model prior")
+    base_prior = _prior_array(items, priors.get("base"), "base model prior") if base is not None else None
+    probs, norm_scores = _probs(sft, scoring, sft_prior, calibrate)
 
     def run(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         draws = M.sample_draws(probs, M.item_uniforms(ids, detect.n, seed))
@@ -86,10 +130,11 @@ def compute_verdicts(items: pd.DataFrame, sft: pd.DataFrame, base: pd.DataFrame 
         "truncated": sft["truncated"].astype(bool).to_numpy(),
         "unlearned": unl,
         "error_consistency": np.where(unl, consistency, 0.0),
+        "calibrated": calibrate,
     })
     if base is not None:
         base = _aligned(items, base, "base model")
-        bprobs, _ = _probs(base, scoring)
+        bprobs, _ = _probs(base, scoring, base_prior, calibrate)
         bp = M.pass_expected(bprobs, answers)
         out["base_probs"] = [row[: len(x)].tolist() for row, x in zip(bprobs, base["logprob_sum"])]
         out["base_pred"] = bprobs.argmax(axis=1)
@@ -99,6 +144,13 @@ def compute_verdicts(items: pd.DataFrame, sft: pd.DataFrame, base: pd.DataFrame 
         out["known_by_base"] = M.known_by_base(bp, detect.known_threshold)
         out["js_base_sft"] = M.js_divergence(bprobs, probs)
         out["base_truncated"] = base["truncated"].astype(bool).to_numpy()
+    if base is not None and base_prior is not None:
+        pmi = option_pmi(M.pad_ragged(list(base["logprob_sum"]), -np.inf), base_prior)
+        out["base_pmi"] = [r[:k].tolist() for r, k in zip(pmi, out["n_options"], strict=True)]
+    fair_prior = base_prior if base_prior is not None else sft_prior
+    if fair_prior is not None:
+        _fairness(out, fair_prior, sft_prior, base_prior, answers, detect.fairness.prior_threshold,
+                  "base" if base_prior is not None else "sft")
 
     rank = np.full(len(out), -1, dtype=np.int64)
     idx = np.flatnonzero(unl)
@@ -108,6 +160,45 @@ def compute_verdicts(items: pd.DataFrame, sft: pd.DataFrame, base: pd.DataFrame 
     out["in_top_k"] = (rank > 0) & (rank <= detect.top_k)
     stability = M.seed_stability([{ids[i] for i in np.flatnonzero(u)} for u in per_seed])
     return out, stability
+
+
+def _probs_of(prior: np.ndarray) -> np.ndarray:
+    """Softmax of padded log-likelihoods (-inf padding gets 0)."""
+    return M.option_probs(prior, 1.0)
+
+
+def _fairness(out: pd.DataFrame, prior: np.ndarray, sft_prior, base_prior, answers: np.ndarray,
+              threshold: float, model: str) -> None:
+    """The fairness columns: each option's probability without the question, and the flags.
+
+    ``prior_answer_wins``: the answer alone reaches ``threshold`` without the question (the item
+    can be answered from its options); ``prior_distractor_wins``: a distractor does (the item is
+    stacked against the answer). ``fair`` is neither. ``prior_model`` names whose prior decides:
+    the base model's when it was scored (what pretraining alone prefers), else the fine-tuned one's.
+    """
+    n_opts = out["n_options"].to_numpy()
+    pp = _probs_of(prior)
+    rows = np.arange(len(out))
+    pa = pp[rows, answers]
+    others = pp.copy()
+    others[rows, answers] = -1.0
+    out["prior_probs"] = [r[:k].tolist() for r, k in zip(pp, n_opts, strict=True)]
+    out["prior_pred"] = pp.argmax(axis=1)
+    out["prior_answer_wins"] = pa >= threshold
+    out["prior_distractor_wins"] = others.max(axis=1) >= threshold
+    out["fair"] = ~(out["prior_answer_wins"].to_numpy() | out["prior_distractor_wins"].to_numpy())
+    out["prior_model"] = model
+    if sft_prior is not None:
+        out["sft_prior_logprob"] = [r[:k].tolist() for r, k in zip(sft_prior, n_opts, strict=True)]
+    if base_prior is not None:
+        out["base_prior_probs"] = [r[:k].tolist() for r, k in zip(_probs_of(base_prior), n_opts, strict=True)]
+
+
+def option_pmi(lp: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    """Per option, ``log q(o | question) - log q(o)``, each distribution renormalised over the
+    item's options (padded rows; padding is -inf): how much the question raised the option."""
+    with np.errstate(divide="ignore", invalid="ignore"):  # padding: -inf - -inf, cut off by the caller
+        return np.log(M.option_probs(lp, 1.0)) - np.log(M.option_probs(prior, 1.0))
 
 
 def summarize(v: pd.DataFrame, detect: DetectConfig) -> dict[str, Any]:
@@ -137,5 +228,17 @@ def summarize(v: pd.DataFrame, detect: DetectConfig) -> dict[str, Any]:
     if "base_truncated" in v:
         out["base_truncated_items"] = int(v["base_truncated"].sum())
     out["pass_at_n"] = {"n": detect.n, "tau": detect.tau, "on": detect.on}
+    out["calibrated_items"] = int(v["calibrated"].sum()) if "calibrated" in v else 0
+    if "fallback" in v:
+        out["mc_fallback"] = {str(k): int(c) for k, c in v["fallback"].value_counts().sort_index().items()}
+    if "fair" in v:
+        unfair = ~v["fair"].astype(bool)
+        out["fairness"] = {
+            "model": str(v["prior_model"].iloc[0]) if len(v) else None,
+            "threshold": detect.fairness.prior_threshold,
+            "answer_wins": int(v["prior_answer_wins"].sum()),
+            "distractor_wins": int(v["prior_distractor_wins"].sum()),
+            "unfair": int(unfair.sum()), "unfair_share": float(unfair.mean()) if len(v) else 0.0,
+            "unlearned_unfair": int((unfair & v["unlearned"].astype(bool)).sum())}
     return out
 

@@ -37,6 +37,7 @@ class McItem:
     distractor_ids: tuple[str, ...] = ()
     subset: str = "default"
     position: int = 0
+    fallback: int = 0  # how far MC conversion relaxed the answer's form (0: every distractor matches it)
 
 
 @dataclass(frozen=True)

@@ -92,6 +92,39 @@ class DiagnosisContext:
             self._cache["prompt_topk"] = hit
         return hit[0][:, :m], hit[1][:, :m]
 
+    def base_beliefs(self) -> dict[str, np.ndarray]:
+        """What the base model believes of each row, computed once for causes I and II.
+
+        Keys: ``pred`` and ``confidence`` (its top option and that option's probability),
+        ``wrong`` (the top option is not the answer), ``confident`` (wrong at confidence
+        ``>= base_conflict.tau_c``), ``pmi_gain`` (how much the question raised the top option
+        over its question-free share, nats; NaN without option priors), ``pmi``, ``jsd`` and
+        ``corpus`` (the three supports of ``base_conflict.require_support``), ``supported`` (any of
+        them) and ``belief`` (confident, and supported where support is required): a wrong answer
+        the base holds about this question. Requires a base model (``has_base``).
+        """
+        if "beliefs" in self._cache:
+            return self._cache["beliefs"]
+        cfg = self.config.base_conflict
+        v = self.verdicts
+        answer = v["answer"].to_numpy(dtype=np.int64)
+        bprobs = [np.asarray(p, dtype=float) for p in v["base_probs"]]
+        pred = np.array([int(p.argmax()) for p in bprobs], dtype=np.int64)
+        conf = np.array([float(p.max()) for p in bprobs])
+        wrong = pred != answer
+        js = v["js_base_sft"].to_numpy(dtype=float) if "js_base_sft" in v else np.full(len(v), np.nan)
+        pmi_rows = list(v["base_pmi"]) if "base_pmi" in v else [None] * len(v)
+        tested = np.array([p is not None and not (np.isscalar(p) and pd.isna(p)) for p in pmi_rows], dtype=bool)
+        gain = np.array([float(np.asarray(p, dtype=float)[k]) if t else np.nan
+                         for p, k, t in zip(pmi_rows, pred, tested, strict=True)])
+        out = {"pred": pred, "confidence": conf, "wrong": wrong, "confident": wrong & (conf >= cfg.tau_c),
+               "pmi_gain": gain, "pmi": gain >= cfg.pmi_margin, "js": js, "jsd": js > cfg.js_threshold,
+               "corpus": self.corpus_verdicts() == "contradicts", "pmi_tested": tested}
+        out["supported"] = out["pmi"] | out["jsd"] | out["corpus"]
+        out["belief"] = out["confident"] & (out["supported"] if cfg.require_support else True)
+        self._cache["beliefs"] = out
+        return out
+
     def corpus_verdicts(self) -> np.ndarray:
         """Each row's corpus verdict, in row order; "" where the evidence has none."""
         corpus = self.corpus()

@@ -1,9 +1,18 @@
 """II. Conflicts between SFT and the base model (paper 3.2.2, Eq. 6).
 
 Fires when the base model prefers a wrong option with confidence ``>= tau_c``:
-``P_base(y'|x) >= tau_c`` with ``y' != y_SFT``. The JS divergence between the base and fine-tuned
-option distributions (Eq. 3) above ``js_threshold`` (paper 0.3) is recorded as supporting evidence
-but is not required: a conflict that SFT failed to move shows a *small* divergence.
+``P_base(y'|x) >= tau_c`` with ``y' != y_SFT``, and (``require_support``, the default) when
+something beyond the pick says that this is a belief about *this* question:
+
+- ``pmi``: the question raised the base's wrong pick by at least ``pmi_margin`` nats over its
+  question-free share among the options (``base_pmi``, from the audit's option priors). A small
+  base prefers short, common or fluent strings whatever is asked; such a pick beats no prior;
+- ``jsd``: the JS divergence between the base and fine-tuned option distributions (Eq. 3) is above
+  ``js_threshold`` (paper 0.3): SFT pushed against the belief;
+- ``corpus``: the pretraining corpus contradicts the SFT label.
+
+The evidence's ``fired_by`` lists which held. Without option priors (an audit with the fairness
+check off) ``pmi`` cannot be tested and the evidence says so.
 
 With corpus evidence, II fires only where the corpus does not lack or support the SFT value
 (``corpus_veto``): a confident wrong answer to something the base never read is a guess (cause
@@ -33,33 +42,46 @@ class BaseConflict(CauseDetector):
             return CauseResult(self.silent(len(v), {"base_model": "missing"}),
                                {"silent": "no base model was scored"})
         answer = v["answer"].to_numpy(dtype=np.int64)
+        b = ctx.base_beliefs()
         bprobs = [np.asarray(p, dtype=float) for p in v["base_probs"]]
-        bpred = np.array([int(p.argmax()) for p in bprobs])
-        bconf = np.array([float(p.max()) for p in bprobs])
-        wrong = bpred != answer
-        js = v["js_base_sft"].to_numpy(dtype=float) if "js_base_sft" in v else np.full(len(v), np.nan)
-        js_support = js > cfg.js_threshold
+        bpred, bconf, wrong, js, gain = b["pred"], b["confidence"], b["wrong"], b["js"], b["pmi_gain"]
+        js_support, pmi_support, corpus_support, supported = b["jsd"], b["pmi"], b["corpus"], b["supported"]
+        has_pmi = b["pmi_tested"]
         corpus = ctx.corpus()
         guess = cfg.corpus_veto & np.isin(ctx.corpus_verdicts(), ["absent", "supports"])
-        fired = wrong & (bconf >= cfg.tau_c) & ~guess
+        confident = b["confident"]
+        fired = b["belief"] & ~guess
         score = np.where(wrong, bconf + 0.1 * js_support, 0.0)
         evidence = []
         for i, (vid, opts) in enumerate(zip(v["id"].astype(str), v["options"], strict=False)):
             ev = {"base_pred": int(bpred[i]), "base_choice": str(opts[bpred[i]]),
                   "answer_text": str(opts[answer[i]]), "base_confidence": r3(bconf[i]),
                   "base_p_correct": r3(bprobs[i][answer[i]]), "tau_c": cfg.tau_c,
+                  "pmi_gain": r3(gain[i]), "pmi_margin": cfg.pmi_margin,
                   "js_base_sft": r3(js[i]), "js_supports": bool(js_support[i]),
-                  "js_threshold": cfg.js_threshold}
+                  "js_threshold": cfg.js_threshold,
+                  "fired_by": [n for n, ok in (("pmi", pmi_support[i]), ("jsd", js_support[i]),
+                                               ("corpus", corpus_support[i])) if ok]}
+            if not has_pmi[i]:
+                ev["pmi"] = "untested: the audit scored no option priors"
             if vid in corpus:
                 verdict, cs = corpus[vid]
                 ev.update(corpus_verdict=verdict, corpus_score=r3(cs))
                 if verdict == "contradicts" and wrong[i]:
                     score[i] += 0.2 * cs
-                if guess[i] and wrong[i] and bconf[i] >= cfg.tau_c:
+                if guess[i] and confident[i]:
                     ev.update(vetoed=f"the corpus {'lacks' if verdict == 'absent' else 'supports'} this "
                                      "fact: the base model's answer is a guess, not a pretrained belief")
+            if confident[i] and not guess[i] and cfg.require_support and not supported[i]:
+                ev["unsupported"] = ("a confident wrong pick that the question does not raise over its prior, "
+                                     "SFT did not move, and no corpus contradicts: not a belief")
             evidence.append(ev)
-        summary = {"tau_c": cfg.tau_c, "js_threshold": cfg.js_threshold,
-                   "base_wrong": int(wrong.sum()),
-                   "vetoed_by_corpus": int((wrong & (bconf >= cfg.tau_c) & guess).sum()), "js_supported": int((fired & js_support).sum())}
+        summary = {"tau_c": cfg.tau_c, "js_threshold": cfg.js_threshold, "pmi_margin": cfg.pmi_margin,
+                   "require_support": cfg.require_support, "pmi_tested": int(has_pmi.sum()),
+                   "base_wrong": int(wrong.sum()), "confident_wrong": int(confident.sum()),
+                   "vetoed_by_corpus": int((confident & guess).sum()),
+                   "unsupported": int((confident & ~guess & ~supported).sum()) if cfg.require_support else 0,
+                   "fired_by": {"pmi": int((fired & pmi_support).sum()), "jsd": int((fired & js_support).sum()),
+                                "corpus": int((fired & corpus_support).sum())},
+                   "js_supported": int((fired & js_support).sum())}
         return CauseResult(self.frame(fired, score, evidence), summary)

@@ -6,7 +6,12 @@ Blind when the base model fails under repeated sampling and is not confidently w
   (``metrics.item_uniforms``), as the audit draws the fine-tuned model's pass@N;
 - base BoN-5 accuracy ``< 0.1``: one BoN-5 is right or wrong, so its accuracy is the mean over
   ``seeds`` independent BoN-5 runs;
-- not confidently wrong: no wrong option at confidence ``>= tau_c`` (that is cause II);
+- both on chance-corrected figures (``chance_corrected``, the default): ``(x - 1/k) / (1 - 1/k)``
+  for an item of k options. The paper's thresholds are for free generation, where a model that
+  lacks a fact almost never produces it; among k options a blind model is right 1/k of the time;
+- not a wrong belief: no wrong option held the way cause II requires (confident, and with
+  ``base_conflict.require_support`` raised by the question, moved by SFT or contradicted by the
+  corpus: ``DiagnosisContext.base_beliefs``). A confident pick that beats no prior is a guess;
 - with corpus evidence that the corpus lacks the fact (``base_conflict.corpus_veto``), the two
   tests above are lifted: the base never read it, so whatever it answers, right or confidently
   wrong, is a guess;
@@ -46,7 +51,7 @@ class BaseKnowledgeGap(CauseDetector):
     title = "Base model lacks the knowledge"
 
     def detect(self, ctx: DiagnosisContext) -> CauseResult:
-        cfg, tau_c = ctx.config.knowledge_gap, ctx.config.base_conflict.tau_c
+        cfg = ctx.config.knowledge_gap
         v = ctx.verdicts
         if not ctx.has_base:
             return CauseResult(self.silent(len(v), {"base_model": "missing"}),
@@ -56,19 +61,25 @@ class BaseKnowledgeGap(CauseDetector):
         probs = M.pad_ragged(list(v["base_probs"]), 0.0)
         passes, bon = base_pass_and_bon(ids, probs, answers, cfg.n, cfg.bon_n, cfg.seeds, cfg.seed)
         pc = M.pass_expected(probs, answers)
-        pred, conf = probs.argmax(axis=1), probs.max(axis=1)
+        chance = 1.0 / np.maximum(np.array([len(p) for p in v["base_probs"]], dtype=float), 2.0)
+        if cfg.chance_corrected:
+            passes_c, bon_c = (passes - chance) / (1 - chance), (bon - chance) / (1 - chance)
+        else:
+            passes_c, bon_c = passes, bon
         corpus = ctx.corpus()
         veto = ctx.config.base_conflict.corpus_veto
         said = ctx.corpus_verdicts()
         guess, read = veto & (said == "absent"), veto & (said == "supports")
-        confidently_wrong = (pred != answers) & (conf >= tau_c)
-        blind = (passes < cfg.pass_threshold) & (bon < cfg.bon_threshold)
+        confidently_wrong = ctx.base_beliefs()["belief"]
+        blind = (passes_c < cfg.pass_threshold) & (bon_c < cfg.bon_threshold)
         fired = ((blind & ~confidently_wrong) | guess) & ~read
         score = 1.0 - pc
         evidence = []
         for i, vid in enumerate(ids):
             ev = {f"base_pass_at_{cfg.n}": r3(passes[i]), "pass_threshold": cfg.pass_threshold,
                   f"base_bon{cfg.bon_n}_accuracy": r3(bon[i]), "bon_threshold": cfg.bon_threshold,
+                  "chance": r3(chance[i]), "chance_corrected": cfg.chance_corrected,
+                  f"base_pass_at_{cfg.n}_corrected": r3(passes_c[i]), f"base_bon{cfg.bon_n}_corrected": r3(bon_c[i]),
                   "bon_seeds": cfg.seeds, "base_p_correct": r3(pc[i]),
                   "base_confidently_wrong": bool(confidently_wrong[i])}
             if read[i]:
@@ -83,6 +94,7 @@ class BaseKnowledgeGap(CauseDetector):
                 score[i] += {"absent": 0.25, "supports": -0.25}.get(verdict, 0.0) * cs
             evidence.append(ev)
         summary = {"n": cfg.n, "bon_n": cfg.bon_n, "pass_threshold": cfg.pass_threshold,
+                   "chance_corrected": cfg.chance_corrected,
                    "bon_threshold": cfg.bon_threshold, "blind": int(fired.sum()),
                    "base_pass_mean": float(passes.mean()) if len(passes) else float("nan")}
         return CauseResult(self.frame(fired, score, evidence), summary,

@@ -29,7 +29,21 @@ class ConflictConfig(_Section):
     theta: float = Field(0.85, gt=0, le=1, description=(
         "Prompt cosine (MiniLM) at or above which two samples ask the same thing. The paper leaves "
         "it unnamed; 0.85 keeps paraphrases (0.88-0.98 on MiniLM) and drops sibling questions such "
-        "as 'capital of France' vs 'of Italy' (0.66)."))
+        "as 'capital of France' vs 'of Italy' (0.66). On templated data siblings pass it (0.86-0.95: "
+        "'…code of Sollokaia?' vs '…of Solnuteia?'), which same_question then sorts out."))
+    same_question: Literal["spans", "cosine"] = Field("spans", description=(
+        "When a pair found at cosine >= theta asks the same thing. 'spans': also what varies between "
+        "the two prompts must agree (their quoted spans, capitalised names, numbers, and words rare "
+        "in the dataset's prompts): a template is most of a templated prompt, so cosine measures "
+        "the template, while its slot is what a question is about. 'cosine': theta alone (the old "
+        "rule)."))
+    rare_df: int = Field(3, ge=1, description=(
+        "For same_question=spans: a lower-case word found in at most this many prompts fills a slot "
+        "(content, like a name); one in more is a template word. A template recurs with every item "
+        "it serves; a slot filler appears only where its item is asked, a few times at most."))
+    rare_min_prompts: int = Field(100, ge=2, description=(
+        "For same_question=spans: below this many prompts every word is rare, so rarity says "
+        "nothing and only the surface cues (quotes, capitals, digits) count."))
     theta_response: float = Field(0.8, gt=0, le=1, description=(
         "Free-form responses disagree below this cosine. 0.8: 'Eight' vs 'Six' is 0.77, 'Eight' vs "
         "'8' 0.93. Numbers that differ always disagree, and a response whose words all occur in the "
@@ -76,7 +90,19 @@ class BaseConflictConfig(_Section):
         "Base confidence in a wrong option at or above which it is a conflict (paper: T, unnamed). "
         "0.5: the wrong option outweighs all others together, whatever the option count."))
     js_threshold: float = Field(0.3, ge=0, le=1, description="JSD(base, SFT) above this supports II (paper: 0.3).")
-    corpus_veto: bool = Field(True, description=(
+    require_support: bool = Field(True, description=(
+        "II needs more than a confident wrong pick: the pick must beat its own prior (pmi), or "
+        "SFT must have moved the base's distribution (jsd), or the corpus must contradict the SFT "
+        "label (corpus); the evidence's fired_by says which. A small base 'confidently' prefers "
+        "the shortest or commonest option whatever the question: on mixed real data that read "
+        "every long definition (cause V) and two controls as II. False: the paper's Eq. 6 alone."))
+    pmi_margin: float = Field(0.693, ge=0, description=(
+        "The pmi support: the question raises the base's wrong pick by at least this many nats "
+        "over its question-free share among the options (ln 2: the question at least doubles it). "
+        "A pick the question does not raise is the prior's, not a belief about this question."))
+    corpus_veto: bool = Field(False, description=(
+        "Off by default, on in preset lab (ilp_ray/presets.py: a real index holds a sample of the "
+        "pretraining data, so a fact it lacks may still have been read). "
         "With corpus evidence, the corpus decides which base-model cause a wrong base answer is: "
         "II needs a corpus that does not lack or support the SFT value (a confident answer to a "
         "fact the corpus lacks is a guess, cause I; small models guess confidently); I needs a "
@@ -92,6 +118,13 @@ class KnowledgeGapConfig(_Section):
     bon_n: int = Field(5, ge=1, description="Draws for the base BoN (paper: BoN-5).")
     bon_threshold: float = Field(0.1, ge=0, le=1, description="Blind when base BoN accuracy < this (paper: 0.1).")
     seeds: int = Field(10, ge=1, description="Seeds over which the BoN accuracy is averaged (one BoN is 0 or 1).")
+    chance_corrected: bool = Field(True, description=(
+        "Apply both thresholds to chance-corrected figures, (x - 1/k) / (1 - 1/k) for k options. "
+        "The paper's pass@10 < 0.2 is for free generation, where a model that lacks a fact "
+        "almost never produces it; among k = 4 options a blind base is right a quarter of the "
+        "time, so an uncorrected pass@10 < 0.2 asks for a base below chance (it fired in the lab "
+        "only because its tiny base is confidently wrong). Corrected, k = 4: pass@10 < 0.4 and "
+        "BoN-5 accuracy < 0.325. False: the thresholds on the raw figures (preset lab)."))
     seed: int = Field(0, description="First seed of the base draws.")
 
 
@@ -143,6 +176,9 @@ class InsufficientConfig(_Section):
 
 
 class DiagnosisConfig(_Section):
+    preset: Literal["none", "lab"] | None = Field(None, description=(
+        "Named settings calibrated on a benchmark (ilp_ray/presets.py), filled in under this "
+        "config's own values: 'lab' is what the ILP lab was scored with. None: the defaults."))
     enabled: bool = Field(False, description="Run the diagnosis as the audit's last stage.")
     causes: list[str] = Field(list(_ALL), description=(
         "Causes to test, by detector name; the decision order is the fixed order of decide.py."))
@@ -176,6 +212,13 @@ class DiagnosisConfig(_Section):
     insufficient: InsufficientConfig = InsufficientConfig()
     tracking: TrackingConfig = Field(TrackingConfig(), description=(
         "MLflow for `ilp diagnose`; inside `ilp audit` the audit's own run is used."))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data):
+        from ilp_ray.presets import DIAGNOSIS_PRESETS, apply_preset
+
+        return apply_preset(data, DIAGNOSIS_PRESETS)
 
     @field_validator("causes")
     @classmethod

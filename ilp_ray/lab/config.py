@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from ilp_ray.config_base import _Section
 from ilp_ray.diagnosis.config import DiagnosisConfig
@@ -83,14 +83,23 @@ class LabConfig(_Section):
     seed_model: int = Field(0, description="Seed of the weights' initialisation and the data order.")
     pretrain: PretrainSection = PretrainSection()
     sft: SftSection = SftSection()
-    diagnose: DiagnosisConfig = Field(DiagnosisConfig(enabled=True), description=(
-        "The diagnosis, as in an audit; the lab fills in data and trajectory."))
+    diagnose: DiagnosisConfig = Field(DiagnosisConfig(enabled=True, preset="lab"), description=(
+        "The diagnosis, as in an audit, under preset lab (ilp_ray/presets.py); the lab fills in "
+        "data and trajectory."))
     smollm2: Smollm2Section = Smollm2Section()
     experiment: str = Field("ilp-lab", description="MLflow experiment of every stage of the lab.")
     threads: int = Field(2, ge=1, description=(
         "torch threads of the pretraining and SFT worker. The lab runs one stage at a time and owns "
         "the machine, so 2 (every core here); set 1 when other work shares it."))
     experiment_epochs_vs_cpt: EpochsVsCptSection = EpochsVsCptSection()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lab_preset(cls, data):
+        # A partial diagnose section (--set diagnose.conflict.theta=0.9) keeps the lab's preset.
+        if isinstance(data, dict) and isinstance(data.get("diagnose"), dict) and "preset" not in data["diagnose"]:
+            data = {**data, "diagnose": {"enabled": True, **data["diagnose"], "preset": "lab"}}
+        return data
 
     def sft_settings(self) -> SftSection:
         """The SFT section of this run's base, with the batch size resolved for the size."""

@@ -118,8 +118,8 @@ def audit_config(cfg: LabConfig, base: str, sft: str, data: Path, trajectory: Pa
     return {
         "data": str(data), "sft_model": sft, "base_model": base, "run_dir": str(out / "audit"),
         "name": f"lab-{cfg.size}-seed{cfg.seed}",
+        "preset": "lab",  # detect: N=1 on p(correct), tau 0.5 (ilp_ray/presets.py)
         "scoring": {"format": "plain", "batch_size": 32},
-        "detect": {"n": 1, "on": "expected", "tau": 0.5},
         "tracking": {"experiment": cfg.experiment},
         "diagnose": diag,
     }

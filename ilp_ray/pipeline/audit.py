@@ -63,7 +63,8 @@ def mc_stage(records, cfg: AuditConfig, run_dir: Path):
     if path.exists():
         return pq.read_table(path), True
     items = build_mc_items(records, k=cfg.mc.k, seed=cfg.mc.seed, near_dup=cfg.mc.near_dup,
-                           prefer_same_subset=cfg.mc.prefer_same_subset)
+                           prefer_same_subset=cfg.mc.prefer_same_subset, distractors=cfg.mc.distractors,
+                           length_ratio=cfg.mc.length_ratio, subject_check=cfg.mc.subject_check)
     table = pa.table({
         "id": [it.id for it in items],
         "question": [it.question for it in items],
@@ -72,9 +73,57 @@ def mc_stage(records, cfg: AuditConfig, run_dir: Path):
         "distractor_ids": pa.array([list(it.distractor_ids) for it in items], pa.list_(pa.string())),
         "subset": [it.subset for it in items],
         "position": pa.array([it.position for it in items], pa.int64()),
+        "fallback": pa.array([it.fallback for it in items], pa.int64()),
     })
     S.write_table_atomic(table, path)
     return table, False
+
+
+def needs_priors(cfg: AuditConfig, items) -> bool:
+    """Score the options without the question when the fairness check or the calibration asks."""
+    if cfg.detect.fairness.enabled or cfg.scoring.calibration == "prior":
+        return True
+    return cfg.scoring.calibration == "auto" and any(len(d) for d in items.column("distractor_ids").to_pylist())
+
+
+def with_prior_items(items):
+    """The items to score, then the prior pseudo-items (``ilp_ray.scoring.prior``) after them."""
+    import pyarrow as pa
+
+    from ilp_ray.errors import DataError
+    from ilp_ray.scoring.prior import is_prior_id, prior_items
+
+    ids = items.column("id").to_pylist()
+    bad = next((i for i in ids if is_prior_id(i)), None)
+    if bad is not None:
+        raise DataError(f"record id {bad!r} starts with a reserved prefix", field="id")
+    pseudo = prior_items(items.column("options").to_pylist())
+    cols = ["id", "question", "options", "answer"]
+    extra = pa.table({"id": [p.id for p in pseudo], "question": [p.question for p in pseudo],
+                      "options": [list(p.options) for p in pseudo],
+                      "answer": pa.array([p.answer for p in pseudo], pa.int64())})
+    return pa.concat_tables([items.select(cols), extra.cast(items.select(cols).schema)])
+
+
+def split_priors(items, scores: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """({tag: scores of the real items}, {tag: frame of id and the options' prior log-likelihoods})."""
+    import pandas as pd
+    import pyarrow.compute as pc
+
+    from ilp_ray.scoring.prior import PRIOR_PREFIX, option_priors, prior_items, prior_lookup
+
+    options = items.column("options").to_pylist()
+    pseudo = prior_items(options)  # the same pseudo-items as were scored: their options name the texts
+    real, priors = {}, {}
+    for tag, table in scores.items():
+        is_prior = pc.starts_with(table.column("id"), PRIOR_PREFIX)
+        real[tag] = table.filter(pc.invert(is_prior))
+        p = table.filter(is_prior)
+        by_id = dict(zip(p.column("id").to_pylist(), p.column("logprob_sum").to_pylist(), strict=True))
+        lookup = prior_lookup(pseudo, [by_id[it.id] for it in pseudo])
+        priors[tag] = pd.DataFrame({"id": items.column("id").to_pylist(),
+                                    "logprob_sum": option_priors(options, lookup)})
+    return real, priors
 
 
 def model_identity(spec: str) -> Any:
@@ -153,7 +202,7 @@ def score_stage(items, cfg: AuditConfig, run_dir: Path, models: dict[str, str],
     items_fp = S.fingerprint(items.column("id").to_pylist() + items.column("options").to_pylist())
     folders, pending = {}, []
     for tag, spec in models.items():
-        scoring_key = cfg.scoring.model_dump(exclude={"length_norm", "temperature"})
+        scoring_key = cfg.scoring.model_dump(exclude={"length_norm", "temperature", "calibration"})
         fp = S.fingerprint([model_identity(spec), scoring_key, items_fp, size])
         folder = run_dir / "scores" / f"{tag}-{fp}"
         S.clean_partial(folder)
@@ -248,13 +297,15 @@ def run_audit(cfg: AuditConfig, progress: bool = True) -> AuditResult:
     records = read_sft(cfg.data)  # validates the whole file before any work
     items, mc_reused = mc_stage(records, cfg, run_dir)
     models = {"sft": cfg.sft_model} | ({"base": cfg.base_model} if cfg.base_model else {})
-    scores, stats = score_stage(items, cfg, run_dir, models, progress)
+    with_priors = needs_priors(cfg, items)
+    scores, stats = score_stage(with_prior_items(items) if with_priors else items, cfg, run_dir, models, progress)
+    scores, priors = split_priors(items, scores) if with_priors else (scores, None)
 
-    items_df = items.select(["id", "subset", "position", "answer"]).to_pandas()
+    items_df = items.select(["id", "subset", "position", "answer", "distractor_ids"]).to_pandas()
     sft_df = scores["sft"].to_pandas()
     base_df = scores["base"].to_pandas() if "base" in scores else None
-    verdicts, stability = compute_verdicts(items_df, sft_df, base_df, cfg.scoring, cfg.detect)
-    verdicts = verdicts.merge(items.select(["id", "question", "options", "distractor_ids"]).to_pandas(),
+    verdicts, stability = compute_verdicts(items_df, sft_df, base_df, cfg.scoring, cfg.detect, priors)
+    verdicts = verdicts.merge(items.select(["id", "question", "options", "distractor_ids", "fallback"]).to_pandas(),
                               on="id", how="left")
     _write_verdicts(verdicts, run_dir / "verdicts", cfg.ray.shard_size)
 

@@ -11,7 +11,9 @@ class Item(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str | int = Field(..., description="Your id for the item; echoed back.")
-    question: str = Field(..., min_length=1, description="The question (the prompt).")
+    question: str = Field(..., description=(
+        "The question (the prompt). Empty: the options are scored without one, their prior, as "
+        "the audit's calibration and fairness check ask (ilp_ray/scoring/prior.py)."))
     options: list[str] = Field(..., min_length=2, description="The options, in order.")
     answer: int = Field(..., ge=0, description="Index of the correct option.")
 

@@ -104,6 +104,11 @@ class TrajectoryConfig(_Section):
     max_items: int = Field(256, ge=1, description=(
         "Evaluate at most this many MC items (a seeded sample) to bound the cost of one evaluation."))
     k: int = Field(4, ge=2, description="Options per MC item.")
+    calibration: Literal["prior", "none"] = Field("prior", description=(
+        "'prior': p(correct) of the items MC conversion built with each option's question-free "
+        "log-likelihood subtracted, as the audit's scoring.calibration 'auto' scores them, so a "
+        "trajectory's last point and the audit agree (ready-made items stay plain); 'none': plain "
+        "summed log-likelihoods for every item."))
     seed: int = Field(0, description="Seed of the MC answer positions and of the item sample.")
     embedder: Literal["minilm", "hashing"] = Field("minilm", description=(
         "Distractor search: MiniLM (as the audit), or a hashing bag-of-words for fast dry runs."))

@@ -345,4 +345,4 @@ def _evaluator(config, task, tokenizer, pad_id):
 
     by_id = {e.id: e for e in task.examples(0)}
     return TrajectoryEvaluator(config["items"], by_id, tokenizer, task.format, cfg.trajectory.batch_size,
-                               cfg.sft.max_length, pad_id)
+                               cfg.sft.max_length, pad_id, calibrate=cfg.trajectory.calibration == "prior")

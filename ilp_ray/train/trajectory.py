@@ -66,8 +66,14 @@ class TrajectoryEvaluator:
     """
 
     def __init__(self, items: Sequence[McItem], examples: dict, tokenizer, fmt: str, batch_size: int,
-                 max_length: int, pad_id: int):
+                 max_length: int, pad_id: int, calibrate: bool = False):
+        from ilp_ray.scoring.prior import prior_items
+
         self.items = list(items)
+        # calibrate: each option's question-free score is subtracted (ilp_ray.scoring.prior) from the
+        # items MC conversion built, as the audit's calibration 'auto' does; ready-made items stay
+        # plain. Every distinct option text is scored once.
+        self.priors = prior_items(it.options for it in self.items) if calibrate else None
         self.examples = [examples[it.id] for it in self.items]
         self.tokenizer, self.fmt = tokenizer, fmt
         self.batch_size, self.max_length, self.pad_id = batch_size, max_length, pad_id
@@ -97,13 +103,21 @@ class TrajectoryEvaluator:
                 engine = TransformersEngine((model, self.tokenizer), fmt=self.fmt, batch_size=self.batch_size,
                                             max_length=self.max_length, tag="trajectory")  # sets eval mode
                 scores = engine.score([self.items[i] for i in self._unique])
+                prior = engine.score(self.priors) if self.priors is not None else None
                 losses = per_sample_loss(model, [self.examples[i] for i in self._unique], self.pad_id,
                                          self.batch_size)
         finally:
             model.train()
         scores = [scores[j] for j in self._of]
         losses = np.asarray(losses, dtype=float)[self._of]
-        probs = option_probs(pad_ragged([s.logprob_sum for s in scores], -np.inf))
+        lp = pad_ragged([s.logprob_sum for s in scores], -np.inf)
+        if prior is not None:
+            from ilp_ray.scoring.prior import option_priors, prior_lookup
+
+            lookup = prior_lookup(self.priors, [s.logprob_sum for s in prior])
+            built = np.array([len(it.distractor_ids) > 0 for it in self.items])  # ready-made items stay plain
+            lp = lp - built[:, None] * pad_ragged(option_priors([it.options for it in self.items], lookup), 0.0)
+        probs = option_probs(lp)
         answers = np.array([it.answer for it in self.items])
         p = pass_expected(probs, answers)
         correct = probs.argmax(axis=1) == answers

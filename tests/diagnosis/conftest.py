@@ -9,8 +9,9 @@ from ilp_ray import metrics as M
 
 def verdict_row(id, question="q?", options=("right", "wrong1", "wrong2", "wrong3"), answer=0,
                 probs=None, base_probs=None, subset="s", position=0, distractor_ids=("x", "y", "z"),
-                pass_at_n=None, in_top_k=True):
-    """One verdict row as the audit writes it; derived columns follow from ``probs``."""
+                pass_at_n=None, in_top_k=True, base_pmi=None):
+    """One verdict row as the audit writes it; derived columns follow from ``probs``. ``base_pmi``:
+    how much the question raised each option for the base (nats; from the audit's option priors)."""
     k = len(options)
     probs = np.asarray(probs if probs is not None else [0.05] + [0.95 / (k - 1)] * (k - 1), dtype=float)
     pc = float(probs[answer])
@@ -31,6 +32,8 @@ def verdict_row(id, question="q?", options=("right", "wrong1", "wrong2", "wrong3
                    base_pass_expected=float(b[answer]), base_confidence=float(b.max()),
                    known_by_base=bool(b[answer] > 0.8),
                    js_base_sft=float(M.js_divergence(b[None], probs[None])[0]), base_truncated=False)
+    if base_pmi is not None:
+        row["base_pmi"] = [float(x) for x in base_pmi]
     return row
 
 

@@ -23,18 +23,21 @@ def run(name, ctx):
 
 # ---------------------------------------------------------------- II base conflict
 
+RAISED = [0.0, 1.0, 0.0, 0.0]  # the question raised option 1 by 1 nat (> ln 2): a belief about this question
+
+
 def test_base_conflict_fires_at_tau_c_inclusive(ctx_factory):
-    rows = [verdict_row("at", base_probs=[0.2, 0.5, 0.2, 0.1]),        # wrong option at exactly 0.5
-            verdict_row("below", base_probs=[0.26, 0.49, 0.15, 0.10]),  # near miss: 0.49
-            verdict_row("right", base_probs=[0.9, 0.05, 0.03, 0.02])]   # confident, but right
+    rows = [verdict_row("at", base_probs=[0.2, 0.5, 0.2, 0.1], base_pmi=RAISED),        # wrong option at 0.5
+            verdict_row("below", base_probs=[0.26, 0.49, 0.15, 0.10], base_pmi=RAISED),  # near miss: 0.49
+            verdict_row("right", base_probs=[0.9, 0.05, 0.03, 0.02], base_pmi=RAISED)]   # confident, but right
     is_, score, ev = run("base_conflict", ctx_factory(rows))
     assert is_ == [True, False, False]
     assert score[0] >= 0.5 and score[2] == 0.0
-    assert ev[0]["base_choice"] == "wrong1" and ev[0]["base_confidence"] == 0.5
+    assert ev[0]["base_choice"] == "wrong1" and ev[0]["base_confidence"] == 0.5 and ev[0]["fired_by"] == ["pmi"]
 
 
-def test_base_conflict_js_is_evidence_not_a_requirement(ctx_factory):
-    rows = [verdict_row("same", probs=[0.05, 0.9, 0.03, 0.02], base_probs=[0.05, 0.9, 0.03, 0.02])]
+def test_base_conflict_js_is_one_support_among_three(ctx_factory):
+    rows = [verdict_row("same", probs=[0.05, 0.9, 0.03, 0.02], base_probs=[0.05, 0.9, 0.03, 0.02], base_pmi=RAISED)]
     is_, _, ev = run("base_conflict", ctx_factory(rows))
     assert is_ == [True] and ev[0]["js_base_sft"] == 0.0 and ev[0]["js_supports"] is False
     # JSD exactly at the threshold does not support (paper: "> 0.3").
@@ -44,6 +47,30 @@ def test_base_conflict_js_is_evidence_not_a_requirement(ctx_factory):
     assert ev[0]["js_supports"] is False
     _, _, ev = run("base_conflict", ctx_factory(rows, **{"base_conflict.js_threshold": js - 1e-9}))
     assert ev[0]["js_supports"] is True
+
+
+def test_base_conflict_needs_more_than_a_confident_pick(ctx_factory):
+    """A confident wrong pick the question did not raise, SFT did not move and no corpus
+    contradicts is the base's prior (the shortest or commonest option), not a belief."""
+    still = [0.05, 0.9, 0.03, 0.02]  # the fine-tuned model ends where the base was: JSD 0
+    flat = [0.0, 0.5, 0.0, 0.0]      # the question raised the pick by 0.5 nats < ln 2
+    at = [0.0, 0.693, 0.0, 0.0]      # exactly the margin: supports (inclusive)
+    rows = [verdict_row("prior", probs=still, base_probs=still, base_pmi=flat),
+            verdict_row("at_margin", probs=still, base_probs=still, base_pmi=at),
+            verdict_row("moved", base_probs=still, base_pmi=flat),            # SFT moved it: JSD > 0.3
+            verdict_row("contra", probs=still, base_probs=still, base_pmi=flat)]
+    assert rows[2]["js_base_sft"] > 0.3
+    ev_table = _evidence({"contra": "contradicts"})
+    is_, _, ev = run("base_conflict", ctx_factory(rows, evidence=ev_table))
+    assert is_ == [False, True, True, True]
+    assert "unsupported" in ev[0] and ev[0]["fired_by"] == []
+    assert [e["fired_by"] for e in ev[1:]] == [["pmi"], ["jsd"], ["corpus"]]
+    off = {"base_conflict.require_support": False, "embedder": "hashing"}
+    assert run("base_conflict", ctx_factory(rows, evidence=ev_table, **off))[0] == [True] * 4
+    # Without option priors the pmi support cannot be tested, and the evidence says so.
+    bare = [verdict_row("p", probs=still, base_probs=still)]
+    is_, _, ev = run("base_conflict", ctx_factory(bare))
+    assert is_ == [False] and "untested" in ev[0]["pmi"]
 
 
 def test_base_causes_are_silent_without_a_base_model(ctx_factory):
@@ -68,12 +95,28 @@ def test_corpus_contradiction_strengthens_ii(ctx_factory):
 def test_knowledge_gap_fires_on_blind_knowledge(ctx_factory):
     rows = [verdict_row("blind", base_probs=[0.0, 0.4, 0.3, 0.3]),      # never drawn: pass 0, BoN 0
             verdict_row("known", base_probs=[0.7, 0.1, 0.1, 0.1]),      # near miss: base knows it
-            verdict_row("conf_wrong", base_probs=[0.0, 0.9, 0.05, 0.05])]  # blind but confidently wrong: II
+            verdict_row("conf_wrong", base_probs=[0.0, 0.9, 0.05, 0.05], base_pmi=RAISED),  # a belief: II
+            verdict_row("prior_pick", probs=[0.0, 0.9, 0.05, 0.05],     # confident but unsupported:
+                        base_probs=[0.0, 0.9, 0.05, 0.05], base_pmi=[0, 0.1, 0, 0])]  # a guess, so I
     is_, score, ev = run("base_knowledge_gap", ctx_factory(rows))
-    assert is_ == [True, False, False]
+    assert is_ == [True, False, False, True]
     assert ev[0]["base_pass_at_10"] == 0.0 and ev[0]["base_bon5_accuracy"] == 0.0
-    assert ev[2]["base_confidently_wrong"] is True
+    assert ev[0]["base_pass_at_10_corrected"] == pytest.approx(-1 / 3, abs=1e-4)  # (0 - 1/4) / (3/4)
+    assert ev[2]["base_confidently_wrong"] is True and ev[3]["base_confidently_wrong"] is False
     assert score[0] == pytest.approx(1.0)
+
+
+def test_knowledge_gap_corrects_for_chance(ctx_factory):
+    """A base at chance among four options is blind: a quarter of its draws land on the answer,
+    so the raw thresholds (preset lab) call it knowing, the chance-corrected ones (default) do not."""
+    for probs in ([0.25] * 4, [0.24, 0.26, 0.25, 0.25]):
+        rows = [verdict_row("chance", base_probs=probs)]
+        is_, _, ev = run("base_knowledge_gap", ctx_factory(rows))
+        raw = ev[0]["base_pass_at_10"]
+        assert is_ == [True] and raw >= 0.2, probs  # corrected below 0.2, uncorrected not
+        assert ev[0]["base_pass_at_10_corrected"] == pytest.approx((raw - 0.25) / 0.75, abs=1e-4)
+        lab = {"preset": "lab", "embedder": "hashing"}
+        assert run("base_knowledge_gap", ctx_factory(rows, **lab))[0] == [False]
 
 
 def test_knowledge_gap_thresholds_are_exclusive(ctx_factory):
@@ -84,14 +127,17 @@ def test_knowledge_gap_thresholds_are_exclusive(ctx_factory):
     rows = [verdict_row("x", base_probs=probs)]
     p, b = base_pass_and_bon(["x"], M.pad_ragged([probs], 0.0), np.array([0]), 10, 5, 10, 0)
     assert 0 < p[0] < 1 and 0 < b[0] < 1  # this item's draws hit the answer sometimes
-    at = {"knowledge_gap.pass_threshold": float(p[0]), "knowledge_gap.bon_threshold": 1.0}
-    assert run("base_knowledge_gap", ctx_factory(rows, **at))[0] == [False]  # pass == threshold
-    above = {"knowledge_gap.pass_threshold": float(p[0]) + 1e-9, "knowledge_gap.bon_threshold": 1.0}
-    assert run("base_knowledge_gap", ctx_factory(rows, **above))[0] == [True]
-    at = {"knowledge_gap.pass_threshold": 1.0, "knowledge_gap.bon_threshold": float(b[0])}
-    assert run("base_knowledge_gap", ctx_factory(rows, **at))[0] == [False]  # BoN == threshold
-    above = {"knowledge_gap.pass_threshold": 1.0, "knowledge_gap.bon_threshold": float(b[0]) + 1e-9}
-    assert run("base_knowledge_gap", ctx_factory(rows, **above))[0] == [True]
+    for corrected in (False, True):
+        pc, bc = ((p[0] - 0.25) / 0.75, (b[0] - 0.25) / 0.75) if corrected else (p[0], b[0])
+        c = {"knowledge_gap.chance_corrected": corrected}
+        at = {**c, "knowledge_gap.pass_threshold": float(pc), "knowledge_gap.bon_threshold": 1.0}
+        assert run("base_knowledge_gap", ctx_factory(rows, **at))[0] == [False]  # pass == threshold
+        above = {**c, "knowledge_gap.pass_threshold": float(pc) + 1e-9, "knowledge_gap.bon_threshold": 1.0}
+        assert run("base_knowledge_gap", ctx_factory(rows, **above))[0] == [True]
+        at = {**c, "knowledge_gap.pass_threshold": 1.0, "knowledge_gap.bon_threshold": float(bc)}
+        assert run("base_knowledge_gap", ctx_factory(rows, **at))[0] == [False]  # BoN == threshold
+        above = {**c, "knowledge_gap.pass_threshold": 1.0, "knowledge_gap.bon_threshold": float(bc) + 1e-9}
+        assert run("base_knowledge_gap", ctx_factory(rows, **above))[0] == [True]
 
 
 def test_corpus_absence_strengthens_i(ctx_factory):
@@ -171,9 +217,12 @@ def test_forgetting_excludes_what_the_base_already_knew(ctx_factory):
             verdict_row("guessed", base_probs=knew, position=2)]
     traj = [r for i in ("knew", "blind", "guessed") for r in traj_rows(i, [0.9, 0.95, 0.2], trained_step=10)]
     ev_table = pd.DataFrame({"id": ["guessed"], "corpus_verdict": ["absent"], "corpus_score": [1.0]})
-    is_, _, ev = run("left_side_forgetting", ctx_factory(rows, traj, evidence=ev_table))
+    veto = {"base_conflict.corpus_veto": True, "embedder": "hashing"}
+    is_, _, ev = run("left_side_forgetting", ctx_factory(rows, traj, evidence=ev_table, **veto))
     assert is_ == [False, True, True]
     assert ev[0]["base_known"] is True and "base_known" not in ev[1] and "base_known" not in ev[2]
+    # Without the corpus veto (the default) the corpus's absence does not turn knowing into guessing.
+    assert run("left_side_forgetting", ctx_factory(rows, traj, evidence=ev_table))[0] == [False, True, False]
     off = {"forgetting.exclude_base_known": False, "embedder": "hashing"}
     assert run("left_side_forgetting", ctx_factory(rows, traj, evidence=ev_table, **off))[0] == [True] * 3
 
@@ -183,7 +232,7 @@ def test_knowledge_gap_fires_on_a_lucky_guess_about_an_unread_fact(ctx_factory):
     lucky = [0.9, 0.05, 0.03, 0.02]
     rows = [verdict_row("unread", base_probs=lucky), verdict_row("unknown", base_probs=lucky)]
     ev = pd.DataFrame({"id": ["unread"], "corpus_verdict": ["absent"], "corpus_score": [1.0]})
-    is_, _, evs = run("base_knowledge_gap", ctx_factory(rows, evidence=ev))
+    is_, _, evs = run("base_knowledge_gap", ctx_factory(rows, evidence=ev, **{"base_conflict.corpus_veto": True}))
     assert is_ == [True, False] and "guess" in evs[0]["guess"]
 
 
@@ -248,18 +297,20 @@ def _evidence(verdicts):
 def test_corpus_veto_sorts_a_confident_wrong_base(ctx_factory):
     """One base behaviour (confidently wrong, never right), three corpus verdicts, three answers."""
     wrong = [0.0, 0.9, 0.05, 0.05]
-    rows = [verdict_row(i, base_probs=wrong) for i in ("contra", "absent", "supports", "none")]
+    rows = [verdict_row(i, base_probs=wrong, base_pmi=RAISED) for i in ("contra", "absent", "supports", "none")]
     ev = _evidence({"contra": "contradicts", "absent": "absent", "supports": "supports"})  # "none": no row
-    ii, _, ii_ev = run("base_conflict", ctx_factory(rows, evidence=ev))
-    i, _, i_ev = run("base_knowledge_gap", ctx_factory(rows, evidence=ev))
+    lab = {"preset": "lab", "embedder": "hashing"}  # the veto is the lab's (a complete corpus)
+    ii, _, ii_ev = run("base_conflict", ctx_factory(rows, evidence=ev, **lab))
+    i, _, i_ev = run("base_knowledge_gap", ctx_factory(rows, evidence=ev, **lab))
     assert ii == [True, False, False, True]   # II: the corpus says otherwise, or nothing is known
     assert i == [False, True, False, False]   # I: the corpus lacks it (a guess); never where it supports
     assert "guess" in ii_ev[1]["vetoed"] and "supports" in ii_ev[2]["vetoed"]
     assert "guess" in i_ev[1]["guess"] and "rare pattern" in i_ev[2]["vetoed"]
     # With the veto off, the model alone decides again: every row is II, none is I.
-    off = {"base_conflict.corpus_veto": False, "embedder": "hashing"}
+    off = {"preset": "lab", "base_conflict.corpus_veto": False, "embedder": "hashing"}
     assert run("base_conflict", ctx_factory(rows, evidence=ev, **off))[0] == [True] * 4
     assert run("base_knowledge_gap", ctx_factory(rows, evidence=ev, **off))[0] == [False] * 4
+    assert run("base_conflict", ctx_factory(rows, evidence=ev))[0] == [True] * 4  # the default: no veto
 
 
 def test_corpus_support_vetoes_a_blind_base(ctx_factory):
@@ -267,7 +318,8 @@ def test_corpus_support_vetoes_a_blind_base(ctx_factory):
     blind = [0.0, 0.4, 0.3, 0.3]
     rows = [verdict_row("read", base_probs=blind), verdict_row("unread", base_probs=blind)]
     ev = _evidence({"read": "supports", "unread": "absent"})
-    assert run("base_knowledge_gap", ctx_factory(rows, evidence=ev))[0] == [False, True]
+    veto = {"base_conflict.corpus_veto": True, "embedder": "hashing"}
+    assert run("base_knowledge_gap", ctx_factory(rows, evidence=ev, **veto))[0] == [False, True]
 
 
 def test_forgetting_is_left_side_in_a_sequential_run(ctx_factory):

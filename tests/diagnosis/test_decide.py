@@ -68,7 +68,7 @@ def test_scope_top_k_diagnoses_only_the_top_k():
 def test_a_cause_list_subset_keeps_the_order(ctx_factory):
     from ilp_ray.diagnosis.run import diagnose
 
-    rows = [verdict_row("a", base_probs=[0.0, 0.9, 0.05, 0.05])]
+    rows = [verdict_row("a", base_probs=[0.0, 0.9, 0.05, 0.05], base_pmi=[0.0, 1.0, 0.0, 0.0])]
     ctx = ctx_factory(rows, causes=["base_knowledge_gap", "base_conflict"], embedder="hashing")
     table, ct, results = diagnose(ctx)
     assert list(results) == ["base_conflict", "base_knowledge_gap"]

@@ -42,18 +42,31 @@ def test_verdicts_cover_every_record(first_run):
 
 
 def test_scores_match_the_engine_in_process(first_run, tiny_checkpoints):
-    """A second route: score the stored MC items directly and compare the stored probabilities."""
+    """A second route: score the stored MC items directly, and each item's options with an empty
+    question (its own pseudo-item, not the pipeline's shared chunks), then compare the stored
+    probabilities (calibrated: the question-free log-likelihood subtracted) and fairness columns."""
     from ilp_ray import metrics as M
     from ilp_ray.pipeline.audit import load_verdicts
     from ilp_ray.records import McItem
     from ilp_ray.scoring.engines import make_engine
 
     v = load_verdicts(first_run.run_dir)
+    assert v["calibrated"].all()  # built by MC conversion: calibration 'auto' subtracts the prior
     items = [McItem(id=r.id, question=r.question, options=tuple(r.options), answer=r.answer)
              for r in v.itertuples()]
-    scores = make_engine(ScoringConfig(batch_size=3), str(tiny_checkpoints["sft"])).score(items)
-    for sc, probs in zip(scores, v["probs"]):
-        np.testing.assert_allclose(M.option_probs(np.array([sc.logprob_sum]))[0], probs, atol=1e-6)
+    empty = [McItem(id=r.id, question="", options=tuple(r.options), answer=r.answer) for r in v.itertuples()]
+    for tag, col in (("sft", "probs"), ("base", "base_probs")):
+        engine = make_engine(ScoringConfig(batch_size=3), str(tiny_checkpoints[tag]))
+        scores, priors = engine.score(items), engine.score(empty)
+        for sc, pr, probs in zip(scores, priors, v[col]):
+            pmi = np.array(sc.logprob_sum) - np.array(pr.logprob_sum)
+            np.testing.assert_allclose(M.option_probs(pmi[None])[0], probs, atol=1e-6)
+        if tag == "base":  # the fairness check reads the base model's prior
+            for pr, pp, r in zip(priors, v["prior_probs"], v.itertuples()):
+                want = M.option_probs(np.array([pr.logprob_sum]))[0]
+                np.testing.assert_allclose(want, pp, atol=1e-6)
+                assert r.prior_answer_wins == (want[r.answer] >= 0.9)
+                assert r.fair == (want.max() < 0.9)
 
 
 def test_summary_and_files(first_run):

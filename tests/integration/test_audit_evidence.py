@@ -45,7 +45,7 @@ def audited(tmp_path_factory, facts_jsonl, tiny_checkpoints, corpus_index):
 
     run_dir = tmp_path_factory.mktemp("runs") / "audit"
     cfg = make_cfg(facts_jsonl, tiny_checkpoints, run_dir, evidence=evidence_section(corpus_index, scope="all"),
-                   diagnose=DiagnosisConfig(enabled=True, embedder="hashing"))
+                   diagnose=DiagnosisConfig(enabled=True, embedder="hashing", preset="lab"))
     return run_audit(cfg, progress=False)
 
 
@@ -71,7 +71,7 @@ def test_diagnosis_reads_the_stage_evidence(audited):
     for vid, row in d.iterrows():
         gap = json.loads(row["base_knowledge_gap_evidence"])
         assert gap["corpus_verdict"] == ev.loc[vid, "corpus_verdict"]
-        # with base_conflict.corpus_veto (the default) the corpus decides I for these two verdicts
+        # with base_conflict.corpus_veto (preset lab: this corpus is complete) the corpus decides I
         if gap["corpus_verdict"] == "absent":
             assert row["is_base_knowledge_gap"], vid
         elif gap["corpus_verdict"] == "supports":

@@ -48,3 +48,32 @@ def test_repeated_samples_scored_once_with_the_same_figures_as_apart(tiny_checkp
         assert r["loss"] == pytest.approx(per_sample_loss(model.eval(), [examples[it.id]], pad)[0], abs=1e-5)
     assert got.rows[0]["p_correct"] == got.rows[1]["p_correct"] == got.rows[3]["p_correct"]
     assert got.rows[4]["p_correct"] != got.rows[0]["p_correct"]
+
+
+def test_calibrated_trajectory_matches_the_audits_prior_subtraction(tiny_checkpoints):
+    """calibrate=True: the items MC conversion built (with distractor ids) get each option's
+    question-free score subtracted, as the audit's calibration 'auto' does; ready-made ones do not."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ilp_ray.scoring import hf
+    from ilp_ray.train.sft_data import encode_sft
+    from ilp_ray.train.trajectory import TrajectoryEvaluator
+
+    path = tiny_checkpoints["base"]
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    opts = ("Paris", "Rome", "Madrid")
+    built = McItem(id="b", question="What is the capital of France?", options=opts, answer=0,
+                   distractor_ids=("x", "y"))
+    given = McItem(id="g", question="What is the capital of Italy?", options=opts, answer=1)
+    records = [SftRecord(id=it.id, prompt=it.question, response=opts[it.answer]) for it in (built, given)]
+    examples = {e.id: e for e in encode_sft(records, tok, "plain", 64)}
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    rows = TrajectoryEvaluator([built, given], examples, tok, "plain", batch_size=4, max_length=64, pad_id=pad,
+                               calibrate=True).evaluate(model, step=1, epoch=0, reason="interval").rows
+    engine = hf.TransformersEngine((model, tok), fmt="plain", batch_size=1, tag="check")
+    prior = np.array(engine.score([McItem(id="p", question="", options=opts, answer=0)])[0].logprob_sum)
+    for r, it, subtract in zip(rows, (built, given), (True, False), strict=True):
+        s = np.array(engine.score([it])[0].logprob_sum) - (prior if subtract else 0.0)
+        p = np.exp(s - s.max())
+        assert r["p_correct"] == pytest.approx(p[it.answer] / p.sum(), abs=1e-5)

@@ -1,5 +1,7 @@
 """Config loading: defaults, overrides, and errors that name the file, line and field."""
 
+from pathlib import Path
+
 import pytest
 
 from ilp_ray.config import AuditConfig, load_config, parse_overrides
@@ -95,3 +97,34 @@ def test_deploy_example_loads_with_evidence_off():
     cfg = load_config(AuditConfig, Path(__file__).resolve().parents[2] / "deploy" / "audit.yaml")
     assert cfg.evidence.enabled is False and cfg.evidence.index.location == "runs/corpus-index"
     assert cfg.evidence.model_dump(exclude={"index"}) == type(cfg.evidence)().model_dump(exclude={"index"})
+
+
+def test_preset_lab_fills_in_under_the_users_values(tmp_path):
+    """preset: lab gives the lab's settings (ilp_ray/presets.py) only where the config is silent."""
+    from ilp_ray.config import AuditConfig, load_config
+
+    plain = AuditConfig(data="d.jsonl", sft_model="m")
+    assert (plain.detect.n, plain.detect.on, plain.detect.tau) == (5, "sampled", 0.2)  # the paper's
+    assert not plain.diagnose.base_conflict.corpus_veto and plain.diagnose.knowledge_gap.chance_corrected
+    cfg = tmp_path / "a.yaml"
+    cfg.write_text("data: d.jsonl\nsft_model: m\npreset: lab\ndetect:\n  n: 3\n")
+    lab = load_config(AuditConfig, cfg, {"diagnose.knowledge_gap.chance_corrected": True})
+    assert (lab.detect.n, lab.detect.on, lab.detect.tau) == (3, "expected", 0.5)  # n from the YAML
+    assert lab.diagnose.preset == "lab" and lab.diagnose.base_conflict.corpus_veto
+    assert lab.diagnose.knowledge_gap.chance_corrected  # the CLI's value wins over the preset
+    cfg.write_text("data: d.jsonl\nsft_model: m\npreset: lob\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(AuditConfig, cfg)
+    assert e.value.field == "preset" and e.value.line == 3
+
+
+def test_the_lab_audits_under_its_preset():
+    from ilp_ray.config import AuditConfig
+    from ilp_ray.lab.config import LabConfig
+    from ilp_ray.lab.run import audit_config
+
+    lab = LabConfig.model_validate({"diagnose": {"conflict": {"theta": 0.9}}})  # a partial section
+    a = AuditConfig.model_validate(audit_config(lab, "b", "s", Path("d.jsonl"), None, Path("out")))
+    assert (a.detect.n, a.detect.on, a.detect.tau) == (1, "expected", 0.5)
+    assert a.diagnose.base_conflict.corpus_veto and not a.diagnose.knowledge_gap.chance_corrected
+    assert a.diagnose.conflict.theta == 0.9 and a.diagnose.enabled

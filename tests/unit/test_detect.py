@@ -73,3 +73,53 @@ def test_missing_scores_are_an_error(tables):
     items, sft, _ = tables
     with pytest.raises(ValueError, match="missing items"):
         compute_verdicts(items, sft.iloc[:2], None, ScoringConfig(), DetectConfig())
+
+
+def _prior(items, rows):
+    return pd.DataFrame({"id": items["id"], "logprob_sum": rows})
+
+
+def test_calibration_subtracts_the_question_free_prior(tables):
+    """calibration 'prior': softmax(logp(option | q) - logp(option)), computed here by hand; 'auto'
+    calibrates only the items MC conversion built (with distractor ids)."""
+    items, sft, base = tables
+    prior_rows = [[L(0.5), L(0.25), L(0.25)], [0.0, 0.0, -40.0], [L(0.9), L(0.1)], [0.0, 0.0, 0.0]]
+    priors = {"sft": _prior(items, prior_rows), "base": _prior(items, prior_rows)}
+    v, _ = compute_verdicts(items, sft, base, ScoringConfig(calibration="prior"), DetectConfig(), priors)
+    # item a: with q (0.9, 0.05, 0.05), prior (0.5, 0.25, 0.25): ratios 1.8 : 0.2 : 0.2
+    np.testing.assert_allclose(v.loc[0, "probs"], [1.8 / 2.2, 0.2 / 2.2, 0.2 / 2.2], atol=1e-12)
+    # item c: with q (0.5, 0.5), prior (0.9, 0.1): the question favours the rarer second option
+    np.testing.assert_allclose(v.loc[2, "probs"], [0.5 / 0.9 / (0.5 / 0.9 + 5.0), 5.0 / (0.5 / 0.9 + 5.0)])
+    assert v["calibrated"].all()
+    built = items.assign(distractor_ids=[["x", "y"], [], ["z"], []])
+    v, _ = compute_verdicts(built, sft, base, ScoringConfig(), DetectConfig(), priors)
+    assert v["calibrated"].tolist() == [True, False, True, False]
+    np.testing.assert_allclose(v.loc[1, "probs"], compute_verdicts(items, sft, base, ScoringConfig(calibration="none"),
+                                                                   DetectConfig())[0].loc[1, "probs"])
+    with pytest.raises(ValueError, match="priors"):
+        compute_verdicts(items, sft, base, ScoringConfig(calibration="prior"), DetectConfig(), {"sft": priors["sft"]})
+
+
+def test_fairness_flags_an_option_that_wins_without_the_question(tables):
+    items, sft, base = tables
+    prior_rows = [[0.0, L(0.05), L(0.05)],   # a: the answer alone has ~0.91 without the question
+                  [0.0, L(0.01), 0.0],       # b: 0.5 / 0.005 / 0.5: nothing wins
+                  [L(0.95), L(0.05)],        # c: the answer, 0.95
+                  [0.0, -10.0, -10.0]]       # d: a distractor (option 0), answer is option 2
+    base_rows = [[-5.0, -5.0, -5.0]] * 4
+    base_rows[2] = [-5.0, -5.0]
+    priors = {"sft": _prior(items, [[0.0] * len(r) for r in prior_rows]), "base": _prior(items, prior_rows)}
+    cfg = DetectConfig()
+    v, _ = compute_verdicts(items, sft, base, ScoringConfig(calibration="none"), cfg, priors)
+    assert v["prior_model"].iloc[0] == "base"  # the base's prior decides when it was scored
+    assert v["prior_answer_wins"].tolist() == [True, False, True, False]
+    assert v["prior_distractor_wins"].tolist() == [False, False, False, True]
+    assert v["fair"].tolist() == [False, True, False, False]
+    np.testing.assert_allclose(v.loc[0, "prior_probs"], np.array([1, 0.05, 0.05]) / 1.1)
+    # base_pmi: how much the question raised each option for the base (log q(o|x) - log q(o))
+    bq = np.exp(np.array(base["logprob_sum"].iloc[3])) / np.exp(np.array(base["logprob_sum"].iloc[3])).sum()
+    pq = np.exp(np.array(prior_rows[0])) / np.exp(np.array(prior_rows[0])).sum()
+    np.testing.assert_allclose(v.loc[0, "base_pmi"], np.log(bq) - np.log(pq))  # base row of id a
+    s = summarize(v, cfg)
+    assert s["fairness"]["unfair"] == 3 and s["fairness"]["answer_wins"] == 2
+    assert s["fairness"]["unlearned_unfair"] == int((~v["fair"] & v["unlearned"]).sum())

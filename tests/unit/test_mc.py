@@ -264,3 +264,57 @@ def test_hashing_embedder_is_deterministic_and_unit():
     np.testing.assert_array_equal(v[0], HashingEmbedder(dim=64).encode(["the cat sat"])[0])
     np.testing.assert_allclose(np.linalg.norm(v[[0, 3]], axis=1), 1.0, rtol=1e-6)
     assert not v[2].any()
+
+
+def _typed_recs(rows):
+    return [SftRecord(id=f"r{i}", prompt=p, response=r, subset="s", position=i) for i, (p, r) in enumerate(rows)]
+
+
+MIXED = ([(f"What is the alpha-2 code of {c}?", code) for c, code in
+          [("Denmark", "DK"), ("Sweden", "SE"), ("France", "FR"), ("Spain", "ES"), ("Italy", "IT")]]
+         + [(f"What is the chemical symbol of {e}?", s) for e, s in
+            [("mercury", "Hg"), ("gold", "Au"), ("iron", "Fe"), ("silver", "Ag"), ("neon", "Ne")]]
+         + [(f"Define the word '{w}' in full.", g) for w, g in
+            [("brook", "a natural stream of water smaller than a river"),
+             ("creek", "a small stream or brook"),
+             ("hill", "a local and well-defined elevation of the land"),
+             ("lake", "a body of water surrounded by land"),
+             ("valley", "a long depression in the surface of the land")]])
+
+
+def test_typed_distractors_match_the_answers_form(minilm):
+    """Mixed tasks: a code only faces codes, a definition definitions, whatever MiniLM thinks is near;
+    the plain nearest search mixes them (the audit's old behaviour, still available)."""
+    from ilp_ray.data.forms import answer_form
+
+    recs = _typed_recs(MIXED)
+    typed = build_mc_items(recs, k=4, embedder=minilm)
+    for it in typed:
+        key = answer_form(it.options[it.answer]).key
+        assert all(answer_form(o).key == key for o in it.options), it.options
+        assert it.fallback == 0
+    nearest = build_mc_items(recs, k=4, embedder=minilm, distractors="nearest")
+    assert any(len({answer_form(o).key for o in it.options}) > 1 for it in nearest)
+    assert nearest[0].fallback == 0 and typed[0].answer == nearest[0].answer  # same layout seed
+
+
+def test_a_distractor_naming_the_questions_subject_is_skipped():
+    """'a stream or brook' (the answer about 'creek') is right for 'Define the word brook' too."""
+    recs = _typed_recs(MIXED)
+    brook = build_mc_items(recs, k=4, embedder=HashingEmbedder())[10]
+    assert "brook" in brook.question and "a small stream or brook" not in brook.options
+    off = build_mc_items(recs, k=5, embedder=HashingEmbedder(), subject_check=False)[10]
+    assert "a small stream or brook" in off.options  # k=5: every other definition is needed
+
+
+def test_typed_falls_back_in_recorded_steps():
+    """Too few answers of the answer's form: first the same kind (length relaxed), then any form."""
+    rows = [("q0?", "alpha beta"), ("q1?", "gamma delta"), ("q2?", "epsilon zeta eta theta iota kappa lambda"),
+            ("q3?", "DK"), ("q4?", "42")]
+    items = build_mc_items(_typed_recs(rows), k=3, embedder=HashingEmbedder())
+    assert items[0].fallback == 1  # the third distractor of a 2-word answer: the 7-word one
+    assert items[3].fallback == 2  # a lone code: distractors of any form
+    with pytest.raises(ValueError, match="distractors"):
+        build_mc_items(_typed_recs(rows), k=3, embedder=HashingEmbedder(), distractors="fancy")
+    with pytest.raises(ValueError, match="length_ratio"):
+        build_mc_items(_typed_recs(rows), k=3, embedder=HashingEmbedder(), length_ratio=0.5)

@@ -1,0 +1,46 @@
+"""Answer forms and prompt templates: what MC conversion matches a distractor on."""
+
+import pytest
+
+from ilp_ray.data.forms import answer_form, mentions, prompt_templates
+
+
+@pytest.mark.parametrize("text,key", [
+    ("DK", ("token", "LATIN", "upper", 2, False)),
+    ("DNK", ("token", "LATIN", "upper", 3, False)),
+    ("Hg", ("token", "LATIN", "title", 2, False)),
+    ("Paris", ("token", "LATIN", "title", 0, False)),
+    ("Lyon", ("token", "LATIN", "title", 0, False)),    # a 4-letter word is not a code
+    ("22", ("number",)), ("3,306", ("number",)), ("100 °C", ("number",)), ("-4.5", ("number",)),
+    ("Москва", ("token", "CYRILLIC", "title", 0, False)),
+    ("Kingdom of Denmark", ("words", "LATIN", "title", 0, False)),
+    ("a stream or brook", ("words", "LATIN", "lower", 0, False)),
+    ("The sky is blue.", ("words", "LATIN", "title", 0, True)),
+])
+def test_answer_form_keys(text, key):
+    assert answer_form(text).key == key
+
+
+def test_compatible_within_the_length_ratio():
+    a = answer_form("a small stream")
+    assert a.compatible(answer_form("a large river"), 2.0)
+    assert not a.compatible(answer_form("a natural body of running water flowing on or under the earth"), 2.0)
+    assert not answer_form("DK").compatible(answer_form("DNK"), 10.0)  # a code's length is exact
+    assert answer_form("22").compatible(answer_form("3306"), 1.0)      # any number faces any number
+    assert not answer_form("Paris").compatible(answer_form("paris"), 2.0)  # casing differs
+
+
+def test_templates_are_learnt_from_word_frequencies():
+    countries = ["Denmark", "Sweden", "France", "Solnuteia", "Sollokaia"]
+    words = ["brook", "plato", "river", "creek"]
+    prompts = ([f"What is the ISO 3166-1 alpha-2 country code of {c}?" for c in countries]
+               + [f"Define the word '{w}' in full." for w in words] + ["Tell me a story about a dragon."])
+    t = prompt_templates(prompts)
+    assert len(set(t.ids[:5])) == 1 and len(set(t.ids[5:9])) == 1 and t.ids[0] != t.ids[5]
+    assert t.ids[9] not in t.ids[:9]  # a prompt of its own kind has a template of its own
+    assert "*" in t.skeletons[0] and "denmark" not in t.skeletons[0]
+    assert t.subjects[0] == frozenset({"denmark"}) and t.subjects[5] == frozenset({"brook"})
+    assert mentions("a stream or brook", t.subjects[5]) and not mentions("a stream", t.subjects[5])
+    # Fewer prompts than min_df: nothing is a template word, so no two prompts share a template.
+    few = prompt_templates(prompts[:3])
+    assert len(set(few.ids)) == 3
