@@ -38,6 +38,18 @@ def print_summary(result: Any, top: int = 5) -> None:
     con.print(f"seed stability (Jaccard over seeds): {s['seed_stability']:.3f}   "
               f"truncated prompts: {s['truncated_items']}   "
               f"shards scored/reused: {s['shards_scored']}/{s['shards_reused']}   wall: {s['wall_s']:.1f} s")
+    fair = s.get("fairness")
+    if fair:
+        style = "yellow" if fair["unfair"] else "green"
+        con.print(f"[{style}]fairness: {fair['unfair']} of {s['n']} items won without the question "
+                  f"(an option at >= {fair['threshold']} of the {fair['model']} model's prior: answer "
+                  f"{fair['answer_wins']}, distractor {fair['distractor_wins']}); {fair['unlearned_unfair']} of them "
+                  f"unlearned. Calibrated items: {s.get('calibrated_items', 0)}.[/{style}]", highlight=False)
+    relaxed = {k: c for k, c in s.get("mc_fallback", {}).items() if k != "0"}
+    if relaxed:
+        con.print(f"[yellow]MC conversion relaxed the answer's form for {sum(relaxed.values())} items "
+                  f"(same kind only: {relaxed.get('1', 0)}, any form: {relaxed.get('2', 0)}): too few answers "
+                  "of their form in the data.[/yellow]", highlight=False)
     worst = v[v["unlearned"]].sort_values("severity_rank").head(top)
     if len(worst):
         w = Table(title=f"most severe unlearned (top {len(worst)} of {s['unlearned']})")

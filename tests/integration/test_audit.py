@@ -69,6 +69,20 @@ def test_scores_match_the_engine_in_process(first_run, tiny_checkpoints):
                 assert r.fair == (want.max() < 0.9)
 
 
+def test_summary_and_cli_report_the_fairness_check(first_run, capsys):
+    from ilp_ray.report_cli import print_summary
+
+    v, s = first_run.verdicts, first_run.summary
+    f = s["fairness"]
+    assert f["model"] == "base" and f["unfair"] == int((~v["fair"]).sum())
+    assert f["unlearned_unfair"] == int((~v["fair"] & v["unlearned"]).sum())
+    assert s["calibrated_items"] == 12 and s["mc_fallback"]  # every item was built, so calibrated
+    print_summary(first_run)
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"fairness: {f['unfair']} of 12 items won without the question" in out
+    assert "Calibrated items: 12" in out
+
+
 def test_summary_and_files(first_run):
     s = json.loads((first_run.run_dir / "summary.json").read_text())
     v = first_run.verdicts
