@@ -9,6 +9,10 @@ again (the lab skips finished stages), so a sweep can be resumed or re-scored ch
     .venv/bin/python bench/lab_sweep.py --size default --seeds 10 11 12 13 14
     .venv/bin/python bench/lab_sweep.py --size small --seeds 0 1 2 3 4 --out runs/lab-sweep
     .venv/bin/python bench/lab_sweep.py --base smollm2 --size small --seeds 0 1 2   # the real-model lab
+    .venv/bin/python bench/lab_sweep.py --world debian --size small --seeds 0 1 2   # the Debian world
+
+``--world debian`` runs ``bench/world_debian.py`` per seed instead (a second world, real Debian
+data with SmolLM2-135M as the base; ``--base`` does not apply, and ``--set`` goes to its audit).
 
 The last line is one JSON object: the per-seed figures and the summary.
 """
@@ -28,10 +32,15 @@ ROOT = Path(__file__).resolve().parents[1]
 CAUSES = ("I", "II", "III", "IV", "V")
 
 
-def run_seed(size: str, seed: int, out: Path, extra: list[str], base: str = "tiny") -> dict:
-    folder = out / (f"{size}-seed{seed}" if base == "tiny" else f"{base}-{size}-seed{seed}")
-    cmd = [str(ROOT / ".venv" / "bin" / "ilp"), "lab", "run", "--base", base, "--size", size, "--seed", str(seed),
-           "--out", str(folder), "--no-progress", *extra]
+def run_seed(size: str, seed: int, out: Path, extra: list[str], base: str = "tiny", world: str = "lab") -> dict:
+    if world == "debian":
+        folder = out / f"debian-{size}-seed{seed}"
+        cmd = [str(ROOT / ".venv" / "bin" / "python"), str(ROOT / "bench" / "world_debian.py"), "--size", size,
+               "--seed", str(seed), "--out", str(folder), *extra]
+    else:
+        folder = out / (f"{size}-seed{seed}" if base == "tiny" else f"{base}-{size}-seed{seed}")
+        cmd = [str(ROOT / ".venv" / "bin" / "ilp"), "lab", "run", "--base", base, "--size", size, "--seed", str(seed),
+               "--out", str(folder), "--no-progress", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "RAY_USAGE_STATS_ENABLED": "0", "TOKENIZERS_PARALLELISM": "false"}
     t0 = time.perf_counter()
@@ -66,14 +75,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", default="default", choices=["small", "default"])
     ap.add_argument("--base", default="tiny", choices=["tiny", "smollm2"])
+    ap.add_argument("--world", default="lab", choices=["lab", "debian"], help=(
+        "lab: ilp lab run (the fictional world, --base picks its base); debian: bench/world_debian.py."))
     ap.add_argument("--seeds", type=int, nargs="+", default=[10, 11, 12, 13, 14])
     ap.add_argument("--out", default="runs/lab-sweep", help="One folder per seed under here.")
-    ap.add_argument("--set", action="append", default=[], help="Passed to ilp lab run --set (repeatable).")
+    ap.add_argument("--set", action="append", default=[], help=(
+        "Passed to ilp lab run --set, or to world_debian.py --audit-set with --world debian (repeatable)."))
     args = ap.parse_args()
-    extra = [a for s in args.set for a in ("--set", s)]
+    flag = "--audit-set" if args.world == "debian" else "--set"
+    extra = [a for s in args.set for a in (flag, s)]
     rows = []
     for seed in args.seeds:
-        r = run_seed(args.size, seed, Path(args.out).resolve(), extra, args.base)
+        r = run_seed(args.size, seed, Path(args.out).resolve(), extra, args.base, args.world)
         rows.append(r)
         rec = " ".join(f"{c} {r['recall'][c]:.2f}" for c in CAUSES)
         print(f"seed {seed}: macro-F1 {r['macro_f1']:.3f} | recall {rec} | control yield "
@@ -82,7 +95,7 @@ def main() -> None:
     print(f"macro-F1 over {len(rows)} seeds: mean {s['macro_f1']['mean']:.3f} ± {s['macro_f1']['std']:.3f} "
           f"(min {s['macro_f1']['min']:.3f}); lowest recall of any cause on any seed "
           f"{s['min_recall_over_causes_and_seeds']:.2f}")
-    print(json.dumps({"size": args.size, "runs": rows, "summary": s}))
+    print(json.dumps({"world": args.world, "size": args.size, "runs": rows, "summary": s}))
 
 
 if __name__ == "__main__":

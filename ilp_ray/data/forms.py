@@ -63,6 +63,8 @@ class AnswerForm:
         chars: length in characters (stripped).
         words: number of words.
         terminal: ends with sentence punctuation (``.``, ``!``, ``?``): a sentence, not a name.
+        marks: for a token, its punctuation in order ("Europe/Paris" has "/", "Paris" none): a
+            structured value (a path, a zone, a version) is not a distractor of a plain word.
     """
 
     kind: str
@@ -71,6 +73,7 @@ class AnswerForm:
     chars: int
     words: int
     terminal: bool
+    marks: str = ""
 
     @property
     def key(self) -> tuple:
@@ -79,7 +82,7 @@ class AnswerForm:
             return ("number",)
         code = self.kind == "token" and self.chars <= SHORT_TOKEN and (self.case == "upper" or self.chars <= 3)
         shape = self.chars if code else 0
-        return (self.kind, self.script, self.case, shape, self.terminal)
+        return (self.kind, self.script, self.case, shape, self.terminal, self.marks)
 
     def compatible(self, other: AnswerForm, ratio: float) -> bool:
         """Same key, and lengths within ``ratio`` of each other (characters; words too for
@@ -130,8 +133,9 @@ def answer_form(text: str) -> AnswerForm:
         kind = "token"
     else:
         kind = "words"
+    marks = "".join(c for c in t if not c.isalnum()) if kind == "token" else ""
     return AnswerForm(kind=kind, script=script, case=case, chars=len(t), words=max(words, 1),
-                      terminal=t.endswith((".", "!", "?")) and kind == "words")
+                      terminal=t.endswith((".", "!", "?")) and kind == "words", marks=marks)
 
 
 def prompt_tokens(prompt: str) -> list[str]:

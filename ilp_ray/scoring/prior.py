@@ -42,7 +42,8 @@ def prior_items(options: Iterable[Sequence[str]]) -> list[McItem]:
     # Every pseudo-item has two options at least, as every item must (a lone last text joins the
     # chunk before it; a lone text overall is scored twice, the same score).
     if len(chunks) > 1 and len(chunks[-1]) == 1:
-        chunks[-2] += chunks.pop()
+        last = chunks.pop()
+        chunks[-1] += last
     if chunks and len(chunks[0]) == 1:
         chunks[0] = chunks[0] * 2
     return [McItem(id=f"{PRIOR_PREFIX}{c}", question="", options=tuple(opts), answer=0)

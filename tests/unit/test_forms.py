@@ -6,16 +6,17 @@ from ilp_ray.data.forms import answer_form, mentions, prompt_templates
 
 
 @pytest.mark.parametrize("text,key", [
-    ("DK", ("token", "LATIN", "upper", 2, False)),
-    ("DNK", ("token", "LATIN", "upper", 3, False)),
-    ("Hg", ("token", "LATIN", "title", 2, False)),
-    ("Paris", ("token", "LATIN", "title", 0, False)),
-    ("Lyon", ("token", "LATIN", "title", 0, False)),    # a 4-letter word is not a code
+    ("DK", ("token", "LATIN", "upper", 2, False, "")),
+    ("DNK", ("token", "LATIN", "upper", 3, False, "")),
+    ("Hg", ("token", "LATIN", "title", 2, False, "")),
+    ("Paris", ("token", "LATIN", "title", 0, False, "")),
+    ("Lyon", ("token", "LATIN", "title", 0, False, "")),    # a 4-letter word is not a code
     ("22", ("number",)), ("3,306", ("number",)), ("100 °C", ("number",)), ("-4.5", ("number",)),
-    ("Москва", ("token", "CYRILLIC", "title", 0, False)),
-    ("Kingdom of Denmark", ("words", "LATIN", "title", 0, False)),
-    ("a stream or brook", ("words", "LATIN", "lower", 0, False)),
-    ("The sky is blue.", ("words", "LATIN", "title", 0, True)),
+    ("Москва", ("token", "CYRILLIC", "title", 0, False, "")),
+    ("Europe/Paris", ("token", "LATIN", "title", 0, False, "/")),
+    ("Kingdom of Denmark", ("words", "LATIN", "title", 0, False, "")),
+    ("a stream or brook", ("words", "LATIN", "lower", 0, False, "")),
+    ("The sky is blue.", ("words", "LATIN", "title", 0, True, "")),
 ])
 def test_answer_form_keys(text, key):
     assert answer_form(text).key == key
