@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     name = "metrics.json" if args.audit_name == "audit" else f"metrics-{args.audit_name}.json"
     write_json_atomic(metrics, out / name)
     print_lab(LabResult(out, metrics, audit.diagnosis.report, audit.run_id, audit.tracking_uri))
-    print(json.dumps({k: metrics[k] for k in ("macro_f1", "recall", "precision", "yield", "wall_s", "seed")}))
+    print(json.dumps({k: metrics[k] for k in ("macro_f1", "macro_f1_present", "present", "recall", "precision", "yield", "wall_s", "seed")}))
     return 0
 
 

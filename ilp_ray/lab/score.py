@@ -19,7 +19,8 @@ PREDICTED = (*CAUSE_OF.values(), "unattributed")
 
 
 def score(truth: pd.DataFrame, verdicts: pd.DataFrame, diagnosis: pd.DataFrame) -> dict[str, Any]:
-    """Yield per category, the confusion matrix, per-cause precision/recall/F1 and macro-F1.
+    """Yield per category, the confusion matrix, per-cause precision/recall/F1 and macro-F1 (over
+    the five causes, and over the causes present: with an unlearned sample or a prediction).
 
     Args:
         truth: ``truth.jsonl`` of the world (id, category, …).
@@ -48,8 +49,13 @@ def score(truth: pd.DataFrame, verdicts: pd.DataFrame, diagnosis: pd.DataFrame) 
         per_cause[cat] = {"cause": cause, "precision": precision, "recall": recall, "f1": f1,
                           "support": true, "predicted": pred}
     macro = sum(v["f1"] for v in per_cause.values()) / len(per_cause)
+    # A cause no unlearned sample has and none is given scores F1 0 above; present: the causes that
+    # were there to find or were named (a world whose SFT learned every V sample has no V to find).
+    present = [v["f1"] for v in per_cause.values() if v["support"] or v["predicted"]]
     return {
         "macro_f1": macro,
+        "macro_f1_present": sum(present) / len(present) if present else 0.0,
+        "present": [k for k, v in per_cause.items() if v["support"] or v["predicted"]],
         "recall": {k: v["recall"] for k, v in per_cause.items()},
         "precision": {k: v["precision"] for k, v in per_cause.items()},
         "f1": {k: v["f1"] for k, v in per_cause.items()},

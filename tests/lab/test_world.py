@@ -129,6 +129,11 @@ def test_score_by_hand():
     assert m["recall"] == {"I": 0.5, "II": 1.0, "III": 1.0, "IV": 0.0, "V": 1.0}
     f1 = [2 / 3, 2 / 3, 1.0, 0.0, 2 / 3]
     assert m["macro_f1"] == pytest.approx(sum(f1) / 5)
+    assert m["macro_f1_present"] == m["macro_f1"] and len(m["present"]) == 5  # IV had a sample to find
+    # Without the IV sample, IV is absent (nothing to find, nothing named): left out of the present mean.
+    m = score(truth[truth.id != "e"], verdicts, diagnosis)
+    assert m["present"] == ["I", "II", "III", "V"] and m["macro_f1_present"] == pytest.approx(sum(f1) / 4)
+    m = score(truth, verdicts, diagnosis)
     assert m["yield"]["control"] == 0.5 and m["yield"]["I"] == 1.0
     cm = confusion_frame(m)
     assert cm.loc["IV", "unattributed"] == 1 and cm.loc["control", "V"] == 1 and cm.loc["I", "II"] == 1
