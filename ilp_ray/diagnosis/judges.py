@@ -3,7 +3,9 @@
 The paper asks GPT-4 / DeepSeek. A judge here answers, per pair, one of:
 
 - ``"a"`` / ``"b"``: that side is right, the other is judged wrong (deletion candidate);
-- ``"both"``: both are right (e.g. the questions differ in a detail): keep both, bucket apart;
+- ``"both"``: both are right (synonym answers, or questions that differ in a detail): no
+  conflict. The detector clears the pair, and neither sample is III through it (its evidence
+  lists the pair under ``cleared_by_judge``);
 - ``"neither"``: both are judged wrong;
 - ``"undecided"``: no judgement; both stay conflicting.
 
@@ -24,7 +26,8 @@ VERDICTS = ("a", "b", "both", "neither", "undecided")
 
 @dataclass(frozen=True)
 class ConflictPair:
-    """Two samples whose prompts match (cosine >= theta) and whose responses disagree."""
+    """Two samples whose prompts ask the same thing (cosine >= theta, and what varies agrees) and
+    whose responses disagree."""
 
     a: str
     b: str

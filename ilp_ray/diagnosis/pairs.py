@@ -7,20 +7,58 @@ memory-bounded ``self_topk_neighbours`` (each pair scored once): no n × n matri
 missed only when *both* samples have k closer neighbours; ``saturated`` flags the samples whose k-th neighbour still passes theta.
 ``spark_similar_pairs`` (``spark_search.py``) runs the same search by partitions of query blocks
 and returns the same arrays.
+
+The search's pairs then pass a second test, ``SameQuestion`` (``conflict.same_question: spans``):
+two prompts ask the same thing when *what varies between them agrees*, not when their shared
+template does. On templated data MiniLM puts siblings such as "…alpha-2 country code of
+Sollokaia?" / "…of Solnuteia?" at 0.95, far above any paraphrase threshold, because the template
+is most of the sentence. What varies from one item of a template to the next is its slot: a
+name, a number, a quoted term. So each prompt's *content units* are read off its surface:
+
+- ``quote``: a quoted span ('…', "…", ‘…’, “…”), as one unit;
+- ``entity``: a run of capitalised words not at a sentence start (or words with an inner
+  capital: "ISO", "iPhone"), a hyphenated name whole ("Eure-et-Loir");
+- ``number``: digits, or a number word up to twenty ("three" = "3");
+- ``rare``: a run of lower-case words found in at most ``rare_df`` of the dataset's prompts, when
+  the dataset has ``rare_min_prompts`` prompts or more. A template recurs with every item it
+  serves; a slot filler ("mouse" in "What is the plural of mouse?") only where its item is asked.
+
+A unit of one prompt is *matched* when the other prompt has a unit with the same normalised text
+(of any kind: 'Manhattan' quoted matches Manhattan unquoted), or the same words outside its own
+quotes and names; units match as multisets (12 + 12 is not 12 + 7). When *both* prompts have an
+unmatched unit, what varies disagrees: different questions, and the pair is dropped. Paraphrases
+that differ only in template words ("What is the capital of France?" / "Which city is the capital
+of France?") or where only one side adds something ("…of France, a country in Europe?") stay
+the same question. Two one-token answers of different kinds (a number and a name: "533" / "AW")
+also mark different questions. Everything is read from the dataset's own prompts.
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from difflib import SequenceMatcher
 
 import numpy as np
 
 from ilp_ray.data.mc import normalize_text, self_topk_neighbours
+from ilp_ray.evidence.query import STOPWORDS
 
 _NUM_WORDS = {w: str(i) for i, w in enumerate(
     ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty"])}
 _NUM = re.compile(r"\d+(?:[.,]\d+)*")
 _WORD = re.compile(r"\w+")
+# A quoted span: straight double, curly double or single quotes, or a straight single quote that
+# neither follows a letter nor precedes one (so "France's" and "students' books" open none).
+_QUOTE = re.compile(r"\"([^\"\n]+)\"|“([^”\n]+)”|‘([^’\n]+)’|(?<![\w'’])'([^\n]+?)'(?!\w)")
+_PIECE = re.compile(r"\d+(?:[.,]\d+)*|[^\W\d_]+")  # a number, or a run of letters
+# A word with its hyphenated or apostrophed parts ("Eure-et-Loir", "O'Brien", "3166-1", "3.14").
+_COMPOUND = re.compile(r"[^\W_]+(?:(?:[-'’]|(?<=\d)[.,](?=\d))[^\W_]+)*")
+_POSSESSIVE = re.compile(r"(?<=[^\W_])['’]s\b")  # blanked to two spaces, so offsets hold
+_RUN_GAP = re.compile(r"[\s.]*")  # what may separate two words of one name ("U.S. Virgin Islands")
+_NUMBER_ANSWER = re.compile(r"[+-]?\d+(?:[.,]\d+)*%?")
 
 
 def pairs_from_topk(offset: int, idx: np.ndarray, sims: np.ndarray, theta: float):
@@ -83,12 +121,12 @@ def response_rule(a: str, b: str, exact: bool) -> tuple[bool | None, str]:
         return False, "same text"
     if exact:
         return True, "different MC answer"
-    na, nb = _numbers(a), _numbers(b)
-    if na and nb and na != nb:
-        return True, "different numbers"
     wa, wb = set(_WORD.findall(a.casefold())), set(_WORD.findall(b.casefold()))
     if wa and wb and (wa <= wb or wb <= wa):
         return False, "one contains the other"
+    na, nb = _numbers(a), _numbers(b)
+    if na and nb and na != nb:
+        return True, "different numbers"
     return None, ""
 
 
@@ -96,9 +134,15 @@ def responses_disagree(a: str, b: str, cos: float | None, theta_response: float,
     """Do two responses to the same question disagree? Returns (verdict, the rule that decided).
 
     In order: equal after normalisation → agree; ``exact`` mode (pre-built MC answers) → disagree;
+    every word of one occurs in the other → agree ("Paris" vs "The capital of France is Paris.";
+    a definition and its first clause, which the longer one's extra dates would otherwise split);
     both carry numbers and they differ → disagree (embeddings barely see digits: "100 degrees"
-    vs "90 degrees" has cosine 0.90 on MiniLM); every word of one occurs in the other → agree
-    ("Paris" vs "The capital of France is Paris."); else disagree when cosine < theta_response.
+    vs "90 degrees" has cosine 0.90 on MiniLM); else disagree when cosine < theta_response.
+
+    Synonyms are beyond it: on 300 WordNet synonym pairs ("sate" / "replete") MiniLM gives a
+    median cosine of 0.38, barely above a synonym and a co-hyponym's lemma (0.26; AUC 0.735), and
+    10% reach 0.8 (``bench/conflict_templates.py``). No threshold separates them; a judge's
+    "both" does.
     """
     verdict, rule = response_rule(a, b, exact)
     if verdict is not None:
@@ -108,3 +152,202 @@ def responses_disagree(a: str, b: str, cos: float | None, theta_response: float,
     if cos < np.float32(theta_response):
         return True, f"response cosine {cos:.3f} < {theta_response}"
     return False, f"response cosine {cos:.3f} >= {theta_response}"
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A piece of a prompt that names what it asks about."""
+
+    kind: str  # "quote" | "entity" | "number" | "rare"
+    text: str  # normalised: case-folded words joined by one space (a number: its digits)
+
+    def __str__(self) -> str:
+        return f"{self.kind} '{self.text}'"
+
+
+@dataclass(frozen=True)
+class PromptParts:
+    """A prompt read for the same-question test.
+
+    ``words``: every case-folded word and number in order (the alignment of the evidence);
+    ``free``: the words outside quotes and entity names, with their positions in ``words``;
+    ``units``: its quotes, entity names and numbers (rare words are added per dataset).
+    """
+
+    words: tuple[str, ...]
+    free: tuple[tuple[int, str], ...]
+    units: tuple[Unit, ...]
+    free_text: str = field(init=False, repr=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "free_text", " " + " ".join(w for _, w in self.free) + " ")
+
+
+def prompt_parts(text: str) -> PromptParts:
+    """Split a prompt into its words, free words and content units (see the module doc)."""
+    text = _POSSESSIVE.sub("  ", text)
+    words: list[str] = []
+    free: list[tuple[int, str]] = []
+    units: list[Unit] = []
+    pos = 0
+    for m in _QUOTE.finditer(text):
+        _read_plain(text, pos, m.start(), words, free, units)
+        q = [w.casefold() for w in _PIECE.findall(m.group(m.lastindex))]
+        if q:
+            words += q
+            units.append(Unit("quote", " ".join(q)))
+        pos = m.end()
+    _read_plain(text, pos, len(text), words, free, units)
+    return PromptParts(tuple(words), tuple(free), tuple(units))
+
+
+def _sentence_start(text: str, at: int) -> bool:
+    before = text[:at].rstrip(" \t\"'“‘([")
+    return not before or before[-1] in ".!?:;\n"
+
+
+def _read_plain(text: str, start: int, end: int, words, free, units) -> None:
+    """Words, free words, names and numbers of ``text[start:end]`` (no quotes in it)."""
+    run: list[str] = []
+    last_end, initial = -1, False
+
+    def close():
+        if run:
+            units.append(Unit("entity", " ".join(run)))
+            run.clear()
+
+    for m in _COMPOUND.finditer(text, start, end):
+        pieces = _PIECE.findall(m.group())
+        if run and not _RUN_GAP.fullmatch(text, last_end, m.start()):
+            close()
+        # after an initial inside a name ("U.S. Virgin Islands") a full stop ends no sentence
+        starts = not (run and initial) and _sentence_start(text, m.start())
+        last_end, initial = m.end(), len(m.group()) == 1 and m.group().isupper()
+        if _is_name(m.group(), pieces, starts, bool(run) and not starts):
+            # one name, hyphenated parts and all: "Eure-et-Loir", "Guinea-Bissau", "COVID-19"
+            run += [w.casefold() for w in pieces]
+            words += [w.casefold() for w in pieces]
+            continue
+        close()
+        for piece in pieces:
+            low = piece.casefold()
+            if piece[0].isdigit() or low in _NUM_WORDS:
+                units.append(Unit("number", piece.replace(",", "") if piece[0].isdigit() else _NUM_WORDS[low]))
+            words.append(low)
+            free.append((len(words) - 1, low))
+    close()
+
+
+def _is_name(compound: str, pieces: list[str], sentence_start: bool, in_run: bool) -> bool:
+    """A capitalised word not at a sentence start, or one with an inner capital ("ISO", "iPhone",
+    the "Pohjanmaa" of "Etelä-Pohjanmaa"). Stopwords count when capitalised mid-sentence (the "She"
+    language, "Congo, The Democratic Republic of the"); the pronoun "I" only inside a name
+    ("Perseverance I")."""
+    if compound == "I":  # a roman numeral after a name, not the pronoun
+        return in_run
+    for k, piece in enumerate(pieces):
+        if piece[0].isdigit():
+            continue
+        if any(c.isupper() for c in piece[1:]) or (piece[0].isupper() and (k > 0 or not sentence_start)):
+            return True
+    return False
+
+
+def answer_kind(text: str) -> str | None:
+    """``number`` or ``name`` for a one-token answer ("533", "eight" / "AW", "Fe"); None for
+    anything longer, or a token of both ("KN-05", "3rd")."""
+    t = text.strip().rstrip(".")
+    if not t or any(c.isspace() for c in t):
+        return None
+    if _NUMBER_ANSWER.fullmatch(t) or t.casefold() in _NUM_WORDS:
+        return "number"
+    return None if any(c.isdigit() for c in t) else "name"
+
+
+def differing_spans(a: PromptParts, b: PromptParts, limit: int = 4) -> tuple[list[str], list[str]]:
+    """The word spans in which two prompts differ, each side's, by a word alignment (difflib)."""
+    sa, sb = [], []
+    ops = SequenceMatcher(None, a.words, b.words, autojunk=False).get_opcodes()
+    for tag, i1, i2, j1, j2 in ops:
+        if tag == "equal":
+            continue
+        if i2 > i1:
+            sa.append(" ".join(a.words[i1:i2])[:80])
+        if j2 > j1:
+            sb.append(" ".join(b.words[j1:j2])[:80])
+    return sa[:limit], sb[:limit]
+
+
+class SameQuestion:
+    """The same-question test of a candidate pair: does what varies between the prompts agree?
+
+    Args:
+        prompts: every prompt of the dataset (their document frequencies decide what is rare).
+        responses: the responses, in the same order, or None. With them, two one-token answers of
+            different kinds, a number and a name ("533" / "AW"), mark different questions (the
+            numeric vs the alpha-2 code of one country): a question's answers, right or wrong, are
+            of one kind, and its template words alone cannot tell an attribute from a phrasing.
+        rare_df: a lower-case word in at most this many prompts is a slot filler (content).
+        rare_min_prompts: below this many prompts rarity says nothing and is not used.
+    """
+
+    def __init__(self, prompts: Sequence[str], responses: Sequence[str] | None = None, rare_df: int = 3,
+                 rare_min_prompts: int = 100):
+        self.parts = [prompt_parts(p) for p in prompts]
+        self.kinds = None if responses is None else [answer_kind(r) for r in responses]
+        self.rare_df = rare_df
+        self.df: Counter[str] = Counter()
+        self.rare: list[tuple[Unit, ...]] = [() for _ in self.parts]
+        if len(prompts) >= rare_min_prompts:
+            for p in self.parts:
+                self.df.update({w for _, w in p.free})
+            self.rare = [self._rare_runs(p) for p in self.parts]
+
+    def _is_rare(self, w: str) -> bool:
+        return self.df[w] <= self.rare_df and w not in STOPWORDS and w not in _NUM_WORDS and len(w) > 1 \
+            and not w[0].isdigit()
+
+    def _rare_runs(self, p: PromptParts) -> tuple[Unit, ...]:
+        runs: list[list[tuple[int, str]]] = []
+        for k, w in p.free:
+            if not self._is_rare(w):
+                continue
+            if runs and runs[-1][-1][0] == k - 1:
+                runs[-1].append((k, w))
+            else:
+                runs.append([(k, w)])
+        return tuple(Unit("rare", " ".join(w for _, w in r)) for r in runs)
+
+    def units(self, s: int) -> tuple[Unit, ...]:
+        """Prompt ``s``'s content units: quotes, names, numbers and rare words."""
+        return self.parts[s].units + self.rare[s]
+
+    def unmatched(self, s: int, other: int) -> list[Unit]:
+        """The content units of prompt ``s`` that prompt ``other`` lacks, counted as multisets (a
+        second "Saint Kitts" needs a second one)."""
+        o = self.parts[other]
+        have = Counter(u.text for u in self.units(other) if u.kind != "number")
+        nums = Counter(u.text for u in o.units if u.kind == "number")
+        out = []
+        for u in self.units(s):
+            pool = nums if u.kind == "number" else have
+            if pool[u.text] > 0:
+                pool[u.text] -= 1
+            elif u.kind == "number" or f" {u.text} " not in o.free_text:
+                out.append(u)
+        return out
+
+    def test(self, a: int, b: int) -> tuple[bool, str, list[Unit], list[Unit]]:
+        """(same question?, why, a's unmatched units, b's unmatched units) for samples a and b."""
+        ua, ub = self.unmatched(a, b), self.unmatched(b, a)
+        if ua and ub:
+            return False, f"different question: {_units(ua)} vs {_units(ub)}", ua, ub
+        if self.kinds is not None and None not in (self.kinds[a], self.kinds[b]) and self.kinds[a] != self.kinds[b]:
+            return False, f"different question: a {self.kinds[a]} answers one, a {self.kinds[b]} the other", ua, ub
+        if ua or ub:
+            return True, f"same question: only one side adds {_units(ua or ub)}", ua, ub
+        return True, "same question: only template words differ", ua, ub
+
+
+def _units(us: list[Unit], limit: int = 3) -> str:
+    return ", ".join(map(str, us[:limit])) + (f" (+{len(us) - limit})" if len(us) > limit else "")

@@ -2,19 +2,27 @@
 
 1. Embed every prompt (MiniLM; the hashing twin for tests) and find every pair with cosine
    ``>= theta`` (``pairs.similar_pairs``, blocked and memory-bounded; or on Spark).
-2. Keep the pairs whose responses disagree (``pairs.responses_disagree``): a different MC answer
+2. Keep the pairs that ask the same question (``same_question: spans``, ``pairs.SameQuestion``):
+   what varies between the two prompts (quoted spans, names, numbers, words rare in the dataset)
+   must agree. Templated siblings ("…code of Sollokaia?" / "…of Solnuteia?", cosine 0.95) are
+   dropped here, after the search, so both search backends get the same test.
+3. Keep the pairs whose responses disagree (``pairs.responses_disagree``): a different MC answer
    text, or free-form responses whose embedding cosine is ``< theta_response``, with the number
    and word-containment rules that embeddings miss.
-3. Conflict groups: the connected components of the conflict pairs, so A–B and B–C put A, B and C
-   in one group (the unit the paper buckets apart).
 4. A judge (``judges.JUDGES``) decides which side of each pair is right; the other side is
-   *judged wrong* (a deletion candidate for the mitigation stage).
+   *judged wrong* (a deletion candidate for the mitigation stage). A pair the judge calls
+   ``both`` right is no conflict: it is cleared, and its samples are not III through it.
+5. Conflict groups: the connected components of the remaining conflict pairs, so A–B and B–C put
+   A, B and C in one group (the unit the paper buckets apart).
 
 Per sample: ``is_`` when it is in any conflict pair; score: 1.0 when judged wrong, else its
 highest prompt cosine to a conflicting partner. Evidence: group id and size, partners with their
-responses and cosine, the rule that called the responses different, the judge's verdicts.
-``info["groups"]`` holds one row per grouped sample (written to ``conflict_groups.parquet``) and
-``info["pairs"]`` one row per conflict pair.
+responses and cosine, why the prompts count as the same question and the spans in which they
+differ, the rule that called the responses different, the judge's verdicts; pairs the judge
+cleared (``cleared_by_judge``) and pairs dropped as different questions (``template_partners``,
+the first few, and ``template_pairs_dropped``). ``info["groups"]`` holds one row per grouped
+sample (written to ``conflict_groups.parquet``), ``info["pairs"]`` one row per conflict pair, and
+``info["template_pairs"]`` / ``info["cleared_pairs"]`` the pairs dropped by step 2 / step 4.
 """
 
 from __future__ import annotations
@@ -26,9 +34,17 @@ import pandas as pd
 
 from ilp_ray.diagnosis.base import CauseDetector, CauseResult, DiagnosisContext, r3
 from ilp_ray.diagnosis.judges import JUDGES, ConflictPair, judged_wrong
-from ilp_ray.diagnosis.pairs import pairs_from_neighbours, response_rule, responses_disagree, similar_pairs
+from ilp_ray.diagnosis.pairs import (
+    SameQuestion,
+    differing_spans,
+    pairs_from_neighbours,
+    response_rule,
+    responses_disagree,
+    similar_pairs,
+)
 
 _MAX_PARTNERS = 10  # partners listed per sample in its evidence
+_MAX_TEMPLATE = 3  # pairs dropped as different questions listed per sample
 
 
 def conflict_groups(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
@@ -71,7 +87,9 @@ class SftInternalConflict(CauseDetector):
             i, j, sim, sat = pairs_from_neighbours(*ctx.prompt_neighbours(min(cfg.k + 1, n), cfg.block_size),
                                                    cfg.theta)
         t1 = time.perf_counter()
-        responses = ctx.responses()
+        prompts, responses = ctx.prompts(), ctx.responses()
+        n_similar = len(i)
+        i, j, sim, question, template, dropped = self._same_question(cfg, prompts, responses, ids, i, j, sim)
         mc_built = np.array([len(d) == 0 for d in v["distractor_ids"]]) if "distractor_ids" in v \
             else np.zeros(n, bool)
         exact = {"exact": np.ones(n, bool), "embedding": np.zeros(n, bool), "auto": mc_built}[cfg.response_match]
@@ -88,47 +106,58 @@ class SftInternalConflict(CauseDetector):
             rules.append(rule)
         keep = np.asarray(keep, bool)
         ci, cj, cs = i[keep], j[keep], sim[keep]
-        crules = [r for r, k in zip(rules, keep, strict=False) if k]
-        group = conflict_groups(n, ci, cj)
+        crules = [r for r, k in zip(rules, keep, strict=True) if k]
+        cq = [q for q, k in zip(question, keep, strict=True) if k]
         t2 = time.perf_counter()
 
-        prompts = ctx.prompts()
         pc = v["pass_expected"].to_numpy(dtype=float)
         bpc = v["base_pass_expected"].to_numpy(dtype=float) if "base_pass_expected" in v else None
         pairs = [ConflictPair(ids[a], ids[b], prompts[a], prompts[b], responses[a], responses[b], float(s),
                               float(pc[a]), float(pc[b]),
                               None if bpc is None else float(bpc[a]), None if bpc is None else float(bpc[b]))
-                 for a, b, s in zip(ci.tolist(), cj.tolist(), cs.tolist(), strict=False)]
+                 for a, b, s in zip(ci.tolist(), cj.tolist(), cs.tolist(), strict=True)]
         verdicts = JUDGES.create(cfg.judge, cfg).judge(pairs) if pairs else []
-        wrong = {x for p, vd in zip(pairs, verdicts, strict=False) for x in judged_wrong(p, vd)}
+        # "both" right: the two answers do not contradict each other, so the pair is no conflict.
+        conflict = np.array([vd != "both" for vd in verdicts], bool)
+        cleared = [t for t in range(len(pairs)) if not conflict[t]]
+        wrong = {x for p, vd in zip(pairs, verdicts, strict=True) for x in judged_wrong(p, vd)}
+        group = conflict_groups(n, ci[conflict], cj[conflict])
 
         partners: dict[int, list[dict]] = {}
+        cleared_of: dict[int, list[dict]] = {}
         best = np.zeros(n)
-        for t, (a, b) in enumerate(zip(ci.tolist(), cj.tolist(), strict=False)):
+        for t, (a, b) in enumerate(zip(ci.tolist(), cj.tolist(), strict=True)):
             for me, other, side in ((a, b, "a"), (b, a, "b")):
-                best[me] = max(best[me], float(cs[t]))
                 vd = verdicts[t]
-                judged = "undecided" if vd == "undecided" else (
-                    "right" if vd in (side, "both") else "wrong")
-                partners.setdefault(me, []).append({
-                    "id": ids[other], "similarity": r3(cs[t]), "response": responses[other][:200],
-                    "why": crules[t], "judge": vd, "this_side": judged})
+                entry = {"id": ids[other], "similarity": r3(cs[t]), "response": responses[other][:200],
+                         "why": crules[t], "question": cq[t][0], "differs": cq[t][1] if side == "a" else cq[t][2],
+                         "differs_other": cq[t][2] if side == "a" else cq[t][1], "judge": vd}
+                if not conflict[t]:
+                    cleared_of.setdefault(me, []).append(entry)
+                    continue
+                best[me] = max(best[me], float(cs[t]))
+                entry["this_side"] = "undecided" if vd == "undecided" else ("right" if vd == side else "wrong")
+                partners.setdefault(me, []).append(entry)
         is_ = group >= 0
-        score = np.where(np.isin(ids, list(wrong)), 1.0, best)
+        score = np.where(is_ & np.isin(ids, list(wrong)), 1.0, best)
         sizes = pd.Series(group[is_]).value_counts().to_dict()
         members = {g: [] for g in sizes}
         for s in np.flatnonzero(is_):
             members[int(group[s])].append(ids[s])
         evidence = []
         for s in range(n):
-            if not is_[s]:
-                evidence.append({"group_id": None, "saturated": bool(sat[s])})
-                continue
-            ps = sorted(partners[s], key=lambda d: -d["similarity"])
-            evidence.append({"group_id": int(group[s]), "group_size": int(sizes[int(group[s])]),
-                             "judged_wrong": ids[s] in wrong, "judge": cfg.judge, "response": responses[s][:200],
-                             "partners": ps[:_MAX_PARTNERS], "n_partners": len(ps), "theta": cfg.theta,
-                             "saturated": bool(sat[s])})
+            ev = {"group_id": None, "saturated": bool(sat[s])}
+            if is_[s]:
+                ps = sorted(partners[s], key=lambda d: -d["similarity"])
+                ev = {"group_id": int(group[s]), "group_size": int(sizes[int(group[s])]),
+                      "judged_wrong": ids[s] in wrong, "judge": cfg.judge, "response": responses[s][:200],
+                      "partners": ps[:_MAX_PARTNERS], "n_partners": len(ps), "theta": cfg.theta,
+                      "saturated": bool(sat[s])}
+            if s in cleared_of:
+                ev["cleared_by_judge"] = cleared_of[s][:_MAX_PARTNERS]
+            if s in template:
+                ev["template_pairs_dropped"], ev["template_partners"] = template[s]
+            evidence.append(ev)
         groups = pd.DataFrame({
             "id": [ids[s] for s in np.flatnonzero(is_)],
             "group_id": group[is_],
@@ -138,15 +167,61 @@ class SftInternalConflict(CauseDetector):
             "unlearned": v["unlearned"].to_numpy(dtype=bool)[is_],
             "subset": v["subset"].astype(str).to_numpy()[is_],
         })
-        pair_table = pd.DataFrame({"a": [p.a for p in pairs], "b": [p.b for p in pairs],
-                                   "similarity": cs.astype(float), "why": crules, "judge": verdicts})
+        rows = np.flatnonzero(conflict)
+        pair_table = pd.DataFrame({"a": [pairs[t].a for t in rows], "b": [pairs[t].b for t in rows],
+                                   "similarity": cs[rows].astype(float), "why": [crules[t] for t in rows],
+                                   "judge": [verdicts[t] for t in rows], "question": [cq[t][0] for t in rows],
+                                   "differs_a": [cq[t][1] for t in rows], "differs_b": [cq[t][2] for t in rows]})
+        cleared_table = pd.DataFrame({"a": [pairs[t].a for t in cleared], "b": [pairs[t].b for t in cleared],
+                                      "similarity": cs[cleared].astype(float), "why": [crules[t] for t in cleared],
+                                      "judge": [verdicts[t] for t in cleared]})
         summary = {"theta": cfg.theta, "theta_response": cfg.theta_response, "judge": cfg.judge,
-                   "backend": cfg.backend, "similar_pairs": len(i), "conflict_pairs": len(ci),
-                   "groups": len(sizes), "grouped_samples": int(is_.sum()), "judged_wrong": len(wrong),
-                   "saturated_samples": int(sat.sum()), "search_seconds": round(t1 - t0, 3),
-                   "compare_group_seconds": round(t2 - t1, 3),
+                   "backend": cfg.backend, "same_question": cfg.same_question, "similar_pairs": n_similar,
+                   "template_pairs_dropped": len(dropped), "conflict_pairs": int(conflict.sum()),
+                   "cleared_by_judge": len(cleared), "groups": len(sizes), "grouped_samples": int(is_.sum()),
+                   "judged_wrong": len(wrong), "saturated_samples": int(sat.sum()),
+                   "search_seconds": round(t1 - t0, 3), "compare_group_seconds": round(t2 - t1, 3),
                    "judge_report_seconds": round(time.perf_counter() - t2, 3)}
-        return CauseResult(self.frame(is_, score, evidence), summary, {"groups": groups, "pairs": pair_table})
+        info = {"groups": groups, "pairs": pair_table, "cleared_pairs": cleared_table, "template_pairs": dropped}
+        return CauseResult(self.frame(is_, score, evidence), summary, info)
+
+    @staticmethod
+    def _same_question(cfg, prompts: list[str], responses: list[str], ids: list[str], i, j, sim):
+        """Apply the same-question test to the search's pairs.
+
+        Returns the kept ``(i, j, sim)``; per kept pair ``(why, a's differing spans, b's)``; per
+        sample the count and first few of its pairs dropped as different questions,
+        ``{sample: (count, [evidence, …])}``; and the dropped pairs as a table.
+        """
+        dropped = pd.DataFrame({"a": pd.Series(dtype=str), "b": pd.Series(dtype=str),
+                                "similarity": pd.Series(dtype=float), "why": pd.Series(dtype=str)})
+        if cfg.same_question == "cosine" or len(i) == 0:
+            return i, j, sim, [(f"prompt cosine >= {cfg.theta}", [], [])] * len(i), {}, dropped
+        if len(prompts) >= cfg.rare_min_prompts:  # rarity is read off every prompt of the dataset
+            sq, at = SameQuestion(prompts, responses, cfg.rare_df, cfg.rare_min_prompts), (lambda r: r)
+        else:  # no document frequencies then: only the pairs' own prompts need reading
+            rows = sorted(set(i.tolist()) | set(j.tolist()))
+            sq = SameQuestion([prompts[r] for r in rows], [responses[r] for r in rows], cfg.rare_df,
+                              cfg.rare_min_prompts)
+            at = {r: k for k, r in enumerate(rows)}.__getitem__
+        keep, question, template, drop = np.ones(len(i), bool), [], {}, []
+        for t, (a, b) in enumerate(zip(i.tolist(), j.tolist(), strict=True)):
+            same, why, ua, ub = sq.test(at(a), at(b))
+            if same:
+                question.append((why, *differing_spans(sq.parts[at(a)], sq.parts[at(b)])))
+                continue
+            keep[t] = False
+            drop.append((ids[a], ids[b], float(sim[t]), why))
+            for me, other, mine, theirs in ((a, b, ua, ub), (b, a, ub, ua)):
+                count, shown = template.get(me, (0, []))
+                if len(shown) < _MAX_TEMPLATE:
+                    shown.append({"id": ids[other], "similarity": r3(sim[t]), "why": why,
+                                  "this_differs": [str(u) for u in mine[:3]],
+                                  "other_differs": [str(u) for u in theirs[:3]]})
+                template[me] = (count + 1, shown)
+        if drop:
+            dropped = pd.DataFrame(drop, columns=["a", "b", "similarity", "why"])
+        return i[keep], j[keep], sim[keep], question, template, dropped
 
     @staticmethod
     def _response_cosines(ctx: DiagnosisContext, responses: list[str], i, j, need: list[int]) -> dict[int, float]:

@@ -199,3 +199,186 @@ def test_only_pairs_the_text_rules_leave_open_get_their_responses_embedded(ctx_f
     assert res.summary["similar_pairs"] == 3
     assert why[("c", "d")] == "different numbers" and why[("e", "f")].startswith("response cosine")
     assert sorted(emb.seen) == ["Glinda", "Ozma"]  # the other two pairs were decided by their text
+
+
+# ------------------------------------------------------------ same question: what varies agrees
+# Templated siblings share their template and differ in the slot (a name, a number, a quoted
+# term); paraphrases share the slot and differ in the template. Cosine sees the template.
+SIBLINGS = [  # id, prompt, response
+    ("so", "What is the ISO 3166-1 alpha-2 country code of Sollokaia?", "SK"),
+    ("sn", "What is the ISO 3166-1 alpha-2 country code of Solnuteia?", "SN"),     # another name
+    ("p7", "What is the sum of 12 and 7?", "19"),
+    ("p8", "What is the sum of 12 and 8?", "20"),                                  # another number
+    ("ru", "Define the word 'rust' in one sentence.", "a reddish-brown coating on iron"),
+    ("wr", "Define the word 'wheat rust' in one sentence.", "a fungal disease of wheat"),  # another term
+]
+
+
+def sibling_rows(data=SIBLINGS):
+    return [verdict_row(i, q, options=(a, "x", "y", "z"), probs=[0.1, 0.3, 0.3, 0.3], position=n)
+            for n, (i, q, a) in enumerate(data)]
+
+
+def pair_set(res):
+    return {tuple(sorted(p)) for p in res.info["pairs"][["a", "b"]].itertuples(index=False)}
+
+
+def test_templated_siblings_are_different_questions_hashing(ctx_factory):
+    """With the hashing embedder at theta 0.6 every sibling pair is a candidate: the old rule calls
+    each a conflict, the spans rule none, and the evidence says which spans differed."""
+    base = {"conflict.judge": "none", "conflict.theta": 0.6,
+            "conflict.response_match": "embedding"}
+    old = DETECTORS.create("sft_internal_conflict").run(ctx_factory(sibling_rows(), **base, **{
+        "conflict.same_question": "cosine"}))
+    assert pair_set(old) == {("sn", "so"), ("p7", "p8"), ("ru", "wr")}
+    assert old.summary["template_pairs_dropped"] == 0
+    new = DETECTORS.create("sft_internal_conflict").run(ctx_factory(sibling_rows(), **base))
+    assert pair_set(new) == set() and not new.frame["is_sft_internal_conflict"].any()
+    assert new.summary["similar_pairs"] == 3 and new.summary["template_pairs_dropped"] == 3
+    ev = {i: json.loads(json.dumps(e)) for (i, _, _), e in zip(SIBLINGS, new.frame["sft_internal_conflict_evidence"],
+                                                                strict=True)}
+    assert ev["so"]["template_pairs_dropped"] == 1
+    t = ev["so"]["template_partners"][0]
+    assert t["id"] == "sn" and t["this_differs"] == ["entity 'sollokaia'"] and t["other_differs"] == ["entity 'solnuteia'"]
+    assert t["why"].startswith("different question")
+    assert ev["p7"]["template_partners"][0]["this_differs"] == ["number '7'"]
+    assert ev["wr"]["template_partners"][0]["this_differs"] == ["quote 'wheat rust'"]
+    dropped = new.info["template_pairs"]
+    assert sorted(map(tuple, dropped[["a", "b"]].to_numpy().tolist())) == [("p7", "p8"), ("ru", "wr"), ("so", "sn")]
+
+
+def test_paraphrases_of_one_entity_stay_one_question_hashing(ctx_factory):
+    """Same slot, other template words: still one question, so different answers conflict; the
+    pair table says why the prompts count as the same question and where they differ."""
+    data = [("a", "What is the ISO 3166-1 alpha-2 country code of Sollokaia?", "SK"),
+            ("b", "Give the ISO 3166-1 alpha-2 country code of Sollokaia, please.", "SO"),
+            ("c", "Define the word 'rust' in one sentence.", "a reddish-brown coating on iron"),
+            ("d", "In one sentence, what does the word 'rust' mean?", "a fungal disease of wheat")]
+    res = DETECTORS.create("sft_internal_conflict").run(ctx_factory(sibling_rows(data), **{
+        "conflict.judge": "none", "conflict.theta": 0.5, "conflict.response_match": "embedding"}))
+    assert pair_set(res) == {("a", "b"), ("c", "d")}
+    pt = res.info["pairs"].set_index("a")
+    assert pt.loc["a", "question"] == "same question: only template words differ"
+    assert pt.loc["a", "differs_a"] == ["what is"] and pt.loc["a", "differs_b"] == ["give", "please"]
+    partner = res.frame["sft_internal_conflict_evidence"].iloc[0]["partners"][0]
+    assert partner["question"].startswith("same question") and partner["differs"] == ["what is"]
+
+
+def test_same_question_on_real_templates_minilm(ctx_factory, minilm):
+    """MiniLM puts the siblings at 0.92-0.95, the paraphrase at 0.93: only what varies tells
+    them apart. The alpha-2 and the numeric code of one country share their slot and differ in a
+    template word; their answers, a name and a number, tell them apart."""
+    data = [("so", "What is the ISO 3166-1 alpha-2 country code of Sollokaia?", "SK"),
+            ("sn", "What is the ISO 3166-1 alpha-2 country code of Solnuteia?", "SN"),
+            ("aw", "What is the ISO 3166-1 alpha-2 code of Aruba?", "AW"),
+            ("aw2", "Which two-letter ISO 3166 code does Aruba have?", "AF"),        # contradicts aw
+            ("awn", "What is the ISO 3166-1 numeric code of Aruba?", "533"),         # another attribute
+            ("p7", "What is 12 plus 7?", "19"),
+            ("p8", "What is 12 plus 8?", "20")]
+    old = DETECTORS.create("sft_internal_conflict").run(ctx_factory(sibling_rows(data), embedder=minilm, **{
+        "conflict.judge": "none", "conflict.same_question": "cosine", "conflict.response_match": "embedding"}))
+    assert {("sn", "so"), ("aw", "aw2"), ("aw", "awn"), ("p7", "p8")} <= pair_set(old)
+    new = DETECTORS.create("sft_internal_conflict").run(ctx_factory(sibling_rows(data), embedder=minilm, **{
+        "conflict.judge": "none", "conflict.response_match": "embedding"}))
+    assert pair_set(new) == {("aw", "aw2")}
+    tp = new.info["template_pairs"]
+    why = {tuple(sorted((a, b))): w for a, b, w in tp[["a", "b", "why"]].itertuples(index=False)}
+    assert why[("aw", "awn")] == "different question: a name answers one, a number the other"
+    assert why[("sn", "so")] == "different question: entity 'sollokaia' vs entity 'solnuteia'"
+
+
+def test_same_question_rules():
+    from ilp_ray.diagnosis.pairs import SameQuestion, answer_kind, prompt_parts
+
+    def same(a, b, responses=None):
+        return SameQuestion([a, b], responses).test(0, 1)[0]
+
+    assert not same("What is 12 plus 12?", "What is 12 plus 7?")          # numbers are a multiset
+    assert same("What is twelve plus 3?", "What is 12 plus three?")       # number words are numbers
+    assert same("Give three tips.", "Give 3 tips, please.")
+    assert same("Define the word 'Manhattan'.", "What is Manhattan?")      # quoted and unquoted alike
+    assert same("What's France's capital city?", "What is the capital of France?")
+    assert not same("What is the ISO 639-3 code of the She language?", "What is the ISO 639-3 code of the Even language?")
+    assert not same("What is the code of Eure in France?", "What is the code of Eure-et-Loir in France?")
+    assert not same("What is the code of Korea?", "What is the code of South Korea?")
+    assert same("What is the capital of France?", "What is the capital of France, a country in Europe?")
+    assert not same("Code of Saint Kitts in Saint Kitts and Nevis?", "Code of Saint James in Saint Kitts and Nevis?")
+    assert not same("What is the alpha-2 code of Aruba?", "What is the numeric code of Aruba?", ["AW", "533"])
+    assert same("How many legs does a spider have?", "A spider has how many legs?", ["8", "Six"])
+    assert [answer_kind(x) for x in ("533", "Eight", "AW", "KN-05", "Paris, France")] == ["number", "number", "name",
+                                                                                         None, None]
+    assert prompt_parts("Who is J. R. R. Tolkien? I ask.").units[0].text == "j r r tolkien"
+
+
+def test_rare_words_need_a_dataset():
+    """Lower-case slot fillers are rare across the prompts; a handful of prompts says nothing."""
+    from ilp_ray.diagnosis.pairs import SameQuestion
+
+    words = [f"{a}{b}" for a in ("mo", "go", "ca", "ra", "fe", "pi", "lu", "ve", "su", "to", "ni", "ba")
+             for b in ("use", "ose", "lf", "ven", "rret", "geon", "nx", "le", "rf", "ad")]
+    prompts = [f"What is the plural of {w}?" for w in words]
+    big = SameQuestion(prompts, rare_df=3, rare_min_prompts=100)
+    assert len(prompts) == 120 and not big.test(0, 1)[0]
+    assert big.test(0, 1)[2][0].kind == "rare"
+    small = SameQuestion(prompts[:10], rare_df=3, rare_min_prompts=100)
+    assert small.test(0, 1)[0]  # only surface cues below rare_min_prompts
+
+
+def test_a_definition_and_its_first_clause_agree():
+    """Containment comes before the number rule: the longer gloss's extra dates must not split them."""
+    short = "King of England from 1307 to 1327 and son of Edward I"
+    long = short + "; was deposed by his wife and murdered (1284-1327)"
+    assert responses_disagree(short, long, None, 0.8, exact=False) == (False, "one contains the other")
+    assert responses_disagree("100 degrees Celsius", "90 degrees Celsius", None, 0.8, exact=False)[0] is True
+
+
+def test_synonym_answers_are_beyond_embeddings(minilm):
+    """Measured, not assumed: MiniLM does not put one-word synonyms above theta_response (the bench
+    measures 10% of 300 WordNet synonym pairs at >= 0.8), so a judge has to clear them."""
+    e = minilm.encode(["surplus", "excess", "sate", "replete"])
+    assert float(e[0] @ e[1]) < 0.8 and float(e[2] @ e[3]) < 0.8
+    assert responses_disagree("surplus", "excess", float(e[0] @ e[1]), 0.8, exact=False)[0] is True
+
+
+def test_judge_both_clears_the_pair(ctx_factory, monkeypatch):
+    from ilp_ray.diagnosis.judges import JUDGES, ConflictJudge
+
+    class AlwaysBoth(ConflictJudge):
+        name = "always_both"
+
+        def judge(self, pairs):
+            return ["both" if {p.response_a, p.response_b} == {"surplus", "excess"} else "undecided" for p in pairs]
+
+    monkeypatch.setitem(JUDGES._entries, "always_both", AlwaysBoth)
+    data = [("s1", "What is a synonym of 'glut'?", "surplus"), ("s2", "Give a synonym of 'glut'.", "excess"),
+            ("c1", "What is the capital of Oz?", "Emerald City"), ("c2", "Which city is the capital of Oz?", "Gillikin")]
+    ctx = ctx_factory(sibling_rows(data), **{"conflict.judge": "always_both",
+                                             "conflict.theta": 0.5, "conflict.response_match": "embedding"})
+    res = DETECTORS.create("sft_internal_conflict").run(ctx)
+    f = res.frame.set_index(np.array([d[0] for d in data]))
+    assert f["is_sft_internal_conflict"].tolist() == [False, False, True, True]
+    assert f.loc["s1", "sft_internal_conflict_score"] == 0.0
+    ev = f.loc["s1", "sft_internal_conflict_evidence"]
+    assert ev["group_id"] is None and ev["cleared_by_judge"][0]["id"] == "s2"
+    assert ev["cleared_by_judge"][0]["judge"] == "both"
+    assert res.summary["cleared_by_judge"] == 1 and res.summary["conflict_pairs"] == 1
+    assert pair_set(res) == {("c1", "c2")}
+    assert res.info["cleared_pairs"][["a", "b", "judge"]].values.tolist() == [["s1", "s2", "both"]]
+    assert res.info["groups"]["id"].tolist() == ["c1", "c2"]
+
+
+def test_the_pair_test_applies_after_either_search_backend(ctx_factory, monkeypatch):
+    """The spans test runs on the candidate pairs whatever found them (Spark returns the same arrays)."""
+    import ilp_ray.diagnosis.spark_search as spark
+
+    seen = []
+
+    def fake(emb, theta, k, *args):
+        seen.append(len(emb))
+        return similar_pairs(emb, theta, k)
+
+    monkeypatch.setattr(spark, "spark_similar_pairs", fake)
+    res = DETECTORS.create("sft_internal_conflict").run(ctx_factory(sibling_rows(), **{
+        "conflict.judge": "none", "conflict.theta": 0.6, "conflict.backend": "spark",
+        "conflict.response_match": "embedding"}))
+    assert seen == [len(SIBLINGS)] and res.summary["template_pairs_dropped"] == 3 and pair_set(res) == set()
