@@ -247,7 +247,7 @@ def build(seed: int = 0, scale: float = 1.0):
 
 
 # -------------------------------------------------------------------------------------- measuring
-def context(samples, embedder, same_question: str, cache=None):
+def context(samples, embedder, same_question: str, cache=None, theta: float = 0.85):
     import numpy as np
     import pandas as pd
 
@@ -259,7 +259,8 @@ def context(samples, embedder, same_question: str, cache=None):
                       "position": np.arange(n), "answer": 0, "question": [s["prompt"] for s in samples],
                       "options": [[s["response"], "-"] for s in samples], "distractor_ids": [["d"]] * n,
                       "pass_expected": 0.1, "unlearned": True})
-    cfg = DiagnosisConfig(embedder="minilm", conflict={"judge": "none", "same_question": same_question})
+    cfg = DiagnosisConfig(embedder="minilm", conflict={"judge": "none", "same_question": same_question,
+                                                       "theta": theta})
     ctx = DiagnosisContext(verdicts=v, config=cfg, embedder=embedder)
     if cache is not None:
         ctx._cache = cache  # the same prompt embeddings and neighbour table for both rules
@@ -416,9 +417,18 @@ def main(args) -> dict:
             print("        " + "; ".join(f"{k}: P {v['precision']:.3f} R {v['recall']:.3f} ({v['pairs']} pairs)"
                                       for k, v in r["slices"].items()), flush=True)
         meas = measurements(samples, truth, items, emb, raw["spans"], [s["prompt"] for s in samples])
+        by_theta = {}
+        for theta in args.thetas:  # the spans rule at lower prompt-cosine thresholds
+            res = SftInternalConflict().run(context(samples, emb, "spans", cache=ctx._cache, theta=theta))
+            r = evaluate(samples, truth, res, sim_pairs)
+            by_theta[str(theta)] = {k: r[k] for k in ("pair_precision", "pair_recall", "sample_precision",
+                                                      "sample_recall", "conflict_pairs")}
+            by_theta[str(theta)]["without_synonym_answers"] = r["slices"]["without_synonym_answers"]
+            print(f"spans at theta {theta}: pairs P {r['pair_precision']:.3f} R {r['pair_recall']:.3f} "
+                  f"(without synonym answers P {r['slices']['without_synonym_answers']['precision']:.3f})", flush=True)
     return {"embedder": args.embedder, "seed": args.seed, "samples": len(samples), "roles": dict(roles),
             "true_pairs": len(truth), "embed_seconds": round(t_embed, 1),
-            "old_cosine": results["cosine"], "new_spans": results["spans"], **meas,
+            "old_cosine": results["cosine"], "new_spans": results["spans"], "spans_by_theta": by_theta, **meas,
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
@@ -436,6 +446,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scale", type=float, default=1.0, help="fraction of every family's items (and second askings)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: the machine is shared)")
+    p.add_argument("--thetas", type=lambda x: [float(t) for t in x.split(",") if t], default=[0.8, 0.75, 0.7],
+                   help="also run the spans rule at these prompt-cosine thresholds (comma-separated)")
     return p
 
 

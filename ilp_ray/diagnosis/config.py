@@ -44,6 +44,18 @@ class ConflictConfig(_Section):
     rare_min_prompts: int = Field(100, ge=2, description=(
         "For same_question=spans: below this many prompts every word is rare, so rarity says "
         "nothing and only the surface cues (quotes, capitals, digits) count."))
+    unit_pairs: bool = Field(True, description=(
+        "For same_question=spans: also pair prompts that share a content unit (a quote, a name, a "
+        "rare word), whatever their cosine rank. In templated data a sample's k nearest prompts are "
+        "its template's siblings, so a paraphrase about the same entity in another template "
+        "(cosine 0.68-0.83 for 5 of the Debian world's 10 III pairs) is never searched."))
+    unit_theta: float = Field(0.6, gt=0, le=1, description=(
+        "For unit_pairs: the prompt cosine such a pair needs (the lower of this and theta). The "
+        "shared unit and the same-question test carry the pair; the cosine only keeps prompts "
+        "that are both questions about it (two paraphrases: 0.68 and up in that world)."))
+    unit_max_group: int = Field(64, ge=2, description=(
+        "For unit_pairs: a unit in more prompts than this names no one item and pairs nothing "
+        "(and bounds the pairs at unit_max_group² per unit)."))
     theta_response: float = Field(0.8, gt=0, le=1, description=(
         "Free-form responses disagree below this cosine. 0.8: 'Eight' vs 'Six' is 0.77, 'Eight' vs "
         "'8' 0.93. Numbers that differ always disagree, and a response whose words all occur in the "

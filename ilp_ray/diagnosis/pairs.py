@@ -293,8 +293,15 @@ class SameQuestion:
 
     def __init__(self, prompts: Sequence[str], responses: Sequence[str] | None = None, rare_df: int = 3,
                  rare_min_prompts: int = 100):
+        from ilp_ray.data.forms import answer_form
+
         self.parts = [prompt_parts(p) for p in prompts]
         self.kinds = None if responses is None else [answer_kind(r) for r in responses]
+        # One-word answers' forms: a question's answers, right or wrong, share one (a 2-letter code
+        # and a 3-letter one answer two questions: a country's alpha-2 and alpha-3 codes).
+        # Numbers ("8", "Eight") are compared by kind above, not by form.
+        self.forms = None if responses is None else [
+            answer_form(r).key if k == "name" else None for r, k in zip(responses, self.kinds, strict=True)]
         self.rare_df = rare_df
         self.df: Counter[str] = Counter()
         self.rare: list[tuple[Unit, ...]] = [() for _ in self.parts]
@@ -344,9 +351,35 @@ class SameQuestion:
             return False, f"different question: {_units(ua)} vs {_units(ub)}", ua, ub
         if self.kinds is not None and None not in (self.kinds[a], self.kinds[b]) and self.kinds[a] != self.kinds[b]:
             return False, f"different question: a {self.kinds[a]} answers one, a {self.kinds[b]} the other", ua, ub
+        if self.forms is not None and None not in (self.forms[a], self.forms[b]) and self.forms[a] != self.forms[b]:
+            return False, "different question: their one-word answers differ in form", ua, ub
         if ua or ub:
             return True, f"same question: only one side adds {_units(ua or ub)}", ua, ub
         return True, "same question: only template words differ", ua, ub
+
+
+def unit_pairs(sq: SameQuestion, max_group: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sample pairs whose prompts share a content unit (a quote, a name or a rare word; numbers
+    alone are not enough), ``i < j``, each pair once.
+
+    The cosine search finds a sample's nearest prompts, and in templated data those are its
+    template's siblings: a paraphrase about the same entity in another template (cosine 0.7-0.85)
+    is not among its k nearest. Pairing by shared units finds it whatever its rank. A unit shared
+    by more than ``max_group`` prompts names no one item (a template word the surface cues took
+    for a name) and is skipped, which also bounds the pairs at ``max_group²`` per unit.
+    """
+    by_unit: dict[str, list[int]] = {}
+    for s in range(len(sq.parts)):
+        for u in {u.text for u in sq.units(s) if u.kind != "number"}:
+            by_unit.setdefault(u, []).append(s)
+    found: set[tuple[int, int]] = set()
+    for members in by_unit.values():
+        if 1 < len(members) <= max_group:
+            found.update((a, b) for k, a in enumerate(members) for b in members[k + 1:])
+    if not found:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    arr = np.array(sorted(found), dtype=np.int64)
+    return arr[:, 0], arr[:, 1]
 
 
 def _units(us: list[Unit], limit: int = 3) -> str:

@@ -89,6 +89,7 @@ class SftInternalConflict(CauseDetector):
         t1 = time.perf_counter()
         prompts, responses = ctx.prompts(), ctx.responses()
         n_similar = len(i)
+        i, j, sim, n_units = self._with_unit_pairs(cfg, prompts, emb, i, j, sim)
         i, j, sim, question, template, dropped = self._same_question(cfg, prompts, responses, ids, i, j, sim)
         mc_built = np.array([len(d) == 0 for d in v["distractor_ids"]]) if "distractor_ids" in v \
             else np.zeros(n, bool)
@@ -177,6 +178,7 @@ class SftInternalConflict(CauseDetector):
                                       "judge": [verdicts[t] for t in cleared]})
         summary = {"theta": cfg.theta, "theta_response": cfg.theta_response, "judge": cfg.judge,
                    "backend": cfg.backend, "same_question": cfg.same_question, "similar_pairs": n_similar,
+                   "unit_pairs_added": n_units,
                    "template_pairs_dropped": len(dropped), "conflict_pairs": int(conflict.sum()),
                    "cleared_by_judge": len(cleared), "groups": len(sizes), "grouped_samples": int(is_.sum()),
                    "judged_wrong": len(wrong), "saturated_samples": int(sat.sum()),
@@ -184,6 +186,27 @@ class SftInternalConflict(CauseDetector):
                    "judge_report_seconds": round(time.perf_counter() - t2, 3)}
         info = {"groups": groups, "pairs": pair_table, "cleared_pairs": cleared_table, "template_pairs": dropped}
         return CauseResult(self.frame(is_, score, evidence), summary, info)
+
+    @staticmethod
+    def _with_unit_pairs(cfg, prompts: list[str], emb: np.ndarray, i, j, sim):
+        """The search's pairs plus those sharing a content unit at cosine >= ``unit_theta``
+        (``pairs.unit_pairs``); returns ``(i, j, sim, pairs added)``, sorted and each pair once."""
+        from ilp_ray.diagnosis.pairs import dedupe_pairs, unit_pairs
+
+        if cfg.same_question != "spans" or not cfg.unit_pairs or len(prompts) < 2:
+            return i, j, sim, 0
+        ui, uj = unit_pairs(SameQuestion(prompts, None, cfg.rare_df, cfg.rare_min_prompts), cfg.unit_max_group)
+        if not len(ui):
+            return i, j, sim, 0
+        us = np.einsum("ij,ij->i", emb[ui], emb[uj]).astype(np.float32)
+        ok = us >= np.float32(min(cfg.unit_theta, cfg.theta))
+        known = set(zip(i.tolist(), j.tolist(), strict=True))
+        new = np.array([(a, b) not in known for a, b in zip(ui.tolist(), uj.tolist(), strict=True)], bool) & ok
+        if not new.any():
+            return i, j, sim, 0
+        ai, aj, asim = dedupe_pairs(np.concatenate([i, ui[new]]), np.concatenate([j, uj[new]]),
+                                    np.concatenate([sim, us[new]]))
+        return ai, aj, asim, int(new.sum())
 
     @staticmethod
     def _same_question(cfg, prompts: list[str], responses: list[str], ids: list[str], i, j, sim):

@@ -382,3 +382,23 @@ def test_the_pair_test_applies_after_either_search_backend(ctx_factory, monkeypa
         "conflict.judge": "none", "conflict.theta": 0.6, "conflict.backend": "spark",
         "conflict.response_match": "embedding"}))
     assert seen == [len(SIBLINGS)] and res.summary["template_pairs_dropped"] == 3 and pair_set(res) == set()
+
+
+def test_a_paraphrase_in_another_template_is_paired_through_its_entity(ctx_factory, minilm):
+    """Two phrasings about the code ROU sit at cosine 0.82, under theta (0.85), so the search drops
+    them; sharing the name 'ROU' pairs them, and the same-question test keeps them (only template
+    words differ). Siblings sharing no unit stay apart; a one-word answer of another form (a
+    2-letter code against the names) is another question."""
+    rs = [verdict_row("a", "Name the country whose alpha-3 code is ROU.", options=("Lesotho", "x", "y", "z")),
+          verdict_row("b", "Which country has the ISO 3166-1 alpha-3 code ROU?", options=("Romania", "x", "y", "z")),
+          verdict_row("c", "Which country has the ISO 3166-1 alpha-3 code LSO?", options=("Lesotho", "x", "y", "z")),
+          verdict_row("d", "Name the country whose alpha-3 code is DEU.", options=("Germany", "x", "y", "z")),
+          verdict_row("e", "Which two-letter code does ROU's country have?", options=("RO", "x", "y", "z"))]
+    cfg = {"conflict.judge": "none"}
+    res = DETECTORS.create("sft_internal_conflict").run(ctx_factory(rs, embedder=minilm, **cfg))
+    pairs = {tuple(sorted(p)) for p in res.info["pairs"][["a", "b"]].itertuples(index=False)}
+    assert pairs == {("a", "b")} and res.summary["unit_pairs_added"] >= 1
+    assert res.info["pairs"]["similarity"].iloc[0] < 0.85
+    off = {**cfg, "conflict.unit_pairs": False}
+    res = DETECTORS.create("sft_internal_conflict").run(ctx_factory(rs, embedder=minilm, **off))
+    assert len(res.info["pairs"]) == 0
