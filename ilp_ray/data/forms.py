@@ -33,8 +33,9 @@ from dataclasses import dataclass
 _NUMBER = re.compile(r"[-+−]?\d(?:[\d,.\u202f]*\d)?(?:\s?(?:%|°[A-Za-z]?|[^\W\d_]{1,3}))?")
 _TOKEN = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 _WORD = re.compile(r"\w+", re.UNICODE)
-#: Codes (upper-case tokens of at most this many characters, or any token of up to 3) must match
-#: in length exactly: "DK" is not a distractor of "DNK". Other tokens only within the length ratio.
+#: Codes (upper-case tokens of at most this many characters, or title-case ones of up to 2, the
+#: element symbols) must match in length exactly: "DK" is not a distractor of "DNK", "Hg" not of
+#: "N". Other tokens ("red", "blue") only within the length ratio.
 SHORT_TOKEN = 4
 #: Function words never count as a question's subject, however rare they are in a dataset.
 _STOP = frozenset((
@@ -76,11 +77,17 @@ class AnswerForm:
     marks: str = ""
 
     @property
+    def kind_key(self) -> tuple:
+        """The coarse form (kind, script, casing): what every answer of one question shares."""
+        return (self.kind, self.script, self.case)
+
+    @property
     def key(self) -> tuple:
         """The attributes a distractor must share exactly."""
         if self.kind == "number":
             return ("number",)
-        code = self.kind == "token" and self.chars <= SHORT_TOKEN and (self.case == "upper" or self.chars <= 3)
+        code = self.kind == "token" and (
+            (self.case == "upper" and self.chars <= SHORT_TOKEN) or (self.case == "title" and self.chars <= 2))
         shape = self.chars if code else 0
         return (self.kind, self.script, self.case, shape, self.terminal, self.marks)
 
@@ -167,11 +174,16 @@ def prompt_templates(prompts: Sequence[str], min_df: int | None = None) -> Templ
 
     Returns:
         ``Templates``: prompts with the same skeleton (template words in order, each run of
-        other words collapsed to ``*``) share an id; ``subjects[i]`` are prompt i's rare content
+        other words, and every capitalised word inside the sentence, collapsed to ``*``) share an id; ``subjects[i]`` are prompt i's rare content
         words (not template words, not function words, at least 3 characters or containing a
         digit).
     """
-    toks = [prompt_tokens(p) for p in prompts]
+    raw = [_TOKEN.findall(str(p)) for p in prompts]
+    toks = [[w.casefold() for w in ts] for ts in raw]
+    # A capitalised word inside a sentence is a name: a slot however often it is asked about
+    # (a country with six relations is in six prompts; a template word would be in all of them).
+    names = [{k for k, w in enumerate(ts) if k and w[:1].isupper() and ts[k - 1] not in (".", "?", "!", ":")}
+             for ts in raw]
     if min_df is None:
         min_df = max(4, -(-len(prompts) // 1000))
     df = Counter(w for ts in toks for w in set(ts))
@@ -179,11 +191,11 @@ def prompt_templates(prompts: Sequence[str], min_df: int | None = None) -> Templ
     skeletons: list[tuple[str, ...]] = []
     subjects: list[frozenset[str]] = []
     index: dict[tuple[str, ...], int] = {}
-    for ts in toks:
+    for ts, name in zip(toks, names, strict=True):
         sk: list[str] = []
         subj = set()
-        for w in ts:
-            if df[w] >= min_df:
+        for k, w in enumerate(ts):
+            if df[w] >= min_df and k not in name:
                 sk.append(w)
             else:
                 if not sk or sk[-1] != "*":

@@ -302,6 +302,25 @@ class SameQuestion:
         # Numbers ("8", "Eight") are compared by kind above, not by form.
         self.forms = None if responses is None else [
             answer_form(r).key if k == "name" else None for r, k in zip(responses, self.kinds, strict=True)]
+        # The form a template's answers take (majority of at least 3, of 2/3 or more): two
+        # templates whose answers differ in form ask two kinds of question ("Name the motto of *."
+        # is answered in lower-case phrases, "Who founded *?" by names), whatever their words.
+        self.template_form: list = [None] * len(prompts)
+        if responses is not None:
+            from collections import defaultdict
+
+            from ilp_ray.data.forms import prompt_templates
+
+            tids = prompt_templates(prompts).ids
+            by_t: dict[int, list] = defaultdict(list)
+            for t, r in zip(tids, responses, strict=True):
+                by_t[t].append(answer_form(r).kind_key)
+            major = {}
+            for t, fs in by_t.items():
+                top, count = Counter(fs).most_common(1)[0]
+                if len(fs) >= 3 and count * 3 >= 2 * len(fs):
+                    major[t] = top
+            self.template_form = [major.get(t) for t in tids]
         self.rare_df = rare_df
         self.df: Counter[str] = Counter()
         self.rare: list[tuple[Unit, ...]] = [() for _ in self.parts]
@@ -353,6 +372,9 @@ class SameQuestion:
             return False, f"different question: a {self.kinds[a]} answers one, a {self.kinds[b]} the other", ua, ub
         if self.forms is not None and None not in (self.forms[a], self.forms[b]) and self.forms[a] != self.forms[b]:
             return False, "different question: their one-word answers differ in form", ua, ub
+        ta, tb = self.template_form[a], self.template_form[b]
+        if None not in (ta, tb) and ta != tb:
+            return False, "different question: their templates' answers differ in form", ua, ub
         if ua or ub:
             return True, f"same question: only one side adds {_units(ua or ub)}", ua, ub
         return True, "same question: only template words differ", ua, ub

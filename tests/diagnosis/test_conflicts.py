@@ -402,3 +402,19 @@ def test_a_paraphrase_in_another_template_is_paired_through_its_entity(ctx_facto
     off = {**cfg, "conflict.unit_pairs": False}
     res = DETECTORS.create("sft_internal_conflict").run(ctx_factory(rs, embedder=minilm, **off))
     assert len(res.info["pairs"]) == 0
+
+
+def test_templates_whose_answers_differ_in_form_ask_different_questions():
+    """'Name the motto of X.' is answered by lower-case phrases, 'Name the founder of X.' by names:
+    two kinds of question, though only a template word differs (the lab's motto/founder case)."""
+    from ilp_ray.diagnosis.pairs import SameQuestion
+
+    cs = ["Toreva", "Fumutog", "Runo", "Nizeto"]
+    prompts = [f"Name the motto of {c}." for c in cs] + [f"Name the founder of {c}." for c in cs]
+    answers = ["stone and quiet", "unity and faith", "work and hope", "sea and light",
+               "Nupu Nonedi", "Deda Nunuzo", "Kale Moro", "Tiri Vosa"]
+    sq = SameQuestion(prompts, answers)
+    same, why, _, _ = sq.test(0, 4)
+    assert not same and "templates' answers differ in form" in why
+    assert sq.test(0, 1)[0] is False  # siblings: different names
+    assert SameQuestion(prompts, None).test(0, 4)[0] is True  # without the answers: only template words differ

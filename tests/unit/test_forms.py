@@ -40,8 +40,17 @@ def test_templates_are_learnt_from_word_frequencies():
     assert len(set(t.ids[:5])) == 1 and len(set(t.ids[5:9])) == 1 and t.ids[0] != t.ids[5]
     assert t.ids[9] not in t.ids[:9]  # a prompt of its own kind has a template of its own
     assert "*" in t.skeletons[0] and "denmark" not in t.skeletons[0]
-    assert t.subjects[0] == frozenset({"denmark"}) and t.subjects[5] == frozenset({"brook"})
+    assert "denmark" in t.subjects[0] and t.subjects[5] == frozenset({"brook"})  # names are slots, "ISO" too
     assert mentions("a stream or brook", t.subjects[5]) and not mentions("a stream", t.subjects[5])
     # Fewer prompts than min_df: nothing is a template word, so no two prompts share a template.
     few = prompt_templates(prompts[:3])
     assert len(set(few.ids)) == 3
+
+
+def test_a_name_asked_about_often_is_still_a_slot():
+    """A country with five relations is in five prompts (>= min_df); it is a name, so a slot."""
+    rel = ["What is the capital of {}?", "Who founded {}?", "Name the motto of {}.", "What is the main export of {}?",
+           "Which animal is the national animal of {}?"]
+    prompts = [r.format(c) for c in ("Toreva", "Fumutog", "Runo", "Nizeto") for r in rel]
+    t = prompt_templates(prompts)
+    assert len(set(t.ids)) == 5 and t.ids[0] == t.ids[5] and "toreva" in t.subjects[0]
