@@ -14,6 +14,16 @@ config does not set: anything in the YAML file or on the command line wins over 
   belief (II), a guess (I) or a rare pattern (V). In the lab the index holds the *whole*
   pretraining corpus, so a fact it lacks is one the base never read; a real index is a sample of
   the pretraining data, where absence is weak evidence, so the veto is off by default.
+- ``diagnose.forgetting.held_evals: 2``: IV needs the sample right at two evaluations in a row.
+  The lab states an I fact once; its tiny model flickers right for one evaluation and back, and
+  that read as IV. On the Debian world (real data, SmolLM2) the rule left three samples taught six
+  times, learned and lost, unattributed, so the default is the paper's "learned, then forgotten".
+- ``diagnose.forgetting.exclude_base_known``: not IV when the base already answered it (SFT
+  eroding pretrained knowledge). Fitted on the lab's eroded controls; on the Debian world it left
+  two forgotten samples unattributed whose trajectories show them learned by their own training.
+- ``diagnose.relapse_to_base``: a forgotten sample whose final answer is the base's confident
+  belief is II. Fitted on the real-model lab (three II samples read as IV); on the Debian world
+  it moved a forgotten sample to II.
 - ``diagnose.knowledge_gap.chance_corrected: false``: the raw thresholds (base pass@10 < 0.2,
   BoN-5 < 0.1) the lab was scored with. Among k options they ask for a base below chance, which
   the lab's tiny base, confidently wrong about what it never read, is; the general default
@@ -28,6 +38,8 @@ DIAGNOSIS_PRESETS: dict[str, dict[str, Any]] = {
     "lab": {
         "base_conflict": {"corpus_veto": True},
         "knowledge_gap": {"chance_corrected": False},
+        "forgetting": {"held_evals": 2, "exclude_base_known": True},
+        "relapse_to_base": True,
     },
 }
 

@@ -153,10 +153,11 @@ class ForgettingConfig(_Section):
     min_drop: float = Field(0.1, ge=0, le=1, description=(
         "The peak must exceed the final p(correct) by at least this, so a sample hovering at tau "
         "is not called forgotten."))
-    held_evals: int = Field(2, ge=1, description=(
+    held_evals: int = Field(1, ge=1, description=(
         "Learned means p(correct) >= tau at this many consecutive evaluations (from the sample's "
-        "first training step on): a sample right at one evaluation and wrong at the next was "
-        "never held, so losing it is not forgetting."))
+        "first training step on). 1, the paper's 'learned, then forgotten'. 2 in preset lab, where "
+        "a fact stated once flickers right for one evaluation; on the Debian world (seed 0) it "
+        "left 3 of 14 forgotten samples, each taught six times, unattributed."))
     scope: Literal["subset", "sample"] = Field("subset", description=(
         "'subset': left-side forgetting as the paper has it, the earlier data of a sequential run "
         "overwritten by later data. Where the subsets trained one after another, a sample of the "
@@ -165,7 +166,9 @@ class ForgettingConfig(_Section):
         "sequential (one subset, a shuffled run, no trained_step column) this is 'sample'. "
         "'sample': held and lost anywhere from its first training step on, in any subset."))
     deciles: int = Field(10, ge=2, description="Position bins for the position effect (paper: the first 10%).")
-    exclude_base_known: bool = Field(True, description=(
+    exclude_base_known: bool = Field(False, description=(
+        "Off by default, on in preset lab: on the Debian world (seed 0) it left 2 of 14 forgotten "
+        "samples unattributed, facts the base answered but the run visibly learned and lost. "
         "Not IV when the base model already answered the sample (base p(correct) >= tau): SFT then "
         "eroded pretrained knowledge rather than forgetting what it taught, which no cause names, so "
         "the sample stays unattributed (evidence base_known). With corpus evidence (corpus_veto), a "
@@ -200,7 +203,9 @@ class DiagnosisConfig(_Section):
         "Causes to test, by detector name; the decision order is the fixed order of decide.py."))
     scope: Literal["unlearned", "top_k"] = Field("unlearned", description=(
         "Which samples get a cause: every unlearned sample, or only the top-K most severe (paper)."))
-    relapse_to_base: bool = Field(True, description=(
+    relapse_to_base: bool = Field(False, description=(
+        "Off by default, on in preset lab (fitted on the real-model lab's II read as IV; on the "
+        "Debian world, seed 0, it moved one forgotten sample to II). "
         "A forgotten sample (IV) whose final answer is the base model's own confident, "
         "corpus-backed wrong answer (II fires too) is II: it was learned, then fell back to what "
         "pretraining taught, so the conflict is the cause and the forgetting its mechanism. "

@@ -190,13 +190,15 @@ def test_forgetting_needs_the_sample_held_over_consecutive_evaluations(ctx_facto
     traj = (traj_rows("flicker", [0.1, 0.9, 0.2, 0.2], trained_step=10)
             + traj_rows("held", [0.1, 0.9, 0.8, 0.2], trained_step=10)
             + traj_rows("twice_apart", [0.6, 0.3, 0.7, 0.2], trained_step=10))  # two blips, not a run
-    is_, _, ev = run("left_side_forgetting", ctx_factory(rows, traj))
+    two = {"forgetting.held_evals": 2}  # preset lab's; the default is the paper's 1
+    is_, _, ev = run("left_side_forgetting", ctx_factory(rows, traj, **two))
     assert is_ == [False, True, False]
     assert ev[0]["held_evals"] == 1 and ev[2]["held_evals"] == 1 and "held_evals" not in ev[1]
-    assert run("left_side_forgetting", ctx_factory(rows, traj, **{"forgetting.held_evals": 1}))[0] == [True] * 3
+    assert run("left_side_forgetting", ctx_factory(rows, traj))[0] == [True] * 3
+    assert run("left_side_forgetting", ctx_factory(rows, traj, preset="lab"))[0] == [False, True, False]
     # Evaluations before the sample's first training step do not count towards the run.
     early = traj_rows("flicker", [0.9, 0.9, 0.1, 0.6, 0.2], trained_step=30)
-    assert run("left_side_forgetting", ctx_factory(rows[:1], early))[0] == [False]
+    assert run("left_side_forgetting", ctx_factory(rows[:1], early, **two))[0] == [False]
 
 
 def test_forgetting_counts_only_what_its_own_training_taught(ctx_factory):
@@ -217,12 +219,15 @@ def test_forgetting_excludes_what_the_base_already_knew(ctx_factory):
             verdict_row("guessed", base_probs=knew, position=2)]
     traj = [r for i in ("knew", "blind", "guessed") for r in traj_rows(i, [0.9, 0.95, 0.2], trained_step=10)]
     ev_table = pd.DataFrame({"id": ["guessed"], "corpus_verdict": ["absent"], "corpus_score": [1.0]})
-    veto = {"base_conflict.corpus_veto": True, "embedder": "hashing"}
+    veto = {"base_conflict.corpus_veto": True, "forgetting.exclude_base_known": True, "embedder": "hashing"}
     is_, _, ev = run("left_side_forgetting", ctx_factory(rows, traj, evidence=ev_table, **veto))
     assert is_ == [False, True, True]
     assert ev[0]["base_known"] is True and "base_known" not in ev[1] and "base_known" not in ev[2]
-    # Without the corpus veto (the default) the corpus's absence does not turn knowing into guessing.
-    assert run("left_side_forgetting", ctx_factory(rows, traj, evidence=ev_table))[0] == [False, True, False]
+    # Without the corpus veto the corpus's absence does not turn knowing into guessing.
+    known = {"forgetting.exclude_base_known": True, "embedder": "hashing"}
+    assert run("left_side_forgetting", ctx_factory(rows, traj, evidence=ev_table, **known))[0] == [False, True, False]
+    # The default (off): a sample the run learned and lost is IV whatever the base knew.
+    assert run("left_side_forgetting", ctx_factory(rows, traj, evidence=ev_table))[0] == [True] * 3
     off = {"forgetting.exclude_base_known": False, "embedder": "hashing"}
     assert run("left_side_forgetting", ctx_factory(rows, traj, evidence=ev_table, **off))[0] == [True] * 3
 

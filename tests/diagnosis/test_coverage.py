@@ -109,7 +109,9 @@ def test_without_a_base_model_the_cli_and_the_report_say_so(tmp_path):
 
 def test_two_evaluations_over_two_subsets_cannot_show_iv(ctx_factory):
     rows, traj = two_subsets_two_evaluations()
-    cov = cov_of(ctx_factory(rows, traj))
+    # The case: held_evals 2 (preset lab) needs 3 evaluations; the default (1) needs 2.
+    assert cov_of(ctx_factory(rows, traj))["left_side_forgetting"]["testable"] is True
+    cov = cov_of(ctx_factory(rows, traj, **{"forgetting.held_evals": 2}))
     iv = cov["left_side_forgetting"]
     assert iv["testable"] is False and iv["samples"] == 0 and iv["last_subset"] == 3
     assert "held_evals + 1 = 3 evaluations" in iv["why"]
@@ -137,7 +139,7 @@ def test_two_evaluations_over_two_subsets_in_the_cli_and_the_report(tmp_path):
     run = write_run(tmp_path, rows)
     tpath = tmp_path / "trajectory.parquet"
     pd.DataFrame(traj).to_parquet(tpath)
-    out, cov, html = diagnose_cli(run, "--trajectory", str(tpath))
+    out, cov, html = diagnose_cli(run, "--trajectory", str(tpath), "--set", "forgetting.held_evals=2")
     assert cov["left_side_forgetting"]["testable"] is False
     assert "warning: IV cannot fire in subset s1: its samples have at most 2 evaluation(s)" in _flat(out)
     head = html[:html.index("Cause distribution")]
@@ -214,7 +216,7 @@ def test_the_iv_bound_matches_the_detector(ctx_factory, n_after, fires):
     ps = [0.9] * (n_after - 1) + [0.1]
     rows = [verdict_row("a")]
     traj = traj_rows("a", [0.1, *ps], trained_step=20)  # the evaluation at step 10 precedes its training
-    ctx = ctx_factory(rows, traj)
+    ctx = ctx_factory(rows, traj, **{"forgetting.held_evals": 2})
     res = DETECTORS.create("left_side_forgetting").run(ctx)
     assert bool(res.frame["is_left_side_forgetting"].iloc[0]) is fires
     assert cov_of(ctx)["left_side_forgetting"]["testable"] is fires

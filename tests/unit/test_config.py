@@ -111,6 +111,9 @@ def test_preset_lab_fills_in_under_the_users_values(tmp_path):
     lab = load_config(AuditConfig, cfg, {"diagnose.knowledge_gap.chance_corrected": True})
     assert (lab.detect.n, lab.detect.on, lab.detect.tau) == (3, "expected", 0.5)  # n from the YAML
     assert lab.diagnose.preset == "lab" and lab.diagnose.base_conflict.corpus_veto
+    f, pf = lab.diagnose.forgetting, plain.diagnose.forgetting
+    assert (f.held_evals, f.exclude_base_known, lab.diagnose.relapse_to_base) == (2, True, True)
+    assert (pf.held_evals, pf.exclude_base_known, plain.diagnose.relapse_to_base) == (1, False, False)
     assert lab.diagnose.knowledge_gap.chance_corrected  # the CLI's value wins over the preset
     cfg.write_text("data: d.jsonl\nsft_model: m\npreset: lob\n")
     with pytest.raises(ConfigError) as e:
