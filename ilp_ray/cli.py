@@ -24,7 +24,10 @@ def _fail(e: Exception) -> None:
 @app.command()
 def audit(
     config: Path | None = typer.Option(None, "--config", "-c", help="Audit config (YAML)."),
-    data: str | None = typer.Option(None, help="SFT dataset (JSONL, Parquet, CSV; path or URI)."),
+    data: str | None = typer.Option(None, help=(
+        "SFT dataset: JSONL, Parquet, CSV (path or URI), a saved HF dataset or Parquet shards.")),
+    data_format: str | None = typer.Option(None, "--data-format", help=(
+        "Layout of the rows: auto (read from the fields), ilp, messages, prompt-completion, alpaca, sharegpt.")),
     sft_model: str | None = typer.Option(None, "--sft-model", help="Fine-tuned model: checkpoint dir or bundled name."),
     base_model: str | None = typer.Option(None, "--base-model", help="Base model before SFT."),
     run_dir: str | None = typer.Option(None, "--run-dir", help="Output directory."),
@@ -37,8 +40,8 @@ def audit(
 
     try:
         overrides = parse_overrides(set_)
-        for key, value in (("data", data), ("sft_model", sft_model), ("base_model", base_model),
-                           ("run_dir", run_dir)):
+        for key, value in (("data", data), ("data_format", data_format), ("sft_model", sft_model),
+                           ("base_model", base_model), ("run_dir", run_dir)):
             if value is not None:
                 overrides[key] = value
         cfg = load_config(AuditConfig, config, overrides)

@@ -13,6 +13,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from ilp_ray.config_base import TrackingConfig, _Section
+from ilp_ray.data.conversations import DATA_FORMAT_HELP, DataFormat
 from ilp_ray.diagnosis.config import DiagnosisConfig
 from ilp_ray.errors import ConfigError
 from ilp_ray.evidence.config import AuditEvidenceConfig
@@ -129,7 +130,10 @@ class AuditConfig(_Section):
         "Named settings calibrated on a benchmark (ilp_ray/presets.py), filled in under this "
         "config's own values: 'lab' is what the ILP lab audits with (N=1 on p(correct), tau 0.5, "
         "and the diagnosis's lab preset). None: the paper's defaults."))
-    data: str = Field(..., description="SFT dataset: JSONL, Parquet or CSV; a path or any pyarrow URI.")
+    data: str = Field(..., description=(
+        "SFT dataset: JSONL, Parquet or CSV (a path or any pyarrow URI), or a directory holding a "
+        "saved HF dataset or Parquet shards."))
+    data_format: DataFormat = Field("auto", description=DATA_FORMAT_HELP)
     sft_model: str = Field(..., description="The fine-tuned model: a HF checkpoint dir or a bundled name.")
     base_model: str | None = Field(None, description="The base model before SFT; None skips base probing.")
     run_dir: str = Field("runs/audit", description="Where shards, tables and the summary are written.")

@@ -11,6 +11,12 @@ class SftRecord:
 
     ``position`` is its index in training order; ``options``/``answer`` are set only when the
     data is already multiple-choice (then MC conversion keeps them as they are).
+
+    A sample taken from a conversation (``ilp_ray.data.formats``) keeps what came before its
+    prompt: ``history`` holds the earlier ``(role, content)`` turns (a system turn first, if any),
+    ``prompt`` the last user turn and ``response`` the assistant turn that answers it; ``turn`` is
+    the 0-based index of that assistant turn among the conversation's assistant turns. Training
+    and scoring render ``history`` + ``prompt`` together (``ilp_ray.scoring.formats.render``).
     """
 
     id: str
@@ -20,6 +26,8 @@ class SftRecord:
     position: int = 0
     options: tuple[str, ...] | None = None
     answer: int | None = None
+    history: tuple[tuple[str, str], ...] = ()
+    turn: int | None = None
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,7 @@ class McItem:
     subset: str = "default"
     position: int = 0
     fallback: int = 0  # how far MC conversion relaxed the answer's form (0: every distractor matches it)
+    history: tuple[tuple[str, str], ...] = ()  # the conversation before the question (SftRecord.history)
 
 
 @dataclass(frozen=True)

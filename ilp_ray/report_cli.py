@@ -38,6 +38,17 @@ def print_summary(result: Any, top: int = 5) -> None:
     con.print(f"seed stability (Jaccard over seeds): {s['seed_stability']:.3f}   "
               f"truncated prompts: {s['truncated_items']}   "
               f"shards scored/reused: {s['shards_scored']}/{s['shards_reused']}   wall: {s['wall_s']:.1f} s")
+    read = s.get("data_read")
+    if read:
+        turns = f", {read['conversation_turns']} of them conversation turns" if read["conversation_turns"] else ""
+        ids = "; ids generated from the content (the data has none)" if read["ids_generated"] else ""
+        con.print(f"data: {read['records']} samples from {read['rows']} rows, layout {read['format']}{turns}{ids}",
+                  highlight=False)
+        if read["duplicate_contents"]:
+            first = read["duplicates"][0]
+            con.print(f"[yellow]{read['duplicate_contents']} samples repeat an earlier one's content (e.g. "
+                      f"{first['at']} repeats {first['first']}); each is audited as its own sample.[/yellow]",
+                      highlight=False)
     fair = s.get("fairness")
     if fair:
         style = "yellow" if fair["unfair"] else "green"

@@ -4,8 +4,9 @@ Heavy libraries (pyarrow, sentence-transformers) are imported inside functions.
 """
 
 from ilp_ray.data.embed import Embedder, HashingEmbedder, TextEmbedder, get_embedder
-from ilp_ray.data.load import read_sft
+from ilp_ray.data.load import LoadedSft, load_sft, read_sft
 from ilp_ray.data.mc import build_mc_items, topk_neighbours
 
-__all__ = ["Embedder", "HashingEmbedder", "TextEmbedder", "build_mc_items", "get_embedder", "read_sft",
+__all__ = ["Embedder", "HashingEmbedder", "LoadedSft", "TextEmbedder", "build_mc_items", "get_embedder", "load_sft",
+           "read_sft",
            "topk_neighbours"]

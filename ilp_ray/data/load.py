@@ -1,83 +1,150 @@
-"""Read an SFT dataset (JSONL, CSV or Parquet; local or any pyarrow filesystem URI) into records.
+"""Read an SFT dataset (JSONL, CSV, Parquet, a saved HF dataset; local or any pyarrow URI) into records.
 
 The whole file is validated before anything is returned, so a bad row deep in a large file fails
 the run at load time rather than hours later in scoring. Every problem is a ``DataError`` naming
-the file, the 1-based line (JSONL, CSV) or row (Parquet), and the field.
+the file, the 1-based line (JSONL, CSV) or row (Parquet, HF datasets), and the field.
 
-Field rules (all formats):
+Layouts (``data_format``, ``ilp_ray.data.conversations``): ``ilp`` (``prompt``/``response``), TRL
+``messages``, ``prompt-completion`` (strings or conversational lists), ``alpaca``
+(``instruction``/``input``/``output``) and ``sharegpt`` (``conversations``); ``auto`` (the default)
+reads the layout from the fields. A conversation gives one record per assistant turn.
 
-- ``id`` (required): a non-blank string, or an integer (converted to ``str``: Parquet and pandas
+Field rules (every layout):
+
+- ``id`` (optional): a non-blank string, or an integer (converted to ``str``: Parquet and pandas
   exports often store ids as int64). Floats, booleans and null are rejected, because ``1.0`` vs
-  ``1`` would silently collide or split ids. Ids must be unique; the error names both lines.
-- ``prompt``, ``response`` (required): strings, non-empty after stripping whitespace. The text is
-  kept exactly as written (no stripping): it is what the model was trained on.
+  ``1`` would silently collide or split ids. Ids must be unique; the error names both lines. A
+  conversation with several assistant turns gives ``{id}/{turn}``. Without ids, each record's id is
+  a stable hash of its content (``h`` + 16 hex digits of SHA-1 over history, prompt and response;
+  a repeat of the same content gets ``-2``, ``-3``, ...), and ``LoadedSft.ids_generated`` says so.
+- The layout's text fields: strings, non-empty after stripping whitespace. The text is kept
+  exactly as written (no stripping): it is what the model was trained on.
 - ``subset`` (optional, default ``"default"``): a non-blank string.
 - ``position`` (optional, default = the record's 0-based index among the file's records, i.e.
   training order): a non-negative integer.
-- ``options`` + ``answer`` (optional, both or neither): ``options`` is a list of at least two
-  strings, ``answer`` an integer index into it, and ``options[answer]`` must equal ``response``
-  (compared after stripping surrounding whitespace). We reject a mismatch instead of trusting
-  either side, since the audit would otherwise score the model against a different text than
-  the one it was trained on.
+- ``options`` + ``answer`` (optional, both or neither; not with a conversation of several turns):
+  ``options`` is a list of at least two strings, ``answer`` an integer index into it, and
+  ``options[answer]`` must equal the response (compared after stripping surrounding whitespace).
+  We reject a mismatch instead of trusting either side, since the audit would otherwise score the
+  model against a different text than the one it was trained on.
 - Any other field is ignored, so exports with extra metadata load as they are.
+- Records with the same content (history, prompt, response) are not an error (SFT data repeats
+  samples on purpose) but are reported: ``LoadedSft.duplicates`` lists each repeat's location with
+  its first.
 
-Format specifics:
+Sources:
 
-- JSONL (``.jsonl``, ``.ndjson``, ``.json`` read as JSON Lines): one object per line; blank lines
-  are skipped but still counted, so line numbers match an editor's.
+- JSONL (``.jsonl``, ``.ndjson``, ``.json`` read as JSON Lines, which ``datasets``' ``to_json``
+  writes): one object per line; blank lines are skipped but still counted, so line numbers match
+  an editor's.
 - CSV (``.csv``): a header line is required (it is line 1); line numbers are physical lines, so a
   record whose quoted field spans lines is reported at its first line. Cells are text: an empty
   cell of an optional column means "absent", ``position``/``answer`` must parse as integers, and
-  ``options`` is a JSON-encoded list of strings.
+  list fields (``options``, ``messages``, ``conversations``) are JSON-encoded.
 - Parquet (``.parquet``, ``.pq``): "row N" is 1-based; null in an optional column means absent.
+- A directory: a ``datasets`` dataset saved with ``save_to_disk`` (a ``DatasetDict`` gives its
+  ``train`` split, or its only one), or Parquet shards as the Hub stores them (``*.parquet`` below
+  the directory, in name order; the ``train-*`` shards when the names carry splits). Errors name
+  the shard file and its row.
 - A ``.gz`` suffix (e.g. ``data.jsonl.gz``) is decompressed transparently for JSONL and CSV.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ilp_ray.data.conversations import (
+    DATA_FORMATS,
+    LIST_FIELDS,
+    SIGNATURES,
+    RowError,
+    closest,
+    describe_layouts,
+    detect,
+    samples,
+)
+from ilp_ray.data.conversations import type_name as _tname
 from ilp_ray.errors import DataError
 from ilp_ray.records import SftRecord
 
-REQUIRED = ("id", "prompt", "response")
 _JSONL = (".jsonl", ".ndjson", ".json")
 _CSV = (".csv",)
 _PARQUET = (".parquet", ".pq")
 _COMPRESSED = (".gz", ".bz2", ".zst")
+_OPTIONAL = ("id", "subset", "position", "options", "answer", "system", "input")
 
 
-def read_sft(path: str | Path) -> list[SftRecord]:
-    """Read and validate a whole SFT file.
+@dataclass(frozen=True)
+class LoadedSft:
+    """What ``load_sft`` read: the records and what it had to decide about them.
+
+    ``format``: the layout read (``ilp_ray.data.conversations``); ``ids_generated``: the records
+    had no ids, so they are content hashes; ``duplicates``: ``(where, first)`` locations
+    (``file:line``) of each record whose content repeats an earlier one; ``rows``: rows read (a
+    conversation is one row and several records).
+    """
+
+    records: list[SftRecord]
+    format: str
+    ids_generated: bool
+    duplicates: list[tuple[str, str]] = field(default_factory=list)
+    rows: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        """The block the audit's summary.json carries as ``data``."""
+        return {"format": self.format, "rows": self.rows, "records": len(self.records),
+                "ids_generated": self.ids_generated, "duplicate_contents": len(self.duplicates),
+                "duplicates": [{"at": at, "first": first} for at, first in self.duplicates[:20]],
+                "conversation_turns": sum(r.turn is not None for r in self.records)}
+
+
+def read_sft(path: str | Path, data_format: str = "auto") -> list[SftRecord]:
+    """The records of ``load_sft(path, data_format)``, in file order."""
+    return load_sft(path, data_format).records
+
+
+def load_sft(path: str | Path, data_format: str = "auto") -> LoadedSft:
+    """Read and validate a whole SFT dataset.
 
     Args:
         path: a local path, or a URI that ``pyarrow.fs.FileSystem.from_uri`` opens
-            (``file:///…``, ``s3://…``, ``gs://…``, ``hdfs://…``). The format follows the
+            (``file:///…``, ``s3://…``, ``gs://…``, ``hdfs://…``). A file's format follows its
             extension: ``.jsonl``/``.ndjson``/``.json``, ``.csv``, ``.parquet``/``.pq``, each text
-            format optionally ``.gz``-compressed.
+            format optionally ``.gz``-compressed; a local directory is a saved HF dataset or a
+            folder of Parquet shards.
+        data_format: the layout (``ilp_ray.data.conversations.DATA_FORMATS``); ``auto`` reads it
+            from the first row's fields.
 
     Returns:
-        The records in file order.
+        A ``LoadedSft``: the records in file order, and how they were read.
 
     Raises:
-        DataError: the file cannot be opened, has an unsupported extension, holds no records, or
-            has any invalid row. The first problem is reported with its exact location, followed
-            by "(and N more errors)" when there are others.
+        DataError: the source cannot be opened, has an unsupported extension, holds no records,
+            mixes layouts, or has any invalid row. The first problem is reported with its exact
+            location, followed by "(and N more errors)" when there are others.
     """
+    if data_format not in DATA_FORMATS:
+        raise DataError(f"unknown data_format {data_format!r}; expected one of {', '.join(DATA_FORMATS)}",
+                        field="data_format")
     name = str(path)
+    if "://" not in name and os.path.isdir(name):
+        return _validate(name, _directory_rows(name), data_format)
     kind = _kind(name)
     if kind == "parquet":
-        rows = _parquet_rows(name)
-    else:
-        data = _read_bytes(name)
-        rows = _jsonl_rows(name, data) if kind == "jsonl" else _csv_rows(name, data)
-    return _validate(name, rows, unit="row" if kind == "parquet" else "line", csv_cells=(kind == "csv"))
+        return _validate(name, _parquet_rows(name), data_format)
+    data = _read_bytes(name)
+    rows = _jsonl_rows(name, data) if kind == "jsonl" else _csv_rows(name, data)
+    return _validate(name, ((name, loc, row) for loc, row in rows), data_format,
+                     unit="line", csv_cells=(kind == "csv"))
 
 
 # --- opening -------------------------------------------------------------------------------------
@@ -182,10 +249,7 @@ def _csv_rows(name: str, data: bytes) -> Iterator[Row]:
         dup = sorted({h for h in header if header.count(h) > 1})
         if dup:
             raise DataError(f"duplicate column(s) in the header: {', '.join(dup)}", file=name, line=1)
-        missing = [f for f in REQUIRED if f not in header]
-        if missing:
-            raise DataError(f"missing column in the header (found: {', '.join(header)})",
-                            file=name, line=1, field=missing[0])
+        _check_columns(name, header, "missing column in the header", line=1)
         while True:
             start = reader.line_num + 1  # physical line where the next record begins
             try:
@@ -206,60 +270,210 @@ def _csv_rows(name: str, data: bytes) -> Iterator[Row]:
         csv.field_size_limit(old_limit)
 
 
-def _parquet_rows(name: str) -> Iterator[Row]:
-    import pyarrow.parquet as pq
+def _parquet_rows(name: str, table=None) -> Iterator[tuple[str, int, Any]]:
+    """(file, 1-based row, dict) of a Parquet file (or of ``table``, read from it)."""
+    if table is None:
+        import pyarrow.parquet as pq
 
-    filesystem, p = _open_fs(name)
-    try:
-        table = pq.read_table(p, filesystem=filesystem)
-    except FileNotFoundError as e:
-        raise DataError("file not found", file=name) from e
-    except Exception as e:  # ArrowInvalid for a corrupt or non-Parquet file
-        raise DataError(f"cannot read Parquet file: {e}", file=name) from e
+        filesystem, p = _open_fs(name)
+        try:
+            table = pq.read_table(p, filesystem=filesystem)
+        except FileNotFoundError as e:
+            raise DataError("file not found", file=name) from e
+        except Exception as e:  # ArrowInvalid for a corrupt or non-Parquet file
+            raise DataError(f"cannot read Parquet file: {e}", file=name) from e
+    return _table_rows(name, table)
+
+
+def _table_rows(name: str, table) -> Iterator[tuple[str, int, Any]]:
     cols = table.column_names
-    missing = [f for f in REQUIRED if f not in cols]
-    if missing:
-        raise DataError(f"missing column (found: {', '.join(cols)})", file=name, field=missing[0])
-    wanted = [c for c in (*REQUIRED, "subset", "position", "options", "answer") if c in cols]
-    data = {c: table.column(c).to_pylist() for c in wanted}
-    return ((i + 1, {c: data[c][i] for c in wanted}) for i in range(table.num_rows))
+    _check_columns(name, cols, "missing column")
+    wanted = [c for c in cols if c in _OPTIONAL or c in _LAYOUT_FIELDS]
+    base = 0
+    for batch in table.select(wanted).to_batches(max_chunksize=4096):
+        data = batch.to_pydict()
+        for i in range(batch.num_rows):
+            yield name, base + i + 1, {c: data[c][i] for c in wanted}
+        base += batch.num_rows
+
+
+def _check_columns(name: str, cols: list[str], missing: str, line: int | None = None) -> None:
+    """A table's columns must hold one layout's fields: name the missing one, or list the layouts."""
+    if detect(cols) is not None:
+        return
+    near = closest(cols)
+    if near:
+        raise DataError(f"{missing} (found: {', '.join(cols)})", file=name, line=line, field=near[1][0])
+    raise DataError(f"cannot tell the layout from the columns (found: {', '.join(cols)}); expected "
+                    f"{describe_layouts()}", file=name, line=line)
+
+
+def _directory_rows(name: str) -> Iterator[tuple[str, int, Any]]:
+    """Rows of a saved ``datasets`` dataset, or of the Parquet shards below a directory."""
+    root = Path(name)
+    if (root / "dataset_dict.json").exists() or (root / "state.json").exists():
+        yield from _hf_rows(root)
+        return
+    shards = sorted(root.rglob("*.parquet"))
+    train = [p for p in shards if p.name.startswith("train")]
+    shards = train or shards
+    if not shards:
+        raise DataError("a directory must hold a dataset saved with datasets' save_to_disk "
+                        "(state.json or dataset_dict.json) or Parquet shards (*.parquet)", file=name)
+    for shard in shards:
+        yield from _parquet_rows(str(shard))
+
+
+def _hf_rows(root: Path) -> Iterator[tuple[str, int, Any]]:
+    try:
+        import datasets
+    except ImportError as e:  # pragma: no cover - datasets ships with our dependencies
+        raise DataError("reading a saved HF dataset needs the 'datasets' package", file=str(root)) from e
+    try:
+        ds = datasets.load_from_disk(str(root))
+    except Exception as e:  # FileNotFoundError or a version mismatch inside the folder
+        raise DataError(f"cannot load the saved dataset: {e}", file=str(root)) from e
+    where = root
+    if isinstance(ds, datasets.DatasetDict):
+        split = "train" if "train" in ds else (next(iter(ds)) if len(ds) == 1 else None)
+        if split is None:
+            raise DataError(f"a DatasetDict without a 'train' split (splits: {', '.join(ds)}); "
+                            "point data at one split's folder", file=str(root))
+        ds, where = ds[split], root / split
+    yield from _table_rows(str(where), ds.data.table)
 
 
 # --- validation ----------------------------------------------------------------------------------
 
-def _validate(name: str, rows: Iterable[Row], *, unit: str, csv_cells: bool) -> list[SftRecord]:
+_LAYOUT_FIELDS = {"prompt", "response", "completion", "messages", "conversations", "instruction", "output"}
+
+
+def _validate(source: str, rows: Iterable[tuple[str, int, Any]], data_format: str, *, unit: str = "row",
+              csv_cells: bool = False) -> LoadedSft:
     records: list[SftRecord] = []
     errors: list[DataError] = []
-    first_seen: dict[str, int] = {}
-    for loc, row in rows:
+    first_id: dict[str, tuple[str, int]] = {}
+    first_content: dict[str, tuple[str, int]] = {}
+    repeats: Counter[str] = Counter()
+    duplicates: list[tuple[str, str]] = []
+    layout = None if data_format == "auto" else data_format
+    layout_at = ""
+    with_id: tuple[str, int] | None = None
+    without_id: tuple[str, int] | None = None
+    n_rows = 0
+    for name, loc, row in rows:
+        n_rows += 1
+        where = f"{name}:{loc}"
         if isinstance(row, DataError):
             errors.append(row)
             continue
 
-        def fail(field: str, msg: str, loc: int = loc) -> None:
+        def fail(field: str, msg: str, loc: int = loc, name: str = name) -> None:
             suffix = f" (row {loc})" if unit == "row" else ""
             errors.append(DataError(msg + suffix, file=name, line=loc, field=field))
 
-        rec = _to_record(row, len(records), fail, csv_cells)
-        if rec is None:
+        if csv_cells:
+            row = _csv_cells(row, fail)
+            if row is None:
+                continue
+        given = [k for k, v in row.items() if v is not None]  # a null field is an absent one
+        found = detect(given)
+        if found is None and layout is None and closest(given):
+            found = closest(given)[0]  # the row's fields fall short of one layout: name what it lacks
+        if layout is None:
+            if found is None:
+                fail(None, f"cannot tell the layout from the fields (found: {', '.join(row) or 'none'}); "
+                     f"expected {describe_layouts()}, or set data_format")
+                break
+            layout, layout_at = found, where
+        elif data_format == "auto" and found != layout and (found is not None or not _shares(given, layout)):
+            fail(None, f"this row's layout is {found or 'none of ' + ', '.join(DATA_FORMATS[1:])}, and the "
+                 f"file's is {layout} (from {layout_at}): one file holds one layout")
             continue
-        if rec.id in first_seen:
-            fail("id", f"duplicate id {rec.id!r}, first on {unit} {first_seen[rec.id]}")
+        try:
+            parts = samples(row, layout)
+        except RowError as e:
+            fail(e.field, e.message)
             continue
-        first_seen[rec.id] = loc
-        records.append(rec)
+        except KeyError as e:
+            fail(e.args[0], "missing required field")
+            continue
+        common = _common_fields(row, len(records), fail, csv_cells, parts)
+        if common is None:
+            continue
+        rid, subset, position, options, answer = common
+        if rid is None:
+            without_id = without_id or (name, loc)
+        else:
+            with_id = with_id or (name, loc)
+        for part in parts:
+            content = _content_hash(part)
+            seen = first_content.get(content)
+            repeats[content] += 1
+            if rid is not None:
+                sid = rid if len(parts) == 1 else f"{rid}/{part.turn}"
+            else:
+                sid = "h" + content[:16] + (f"-{repeats[content]}" if seen is not None else "")
+            if seen is not None:
+                duplicates.append((where, _where(*seen)))
+            else:
+                first_content[content] = (name, loc)
+            if sid in first_id:
+                at_name, at_loc = first_id[sid]
+                fail("id", f"duplicate id {sid!r}, first on {unit} {at_loc}"
+                     + (f" of {at_name}" if at_name != name else ""))
+                continue
+            first_id[sid] = (name, loc)
+            records.append(SftRecord(
+                id=sid, prompt=part.prompt, response=part.response, subset=subset,
+                position=position if position is not None else len(records), options=options,
+                answer=answer, history=part.history, turn=part.turn))
     if errors:
         first = errors[0]
         more = f" (and {len(errors) - 1} more errors)" if len(errors) > 1 else ""
         raise DataError(first.message + more, file=first.file, line=first.line, field=first.field)
     if not records:
-        raise DataError("no records in file", file=name)
-    return records
+        raise DataError("no records in file", file=source)
+    if with_id and without_id:
+        raise DataError(f"this row has no id and {_where(*with_id)} has one: give every row an id, or "
+                        "none (then ids are content hashes)", file=without_id[0], line=without_id[1], field="id")
+    return LoadedSft(records=records, format=layout, ids_generated=without_id is not None,
+                     duplicates=duplicates, rows=n_rows)
 
 
-def _to_record(row: dict[str, Any], index: int, fail: Callable[[str, str], None],
-               csv_cells: bool) -> SftRecord | None:
-    """Check one row's fields; report each problem through ``fail`` and return None if any."""
+def _shares(row: list[str], layout: str) -> bool:
+    """Does the row carry any of ``layout``'s own fields (then a missing one is named, not the layout)?"""
+    return any(f in row for name, need in SIGNATURES if name == layout for f in need)
+
+
+def _where(name: str, loc: int) -> str:
+    return f"{name}:{loc}"
+
+
+def _content_hash(part) -> str:
+    body = json.dumps([[list(t) for t in part.history], part.prompt, part.response], ensure_ascii=False)
+    return hashlib.sha1(body.encode("utf-8")).hexdigest()
+
+
+def _csv_cells(row: dict[str, Any], fail) -> dict[str, Any] | None:
+    """A CSV row's cells as values: blank optional cells absent, list fields JSON-decoded."""
+    out = {}
+    for k, v in row.items():
+        if k in _OPTIONAL and isinstance(v, str) and not v.strip():
+            continue
+        if k in LIST_FIELDS and k != "options" and isinstance(v, str):
+            try:
+                v = json.loads(v)
+            except json.JSONDecodeError as e:
+                fail(k, f"expected a JSON list of turns in the cell: {e.msg}")
+                return None
+        out[k] = v
+    return out
+
+
+def _common_fields(row: dict[str, Any], index: int, fail: Callable[[str, str], None], csv_cells: bool,
+                   parts) -> tuple | None:
+    """(id or None, subset, position or None, options, answer) of a row; None after a problem."""
     n_err = 0
 
     def bad(field: str, msg: str) -> None:
@@ -271,27 +485,17 @@ def _to_record(row: dict[str, Any], index: int, fail: Callable[[str, str], None]
         v = row.get(field)
         return v is not None and not (csv_cells and isinstance(v, str) and not v.strip())
 
-    for field in REQUIRED:
-        if field not in row:
-            bad(field, "missing required field")
-        elif row[field] is None:
-            bad(field, "must not be null")
-    if n_err:
-        return None
-
-    rid = row["id"]
-    if isinstance(rid, int) and not isinstance(rid, bool):
-        rid = str(rid)
-    elif not isinstance(rid, str):
-        bad("id", f"expected a string or integer, got {_tname(rid)}")
-    elif not rid.strip():
-        bad("id", "must not be blank")
-    for field in ("prompt", "response"):
-        v = row[field]
-        if not isinstance(v, str):
-            bad(field, f"expected a string, got {_tname(v)}")
-        elif not v.strip():
-            bad(field, "must not be empty")
+    rid = None
+    if "id" in row:
+        rid = row["id"]
+        if rid is None:
+            bad("id", "must not be null")
+        elif isinstance(rid, int) and not isinstance(rid, bool):
+            rid = str(rid)
+        elif not isinstance(rid, str):
+            bad("id", f"expected a string or integer, got {_tname(rid)}")
+        elif not rid.strip():
+            bad("id", "must not be blank")
 
     subset = "default"
     if present("subset"):
@@ -301,7 +505,7 @@ def _to_record(row: dict[str, Any], index: int, fail: Callable[[str, str], None]
         elif not subset.strip():
             bad("subset", "must not be blank")
 
-    position = _int_field(row, "position", csv_cells, bad) if present("position") else index
+    position = _int_field(row, "position", csv_cells, bad) if present("position") else None
     if position is not None and position < 0:
         bad("position", f"must be >= 0, got {position}")
 
@@ -309,19 +513,20 @@ def _to_record(row: dict[str, Any], index: int, fail: Callable[[str, str], None]
     has_opts, has_ans = present("options"), present("answer")
     if has_opts != has_ans:
         bad("options" if has_ans else "answer", "'options' and 'answer' must be given together")
+    elif has_opts and len(parts) > 1:
+        bad("options", f"options belong to one answer, and this conversation has {len(parts)} assistant turns")
     elif has_opts:
         options = _options_field(row["options"], csv_cells, bad)
         answer = _int_field(row, "answer", csv_cells, bad)
+        response = parts[0].response
         if options is not None and answer is not None:
             if not 0 <= answer < len(options):
                 bad("answer", f"index {answer} out of range for {len(options)} options")
-            elif isinstance(row["response"], str) and options[answer].strip() != row["response"].strip():
+            elif options[answer].strip() != response.strip():
                 bad("options", f"options[{answer}] (the answer) differs from the response")
     if n_err:
         return None
-    return SftRecord(id=rid, prompt=row["prompt"], response=row["response"], subset=subset,
-                     position=position, options=tuple(options) if options is not None else None,
-                     answer=answer)
+    return rid, subset, position, tuple(options) if options is not None else None, answer
 
 
 def _int_field(row: dict[str, Any], field: str, csv_cells: bool, bad) -> int | None:
@@ -356,22 +561,3 @@ def _options_field(v: Any, csv_cells: bool, bad) -> list[str] | None:
             bad("options", f"option {i}: expected a string, got {_tname(o)}")
             return None
     return v
-
-
-def _tname(v: Any) -> str:
-    """JSON-ish type name for messages ("number", not "float64")."""
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "boolean"
-    if isinstance(v, int):
-        return "integer"
-    if isinstance(v, float):
-        return "float"
-    if isinstance(v, str):
-        return "string"
-    if isinstance(v, (list, tuple)):
-        return "list"
-    if isinstance(v, dict):
-        return "object"
-    return type(v).__name__

@@ -282,7 +282,7 @@ def build_mc_items(records: Sequence[SftRecord], k: int = 4, seed: int = 0, near
     for i, r in enumerate(records):
         if r.options is not None:
             items.append(McItem(id=r.id, question=r.prompt, options=tuple(r.options), answer=int(r.answer),
-                                subset=r.subset, position=r.position))
+                                subset=r.subset, position=r.position, history=r.history))
             continue
         picks = [records[j] for j in chosen[i]]
         a = int(positions[i])
@@ -290,7 +290,7 @@ def build_mc_items(records: Sequence[SftRecord], k: int = 4, seed: int = 0, near
         opts.insert(a, r.response)
         items.append(McItem(id=r.id, question=r.prompt, options=tuple(opts), answer=a,
                             distractor_ids=tuple(p.id for p in picks), subset=r.subset, position=r.position,
-                            fallback=levels.get(i, 0)))
+                            fallback=levels.get(i, 0), history=r.history))
     return items
 
 

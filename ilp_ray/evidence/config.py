@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from ilp_ray.config_base import TrackingConfig, _Section
+from ilp_ray.data.conversations import DATA_FORMAT_HELP, DataFormat
 
 
 class TantivyConfig(_Section):
@@ -159,7 +160,8 @@ class EvidenceStageConfig(_Section):
 class EvidenceConfig(EvidenceStageConfig):
     """``ilp corpus evidence``: one SFT dataset against one index."""
 
-    data: str = Field(..., description="SFT dataset (JSONL, Parquet, CSV).")
+    data: str = Field(..., description="SFT dataset, as the audit reads it (ilp_ray.data.load_sft).")
+    data_format: DataFormat = Field("auto", description=DATA_FORMAT_HELP)
     out: str = Field("runs/evidence", description="Output directory.")
     index: IndexConfig = IndexConfig()
     tracking: TrackingConfig = TrackingConfig(experiment="ilp-evidence")

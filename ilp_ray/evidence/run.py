@@ -149,7 +149,7 @@ def run_evidence(cfg, progress: bool = True, records=None, tracker=None) -> dict
 
     out = Path(cfg.out)
     judge = JUDGES.create(cfg.judge.name, cfg.judge)  # fail on a bad judge before any work
-    records = read_sft(cfg.data) if records is None else list(records)
+    records = read_sft(cfg.data, cfg.data_format) if records is None else list(records)
     facts = facts_for(records, cfg.judge.name)
     stage = _Stages(progress)
     with _ray_data_quiet(progress), stage("retrieve") as note:

@@ -56,8 +56,9 @@ def mc_stage(records, cfg: AuditConfig, run_dir: Path):
 
     from ilp_ray.data import build_mc_items
 
+    # a conversation's history joins the key only where there is one: older runs' items stay valid
     data_fp = S.fingerprint([(r.id, r.prompt, r.response, r.subset, r.position, r.options, r.answer)
-                             for r in records])
+                             + ((r.history,) if r.history else ()) for r in records])
     path = run_dir / "mc" / f"items-{S.fingerprint([data_fp, cfg.mc.model_dump()])}.parquet"
     S.clean_partial(path.parent)
     if path.exists():
@@ -74,6 +75,7 @@ def mc_stage(records, cfg: AuditConfig, run_dir: Path):
         "subset": [it.subset for it in items],
         "position": pa.array([it.position for it in items], pa.int64()),
         "fallback": pa.array([it.fallback for it in items], pa.int64()),
+        "history": pa.array([[{"role": r, "content": c} for r, c in it.history] for it in items], history_type()),
     })
     S.write_table_atomic(table, path)
     return table, False
@@ -84,6 +86,22 @@ def needs_priors(cfg: AuditConfig, items) -> bool:
     if cfg.detect.fairness.enabled or cfg.scoring.calibration == "prior":
         return True
     return cfg.scoring.calibration == "auto" and any(len(d) for d in items.column("distractor_ids").to_pylist())
+
+
+def history_type():
+    """Arrow type of the items' ``history`` column: a conversation's earlier turns, oldest first."""
+    import pyarrow as pa
+
+    return pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+
+
+def with_history(items):
+    """``items`` with a ``history`` column (empty where an items file written before it has none)."""
+    import pyarrow as pa
+
+    if "history" in items.column_names:
+        return items
+    return items.append_column("history", pa.array([[] for _ in range(items.num_rows)], history_type()))
 
 
 def with_prior_items(items):
@@ -98,10 +116,12 @@ def with_prior_items(items):
     if bad is not None:
         raise DataError(f"record id {bad!r} starts with a reserved prefix", field="id")
     pseudo = prior_items(items.column("options").to_pylist())
-    cols = ["id", "question", "options", "answer"]
+    cols = ["id", "question", "options", "answer", "history"]
+    items = with_history(items)
     extra = pa.table({"id": [p.id for p in pseudo], "question": [p.question for p in pseudo],
                       "options": [list(p.options) for p in pseudo],
-                      "answer": pa.array([p.answer for p in pseudo], pa.int64())})
+                      "answer": pa.array([p.answer for p in pseudo], pa.int64()),
+                      "history": pa.array([[] for _ in pseudo], history_type())})
     return pa.concat_tables([items.select(cols), extra.cast(items.select(cols).schema)])
 
 
@@ -180,7 +200,8 @@ class ScoreShards:
                                  ("shard", "tag", "id", "logprob_sum", "n_tokens", "n_chars", "truncated")}
         for shard, tag, payload in zip(batch["shard"], batch["tag"], batch["items"]):
             items = [McItem(id=d["id"], question=d["question"], options=tuple(d["options"]),
-                            answer=d["answer"]) for d in json.loads(payload)]
+                            answer=d["answer"], history=tuple((m["role"], m["content"]) for m in d["history"]))
+                     for d in json.loads(payload)]
             if _SLOW_SHARD_S:
                 time.sleep(_SLOW_SHARD_S)
             for sc in self.engine(str(tag)).score(items):
@@ -199,7 +220,11 @@ def score_stage(items, cfg: AuditConfig, run_dir: Path, models: dict[str, str],
     """Score every item under every model; returns ({tag: scores Table}, stage stats)."""
     n, size = items.num_rows, cfg.ray.shard_size
     n_shards = math.ceil(n / size)
-    items_fp = S.fingerprint(items.column("id").to_pylist() + items.column("options").to_pylist())
+    items = with_history(items)
+    histories = items.column("history").to_pylist()
+    # the questions and histories are scored too: a changed prompt must not reuse the old scores
+    items_fp = S.fingerprint(items.column("id").to_pylist() + items.column("options").to_pylist()
+                             + items.column("question").to_pylist() + ([histories] if any(histories) else []))
     folders, pending = {}, []
     for tag, spec in models.items():
         scoring_key = cfg.scoring.model_dump(exclude={"length_norm", "temperature", "calibration"})
@@ -235,7 +260,7 @@ def _run_pool(items, pending, folders, models, cfg: AuditConfig, progress: bool)
     rows = items.to_pylist()
     size = cfg.ray.shard_size
     payload = [{"shard": s, "tag": tag,
-                "items": json.dumps([{k: r[k] for k in ("id", "question", "options", "answer")}
+                "items": json.dumps([{k: r[k] for k in ("id", "question", "options", "answer", "history")}
                                      for r in rows[s * size:(s + 1) * size]])}
                for s, tag in pending]
     expected = {(s, tag): min(size, len(rows) - s * size) for s, tag in pending}
@@ -283,7 +308,7 @@ def _check_room(total_cpus: float, cfg: AuditConfig) -> None:
 def run_audit(cfg: AuditConfig, progress: bool = True) -> AuditResult:
     """Run (or resume) an audit. Every stage reuses its finished output when the inputs match."""
 
-    from ilp_ray.data import read_sft
+    from ilp_ray.data import load_sft
     from ilp_ray.detect import compute_verdicts, summarize
     from ilp_ray.env import apply_defaults
     from ilp_ray.track import flatten, make_tracker
@@ -291,10 +316,10 @@ def run_audit(cfg: AuditConfig, progress: bool = True) -> AuditResult:
     apply_defaults(local_ray=cfg.ray.address is None)
     check_evidence_index(cfg)  # a config error, before any file is written
     t0 = time.perf_counter()
+    loaded = load_sft(cfg.data, cfg.data_format)  # validates the whole file before anything is written
+    records = loaded.records
     run_dir = Path(cfg.run_dir).expanduser().resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-
-    records = read_sft(cfg.data)  # validates the whole file before any work
     items, mc_reused = mc_stage(records, cfg, run_dir)
     models = {"sft": cfg.sft_model} | ({"base": cfg.base_model} if cfg.base_model else {})
     with_priors = needs_priors(cfg, items)
@@ -312,7 +337,7 @@ def run_audit(cfg: AuditConfig, progress: bool = True) -> AuditResult:
     summary = summarize(verdicts, cfg.detect)
     summary["seed_stability"] = stability
     summary.update(stats, mc_reused=mc_reused, wall_s=round(time.perf_counter() - t0, 3),
-                   models=models, data=cfg.data, run_dir=str(run_dir))
+                   models=models, data=cfg.data, data_read=loaded.summary(), run_dir=str(run_dir))
     S.write_json_atomic(summary, run_dir / "summary.json")
 
     tracker = make_tracker(cfg.tracking.enabled, cfg.tracking.uri, cfg.tracking.experiment, run_dir.parent)

@@ -113,7 +113,7 @@ class LmEvalEncoder:
         ctx_ids: list[int] | None = None
         conts = []
         for j, option in enumerate(item.options):
-            context, continuation = render(item.question, option, self.fmt, self.tokenizer)
+            context, continuation = render(item.question, option, self.fmt, self.tokenizer, item.history)
             ctx, cont = self.encode_pair(context, continuation)
             if not cont:
                 raise DataError(f"item {item.id!r}: option {j} encodes to no tokens", field="options")

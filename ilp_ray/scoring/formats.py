@@ -7,7 +7,8 @@ from ilp_ray.errors import ConfigError
 FORMATS: tuple[str, ...] = ("chat", "plain", "lm-eval")
 
 
-def render(question: str, option: str, fmt: str, tokenizer=None) -> tuple[str, str]:
+def render(question: str, option: str, fmt: str, tokenizer=None,
+           history: tuple[tuple[str, str], ...] = ()) -> tuple[str, str]:
     """Render one (question, option) pair as ``(context, continuation)`` text.
 
     The model is scored on ``continuation`` given ``context``; the option's log-likelihood is the
@@ -27,6 +28,11 @@ def render(question: str, option: str, fmt: str, tokenizer=None) -> tuple[str, s
             ``add_generation_prompt=True`` (so it ends with the assistant header), continuation is
             the option: what an instruction-tuned model sees before it answers.
 
+    ``history`` (the ``(role, content)`` turns before the question, from a conversation) comes
+    first: under ``chat`` as those messages in the chat template, under ``plain`` and ``lm-eval``
+    as each turn's content on its own line before the question's own layout (neither format has
+    roles, and lm-eval has no multi-turn layout to follow).
+
     Whitespace at the end of a context (the newline of ``plain``, often of ``chat``) is not lost:
     the encoder moves it onto the front of the continuation before tokenising, as lm-eval's
     ``_encode_pair`` does, so "\\n" + "Paris" is tokenised together the way it would be in one
@@ -37,6 +43,7 @@ def render(question: str, option: str, fmt: str, tokenizer=None) -> tuple[str, s
         option: one answer option.
         fmt: one of ``FORMATS``.
         tokenizer: needed for ``chat`` only (its ``apply_chat_template`` is used).
+        history: earlier turns of the conversation, oldest first.
 
     Returns:
         ``(context, continuation)``.
@@ -45,15 +52,17 @@ def render(question: str, option: str, fmt: str, tokenizer=None) -> tuple[str, s
         ConfigError: (a ValueError) unknown ``fmt``, or ``chat`` without a tokenizer that has
             a chat template.
     """
+    before = "".join(f"{content}\n" for _, content in history)
     if fmt == "lm-eval":
-        return f"Question: {question}\nAnswer:", f" {option}"
+        return f"{before}Question: {question}\nAnswer:", f" {option}"
     if fmt == "plain":
-        return f"{question}\n", option
+        return f"{before}{question}\n", option
     if fmt == "chat":
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
             raise ConfigError("format 'chat' needs a tokenizer with a chat template; "
                               "use 'plain' or 'lm-eval' for models without one", field="format")
-        context = tokenizer.apply_chat_template([{"role": "user", "content": question}],
+        messages = [{"role": role, "content": content} for role, content in history]
+        context = tokenizer.apply_chat_template(messages + [{"role": "user", "content": question}],
                                                 tokenize=False, add_generation_prompt=True)
         return context, option
     raise ConfigError(f"unknown format {fmt!r}; valid formats: {', '.join(FORMATS)}", field="format")

@@ -47,7 +47,9 @@ class HttpEngine(ScoringEngine):
             chunk = items[lo:lo + self.batch_size]
             body = {"checkpoint": self.model, "format": self.fmt, "n": 1,
                     "items": [{"id": it.id, "question": it.question, "options": list(it.options),
-                               "answer": it.answer} for it in chunk]}
+                               "answer": it.answer,
+                               **({"history": [{"role": r, "content": c} for r, c in it.history]}
+                                  if it.history else {})} for it in chunk]}
             for it, row in zip(chunk, self._post(body)["items"]):
                 out.append(OptionScores(id=it.id, model=self.tag, logprob_sum=tuple(row["loglikelihoods"]),
                                         n_tokens=tuple(row["n_tokens"]), n_chars=tuple(row["n_chars"]),

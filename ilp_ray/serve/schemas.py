@@ -7,6 +7,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 
+class Turn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: str = Field(..., min_length=1, description="'system', 'user' or 'assistant' (the chat template's roles).")
+    content: str = Field(..., description="The turn's text.")
+
+
 class Item(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -16,6 +23,9 @@ class Item(BaseModel):
         "the audit's calibration and fairness check ask (ilp_ray/scoring/prior.py)."))
     options: list[str] = Field(..., min_length=2, description="The options, in order.")
     answer: int = Field(..., ge=0, description="Index of the correct option.")
+    history: list[Turn] = Field(default_factory=list, description=(
+        "The conversation before the question, oldest first (a system turn, earlier turns): "
+        "rendered before it, as the audit renders a sample taken from a conversation."))
 
 
 class ScoreRequest(BaseModel):

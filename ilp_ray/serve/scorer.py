@@ -77,7 +77,8 @@ def _score(loaded: LoadedModel, req: dict) -> dict:
     from ilp_ray.scoring.results import item_results
 
     items = [McItem(id=str(it["id"]), question=it["question"], options=tuple(it["options"]),
-                    answer=it["answer"]) for it in req["items"]]
+                    answer=it["answer"], history=tuple((t["role"], t["content"]) for t in it.get("history") or ()))
+             for it in req["items"]]
     scoring = ScoringConfig(format=req["format"], temperature=req["temperature"], length_norm=req["length_norm"])
     from ilp_ray.errors import DataError
 

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from ilp_ray.config_base import TrackingConfig, _Section
+from ilp_ray.data.conversations import DATA_FORMAT_HELP, DataFormat
 
 
 class TinyModelConfig(_Section):
@@ -156,7 +157,10 @@ class _TrainBase(_Section):
 
 
 class SftTrainConfig(_TrainBase):
-    data: str = Field(..., description="SFT dataset (JSONL, Parquet, CSV), read with ilp_ray.data.read_sft.")
+    data: str = Field(..., description=(
+        "SFT dataset (JSONL, Parquet, CSV, a saved HF dataset or Parquet shards), read with "
+        "ilp_ray.data.load_sft: the same file the audit reads."))
+    data_format: DataFormat = Field("auto", description=DATA_FORMAT_HELP)
     sft: SftSection = SftSection()
     order: OrderConfig = OrderConfig()
     trajectory: TrajectoryConfig = TrajectoryConfig()

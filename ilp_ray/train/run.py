@@ -77,7 +77,7 @@ def load_payload(cfg, kind: str) -> dict:
     if kind == "sft":
         from ilp_ray.data import read_sft
 
-        return {"records": read_sft(cfg.data)}
+        return {"records": read_sft(cfg.data, cfg.data_format)}
     from ilp_ray.train.cpt_data import read_documents
 
     m = cfg.mixture

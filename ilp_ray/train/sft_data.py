@@ -63,7 +63,7 @@ def encode_sft(records: Sequence[SftRecord], tokenizer, fmt: str, max_length: in
     eos = tokenizer.eos_token_id
     out = []
     for r in records:
-        context, continuation = render(r.prompt, r.response, fmt, tokenizer)
+        context, continuation = render(r.prompt, r.response, fmt, tokenizer, r.history)
         ctx, cont = encoder.encode_pair(context, continuation)
         cont = list(cont) + ([eos] if eos is not None else [])
         if len(cont) + 1 > max_length:  # at least one prompt token must remain to predict from

@@ -205,3 +205,56 @@ def test_mlflow_ui_server_shows_the_run(first_run):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_conversations_without_ids_are_audited_as_trained(tmp_path, tiny_checkpoints, ray_session):
+    """The facts as a saved HF dataset of TRL conversations (a system turn, two exchanges each,
+    no ids): one sample per assistant turn, ids from the content, and each turn scored under the
+    chat template with the turns before it (checked against the engine in process)."""
+    import datasets
+
+    from ilp_ray.pipeline.audit import load_verdicts, run_audit
+    from ilp_ray.records import McItem
+    from ilp_ray.scoring.engines import make_engine
+    from tests.conftest import FACTS
+
+    convs = [{"messages": [{"role": "system", "content": "Answer in one word."}]
+              + [t for _, q, a in FACTS[i:i + 2] for t in ({"role": "user", "content": q},
+                                                           {"role": "assistant", "content": a})]}
+             for i in range(0, len(FACTS), 2)]
+    datasets.Dataset.from_list(convs).save_to_disk(str(tmp_path / "chats"))
+    scoring = ScoringConfig(batch_size=4, format="chat", calibration="none")
+    cfg = make_cfg(tmp_path / "chats", tiny_checkpoints, tmp_path / "audit", scoring=scoring,
+                   tracking={"enabled": False})
+    result = run_audit(cfg, progress=False)
+    read = result.summary["data_read"]
+    assert (read["format"], read["rows"], read["records"], read["conversation_turns"]) == ("messages", 6, 12, 12)
+    assert read["ids_generated"] and read["duplicate_contents"] == 0
+    v = load_verdicts(result.run_dir).set_index("id")
+    assert all(i.startswith("h") and len(i) == 17 for i in v.index)
+    from ilp_ray.data import read_sft
+
+    records = {r.id: r for r in read_sft(tmp_path / "chats")}
+    engine = make_engine(ScoringConfig(batch_size=3, format="chat"), str(tiny_checkpoints["sft"]))
+    items = [McItem(id=i, question=r.question, options=tuple(r.options), answer=r.answer,
+                    history=records[i].history) for i, r in v.iterrows()]
+    for it, sc in zip(items, engine.score(items), strict=True):
+        s = np.array(sc.logprob_sum)
+        np.testing.assert_allclose(np.exp(s - s.max()) / np.exp(s - s.max()).sum(), v.loc[it.id, "probs"], atol=1e-6)
+    second = [it for it in items if records[it.id].turn == 1]
+    alone = engine.score([McItem(id=it.id, question=it.question, options=it.options, answer=it.answer)
+                          for it in second])
+    with_history = engine.score(second)
+    assert all(a.logprob_sum != b.logprob_sum for a, b in zip(alone, with_history))  # the history is scored
+
+
+def test_bad_data_fails_before_anything_is_written(tmp_path, tiny_checkpoints):
+    from ilp_ray.errors import DataError
+    from ilp_ray.pipeline.audit import run_audit
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}\n'
+                   '{"messages": [{"role": "user", "content": "q2"}, {"role": "robot", "content": "b"}]}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:2: field 'messages\[1\].role': unknown role 'robot'"):
+        run_audit(make_cfg(bad, tiny_checkpoints, tmp_path / "audit"), progress=False)
+    assert not (tmp_path / "audit").exists()
