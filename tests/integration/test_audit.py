@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def make_cfg(data, ckpts, run_dir, shard_size=5, **kw):
     return AuditConfig(
         data=str(data), sft_model=str(ckpts["sft"]), base_model=str(ckpts["base"]), run_dir=str(run_dir),
-        mc=McConfig(k=3), scoring=ScoringConfig(batch_size=4), detect=DetectConfig(stability_seeds=3, top_k=3),
+        mc=McConfig(k=3), scoring=kw.pop("scoring", ScoringConfig(batch_size=4)),
+        detect=DetectConfig(stability_seeds=3, top_k=3),
         ray=RayConfig(num_actors=1, cpus_per_actor=1.0, shard_size=shard_size), **kw)
 
 
