@@ -61,9 +61,9 @@ def main() -> None:
     from ray import serve
 
     from ilp_ray.config import ScoringConfig
+    from ilp_ray.detect import item_results
     from ilp_ray.records import McItem
     from ilp_ray.scoring.engines import make_engine
-    from ilp_ray.scoring.results import item_results
     from ilp_ray.serve.app import build_app
 
     torch.set_num_threads(1)

@@ -53,7 +53,7 @@ def build_world(seed: int, size: str, world_set: list[str], known_p: float, out:
     from ilp_ray.config import parse_overrides
     from ilp_ray.lab import debian as D
     from ilp_ray.lab.world import write
-    from ilp_ray.pipeline.shards import write_json_atomic
+    from ilp_ray.storage import write_json_atomic
 
     sz = D.resolve_size(size, parse_overrides(world_set))
     probe = D.probe(SFT["model"], fmt="chat")
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     from ilp_ray.lab.run import LabResult
     from ilp_ray.lab.score import score
     from ilp_ray.pipeline.audit import run_audit
-    from ilp_ray.pipeline.shards import write_json_atomic
+    from ilp_ray.storage import write_json_atomic
 
     apply_defaults()
     torch.set_num_threads(args.threads)

@@ -79,7 +79,7 @@ def score(
         _fail(ValueError(str(e).splitlines()[0] + ": " + " ".join(str(e).splitlines()[1:3])))
         return
     try:
-        from ilp_ray.scoring.cli_score import score_file
+        from ilp_ray.score_cli import score_file
 
         n, truncated = score_file(model, items, out, cfg, threads=threads or None)
     except (IlpError, ValueError, KeyError, FileNotFoundError) as e:

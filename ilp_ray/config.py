@@ -12,8 +12,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from ilp_ray.config_base import TrackingConfig, _Section
-from ilp_ray.data.conversations import DATA_FORMAT_HELP, DataFormat
+from ilp_ray.config_base import DATA_FORMAT_HELP, DataFormat, TrackingConfig, _Section
 from ilp_ray.diagnosis.config import DiagnosisConfig
 from ilp_ray.errors import ConfigError
 from ilp_ray.evidence.config import AuditEvidenceConfig

@@ -5,8 +5,7 @@ Heavy libraries (pyarrow, sentence-transformers) are imported inside functions.
 
 from ilp_ray.data.embed import Embedder, HashingEmbedder, TextEmbedder, get_embedder
 from ilp_ray.data.load import LoadedSft, load_sft, read_sft
-from ilp_ray.data.mc import build_mc_items, topk_neighbours
+from ilp_ray.data.mc import build_mc_items
 
 __all__ = ["Embedder", "HashingEmbedder", "LoadedSft", "TextEmbedder", "build_mc_items", "get_embedder", "load_sft",
-           "read_sft",
-           "topk_neighbours"]
+           "read_sft"]

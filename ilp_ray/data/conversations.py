@@ -37,14 +37,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
-DataFormat = Literal["auto", "ilp", "messages", "prompt-completion", "alpaca", "sharegpt"]
+from ilp_ray.config_base import DataFormat
+
 DATA_FORMATS: tuple[str, ...] = get_args(DataFormat)
-DATA_FORMAT_HELP = (
-    "Layout of the data's rows (ilp_ray/data/conversations.py): 'auto' reads it from the fields; "
-    "TRL 'messages', 'prompt-completion', 'alpaca', 'sharegpt' or our 'ilp' (prompt/response). "
-    "A conversation gives one sample per assistant turn.")
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
                   "assistant": "assistant", "chatgpt": "assistant", "model": "assistant"}

@@ -83,7 +83,7 @@ class DiagnosisContext:
     def prompt_neighbours(self, m: int, block_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``m`` prompt neighbours of every sample (self included), cached; a later call
         for fewer neighbours slices the cached search instead of searching again."""
-        from ilp_ray.data.mc import self_topk_neighbours
+        from ilp_ray.neighbours import self_topk_neighbours
 
         hit = self._cache.get("prompt_topk")
         if hit is None or hit[0].shape[1] < min(m, len(self.verdicts)):

@@ -43,8 +43,9 @@ from difflib import SequenceMatcher
 
 import numpy as np
 
-from ilp_ray.data.mc import normalize_text, self_topk_neighbours
+from ilp_ray.data.mc import normalize_text
 from ilp_ray.evidence.query import STOPWORDS
+from ilp_ray.neighbours import self_topk_neighbours
 
 _NUM_WORDS = {w: str(i) for i, w in enumerate(
     ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty"])}

@@ -46,7 +46,7 @@ def load_inputs(run_dir: str | Path, cfg: DiagnosisConfig):
         DataError: a verdict table without a required column, or a bad trajectory/evidence file.
     """
     from ilp_ray.errors import DataError
-    from ilp_ray.pipeline.audit import load_verdicts
+    from ilp_ray.storage import load_verdicts
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -126,9 +126,9 @@ def run_diagnosis(run_dir: str | Path, cfg: DiagnosisConfig, tracker=None) -> Di
     """
     import pyarrow as pa
 
+    from ilp_ray import storage as S
     from ilp_ray.diagnosis.base import DiagnosisContext
     from ilp_ray.env import apply_defaults
-    from ilp_ray.pipeline import shards as S
 
     apply_defaults(local_ray=False)
     t0 = time.perf_counter()

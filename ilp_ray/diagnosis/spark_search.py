@@ -13,43 +13,17 @@ for 100k MiniLM vectors).
 
 from __future__ import annotations
 
-import os
-import sys
-
 import numpy as np
 
-_SESSIONS: dict = {}
-
-
-def get_spark(master: str = "local[*]", driver_memory: str = "2g", progress: bool = False):
-    """A SparkSession as STACK.md describes it (quiet UI, Arrow on); one per process and master.
-
-    ``progress``: Spark's console progress bars (``[Stage 3:> (0 + 2) / 2]`` on stderr). PySpark
-    turns them on by default; they are off unless asked for. Like the driver memory, this is
-    fixed when the session starts: a session that already exists keeps its setting.
-    """
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    if master not in _SESSIONS:
-        from pyspark.sql import SparkSession
-
-        spark = (SparkSession.builder.master(master).appName("ilp-conflicts")
-                 .config("spark.driver.memory", driver_memory)
-                 .config("spark.ui.enabled", "false")
-                 .config("spark.ui.showConsoleProgress", "true" if progress else "false")
-                 .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-                 .getOrCreate())
-        spark.sparkContext.setLogLevel("ERROR")
-        _SESSIONS[master] = spark
-    return _SESSIONS[master]
+from ilp_ray.neighbours import get_spark
 
 
 def _block_task(emb_bc, m: int, theta: float):
     def run(blocks):
         import numpy as _np
 
-        from ilp_ray.data.mc import topk_neighbours
         from ilp_ray.diagnosis.pairs import pairs_from_topk
+        from ilp_ray.neighbours import topk_neighbours
 
         emb = emb_bc.value
         for lo, hi in blocks:

@@ -15,8 +15,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from ilp_ray.config_base import TrackingConfig, _Section
-from ilp_ray.data.conversations import DATA_FORMAT_HELP, DataFormat
+from ilp_ray.config_base import DATA_FORMAT_HELP, DataFormat, TrackingConfig, _Section
 
 
 class TantivyConfig(_Section):

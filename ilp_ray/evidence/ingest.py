@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ilp_ray.data.corpus_files import chunk_words, expand_inputs, read_documents
 from ilp_ray.errors import DataError, IlpError
-from ilp_ray.evidence.corpus_files import chunk_words, expand_inputs, read_documents
 from ilp_ray.evidence.index import Passage, open_index
-from ilp_ray.pipeline.shards import write_json_atomic
+from ilp_ray.storage import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def ingest(inputs: list[str], index_cfg, chunk_cfg, ingest_cfg, progress: bool =
     """Index every input file not already in the manifest.
 
     Args:
-        inputs: files, directories and globs (see ``corpus_files``).
+        inputs: files, directories and globs (see ``ilp_ray.data.corpus_files``).
         index_cfg, chunk_cfg, ingest_cfg: the ``IndexConfig``, ``ChunkConfig``, ``IngestConfig``.
         progress: print a progress line to stderr every few seconds.
 

@@ -10,7 +10,7 @@ process.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from ilp_ray.neighbours import spark_session
 
 
 def make_embedder(kind: str):
@@ -22,24 +22,6 @@ def make_embedder(kind: str):
     from ilp_ray.data.embed import get_embedder
 
     return get_embedder(num_threads=1)
-
-
-@contextmanager
-def spark_session(match_cfg, progress: bool = False):
-    """The project's Spark session for ``match_cfg.master``; stopped on exit only if this block
-    started it, so a job leaves no JVM behind but never stops a session someone else holds.
-    Spark's console progress bars are on only with ``progress`` (and only for a session this
-    block starts)."""
-    from ilp_ray.diagnosis import spark_search
-
-    started = match_cfg.master not in spark_search._SESSIONS
-    spark = spark_search.get_spark(match_cfg.master, match_cfg.driver_memory, progress=progress)
-    try:
-        yield spark
-    finally:
-        if started:
-            spark.stop()
-            spark_search._SESSIONS.pop(match_cfg.master, None)
 
 
 def _embed_task(kind: str, key: str, text: str):

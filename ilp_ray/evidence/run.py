@@ -145,7 +145,7 @@ def run_evidence(cfg, progress: bool = True, records=None, tracker=None) -> dict
     from ilp_ray.data.load import read_sft
     from ilp_ray.evidence.match import match_candidates
     from ilp_ray.evidence.retrieve import search_items
-    from ilp_ray.pipeline.shards import write_json_atomic, write_table_atomic
+    from ilp_ray.storage import write_json_atomic, write_table_atomic
 
     out = Path(cfg.out)
     judge = JUDGES.create(cfg.judge.name, cfg.judge)  # fail on a bad judge before any work

@@ -411,11 +411,11 @@ def probe(model: str = "smollm2-135m", src: DebianSources = DebianSources(), pat
     import hashlib
 
     from ilp_ray.config import ScoringConfig
+    from ilp_ray.detect import item_results
     from ilp_ray.models import cache_dir
-    from ilp_ray.pipeline.shards import write_json_atomic
     from ilp_ray.records import McItem
     from ilp_ray.scoring.engines import make_engine
-    from ilp_ray.scoring.results import item_results
+    from ilp_ray.storage import write_json_atomic
 
     cands = candidates(src)
     ident = {"model": str(model), "format": fmt,

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ilp_ray.lab.config import LabConfig
-from ilp_ray.pipeline.shards import write_json_atomic
+from ilp_ray.storage import write_json_atomic
 
 
 @dataclass

@@ -308,9 +308,9 @@ def probe(model: str, path: Path | None = None, batch_size: int = 16) -> dict[tu
     from ilp_ray import metrics as M
     from ilp_ray.config import ScoringConfig
     from ilp_ray.models import cache_dir
-    from ilp_ray.pipeline.shards import write_json_atomic
     from ilp_ray.records import McItem
     from ilp_ray.scoring.engines import make_engine
+    from ilp_ray.storage import write_json_atomic
 
     cands = candidates()
     ident = {"model": str(model), "candidates": [[c.entity, c.relation, c.value, list(c.options)] for c in cands]}

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ilp_ray.pipeline.shards import write_json_atomic
+from ilp_ray.storage import write_json_atomic
 
 CATEGORIES = ("control", "I", "II", "III", "IV", "V")
 #: The cause (diagnosis detector) each non-control category is built to produce.

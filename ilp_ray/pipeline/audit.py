@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ilp_ray import storage as S
 from ilp_ray.config import AuditConfig, ScoringConfig
-from ilp_ray.pipeline import shards as S
 
 log = logging.getLogger(__name__)
 
@@ -437,9 +437,4 @@ def _metric_view(summary: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def load_verdicts(run_dir: str | Path):
-    """The per-sample table of a finished audit, as a pandas DataFrame."""
-    t = S.read_shards(Path(run_dir) / "verdicts")
-    if t is None:
-        raise FileNotFoundError(f"{run_dir}: no verdicts (has the audit finished?)")
-    return t.to_pandas()
+

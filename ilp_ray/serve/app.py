@@ -3,7 +3,7 @@
     serve run ilp_ray.serve.app:build_app checkpoint_roots=/ckpts      # or: serve deploy deploy/serve.yaml
 
 The ingress authenticates, enforces limits, resolves checkpoint ids and maps errors to status
-codes; the scoring itself is ``ilp_ray.scoring.results.item_results`` in the scorer replicas, the
+codes; the scoring itself is ``ilp_ray.detect.item_results`` in the scorer replicas, the
 same code path as the audit. No handler returns a stack trace.
 """
 

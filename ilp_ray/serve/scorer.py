@@ -73,8 +73,8 @@ class Scorer:
 
 def _score(loaded: LoadedModel, req: dict) -> dict:
     from ilp_ray.config import ScoringConfig
+    from ilp_ray.detect import item_results
     from ilp_ray.records import McItem
-    from ilp_ray.scoring.results import item_results
 
     items = [McItem(id=str(it["id"]), question=it["question"], options=tuple(it["options"]),
                     answer=it["answer"], history=tuple((t["role"], t["content"]) for t in it.get("history") or ()))

@@ -24,15 +24,15 @@ from ilp_ray.errors import DataError
 def read_documents(path: str | Path) -> list[str]:
     """Read a document file (see the module docstring for the formats).
 
-    One reader serves CPT and the corpus index (``ilp_ray.evidence.corpus_files``), so a corpus
+    One reader serves CPT and the corpus index (``ilp_ray.data.corpus_files``), so a corpus
     file means the same documents to both.
 
     Raises:
         DataError: unreadable file, unknown extension, a bad row (names the line or row), or no
             documents at all.
     """
-    from ilp_ray.evidence.corpus_files import file_kind
-    from ilp_ray.evidence.corpus_files import read_documents as iter_documents
+    from ilp_ray.data.corpus_files import file_kind
+    from ilp_ray.data.corpus_files import read_documents as iter_documents
 
     name = str(path)
     if not Path(name).is_file():

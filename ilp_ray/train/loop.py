@@ -236,7 +236,7 @@ def _record_schedule(run_path: Path, cfg, kind: str, order, task, epoch: int, G:
     """Write epoch ``epoch``'s planned evaluation steps into ``ilp_logs/schedule.json`` (rank 0)."""
     if kind != "sft" or not cfg.trajectory.enabled:
         return
-    from ilp_ray.pipeline.shards import write_json_atomic
+    from ilp_ray.storage import write_json_atomic
     from ilp_ray.train.trajectory import schedule_entry
 
     path = run_path / "ilp_logs" / "schedule.json"

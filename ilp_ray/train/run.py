@@ -179,7 +179,7 @@ def run_training(cfg: SftTrainConfig | CptTrainConfig) -> TrainResult:
     tracker.end("FINISHED")
     out = TrainResult(run_path=run_path, checkpoint=final, checkpoint_id=ckpt_id,
                       metrics=dict(result.metrics or {}), trajectory=traj_path, run_id=tracker.run_id)
-    from ilp_ray.pipeline.shards import write_json_atomic
+    from ilp_ray.storage import write_json_atomic
 
     write_json_atomic({"config": _fingerprint(cfg), "data": _data_stats(cfg), "checkpoint": str(final),
                        "checkpoint_id": ckpt_id,
@@ -249,7 +249,7 @@ def _data_stats(cfg) -> list[list]:
 
 def _fingerprint(cfg) -> str:
     """The config and the identity (path, size, mtime) of every data file it reads."""
-    from ilp_ray.pipeline.shards import fingerprint
+    from ilp_ray.storage import fingerprint
 
     return fingerprint([cfg.model_dump(mode="json"), [tuple(s) for s in _data_stats(cfg)]])
 

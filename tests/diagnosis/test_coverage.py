@@ -30,7 +30,7 @@ def cov_of(ctx):
 
 
 def write_run(tmp_path, rows):
-    from ilp_ray.pipeline import shards as S
+    from ilp_ray import storage as S
 
     run = tmp_path / "audit"
     S.write_table_atomic(pa.Table.from_pandas(verdicts(rows), preserve_index=False),

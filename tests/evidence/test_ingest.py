@@ -4,9 +4,9 @@ import json
 
 import pytest
 
+from ilp_ray.data.corpus_files import chunk_words, expand_inputs, read_documents
 from ilp_ray.errors import DataError
 from ilp_ray.evidence.config import ChunkConfig, IndexConfig, IngestConfig
-from ilp_ray.evidence.corpus_files import chunk_words, expand_inputs, read_documents
 from ilp_ray.evidence.index import open_index
 from ilp_ray.evidence.ingest import ingest, manifest_path
 

@@ -38,8 +38,8 @@ def test_spark_matching_equals_brute_force():
 def test_spark_console_progress_only_when_asked():
     """PySpark turns Spark's console progress bars on by default; the project's session has none
     unless progress is asked for (checked on the SparkContext's own progress-bar slot)."""
-    from ilp_ray.diagnosis import spark_search
-    from ilp_ray.evidence.match import spark_session
+    from ilp_ray import neighbours as spark_search
+    from ilp_ray.neighbours import spark_session
 
     for master, spark in list(spark_search._SESSIONS.items()):  # a session an earlier test kept
         spark.stop()

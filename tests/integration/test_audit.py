@@ -47,9 +47,9 @@ def test_scores_match_the_engine_in_process(first_run, tiny_checkpoints):
     question (its own pseudo-item, not the pipeline's shared chunks), then compare the stored
     probabilities (calibrated: the question-free log-likelihood subtracted) and fairness columns."""
     from ilp_ray import metrics as M
-    from ilp_ray.pipeline.audit import load_verdicts
     from ilp_ray.records import McItem
     from ilp_ray.scoring.engines import make_engine
+    from ilp_ray.storage import load_verdicts
 
     v = load_verdicts(first_run.run_dir)
     assert v["calibrated"].all()  # built by MC conversion: calibration 'auto' subtracts the prior
@@ -214,9 +214,10 @@ def test_conversations_without_ids_are_audited_as_trained(tmp_path, tiny_checkpo
     chat template with the turns before it (checked against the engine in process)."""
     import datasets
 
-    from ilp_ray.pipeline.audit import load_verdicts, run_audit
+    from ilp_ray.pipeline.audit import run_audit
     from ilp_ray.records import McItem
     from ilp_ray.scoring.engines import make_engine
+    from ilp_ray.storage import load_verdicts
     from tests.conftest import FACTS
 
     convs = [{"messages": [{"role": "system", "content": "Answer in one word."}]

@@ -48,9 +48,9 @@ def test_ilp_audit_reads_each_layout(tmp_path, layout, writer, ray_session):
     from ilp_ray.cli import app
     from ilp_ray.config import ScoringConfig
     from ilp_ray.data import read_sft
-    from ilp_ray.pipeline.audit import load_verdicts
     from ilp_ray.records import McItem
     from ilp_ray.scoring.engines import make_engine
+    from ilp_ray.storage import load_verdicts
 
     ds = datasets.Dataset.from_list(_rows(layout))
     path = tmp_path / {"save_to_disk": "saved", "json": "data.jsonl", "parquet": "data.parquet"}[writer]

@@ -57,9 +57,9 @@ ITEMS = [
 
 def test_score_equals_in_process(service, tiny_checkpoints):
     from ilp_ray.config import ScoringConfig
+    from ilp_ray.detect import item_results
     from ilp_ray.records import McItem
     from ilp_ray.scoring.engines import make_engine
-    from ilp_ray.scoring.results import item_results
 
     status, out = call(service["url"], "/v1/score", {"checkpoint": "sft", "items": ITEMS, "n": 7, "seed": 3})
     assert status == 200, out

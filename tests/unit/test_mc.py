@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ilp_ray.data import Embedder, HashingEmbedder, build_mc_items, topk_neighbours
-from ilp_ray.data.mc import normalize_text, self_topk_neighbours
+from ilp_ray.data import Embedder, HashingEmbedder, build_mc_items
+from ilp_ray.data.mc import normalize_text
 from ilp_ray.errors import DataError
+from ilp_ray.neighbours import self_topk_neighbours, topk_neighbours
 from ilp_ray.records import McItem, SftRecord
 
 

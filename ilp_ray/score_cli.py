@@ -17,9 +17,9 @@ def score_file(model: str, items_path: Path, out: Path, scoring: ScoringConfig,
         (number of items, number of left-truncated prompts).
     """
     from ilp_ray.data.items import read_mc_items
+    from ilp_ray.detect import item_results
     from ilp_ray.env import apply_defaults
     from ilp_ray.scoring.engines import make_engine
-    from ilp_ray.scoring.results import item_results
 
     apply_defaults(local_ray=True)
     items = read_mc_items(items_path)  # validate before loading any model

@@ -70,3 +70,11 @@ def read_shards(folder: Path):
 
     parts = sorted(folder.glob(SHARD_GLOB))
     return pa.concat_tables([pq.read_table(p) for p in parts]) if parts else None
+
+
+def load_verdicts(run_dir: str | Path):
+    """The per-sample table of a finished audit (``run_dir/verdicts``), as a pandas DataFrame."""
+    t = read_shards(Path(run_dir) / "verdicts")
+    if t is None:
+        raise FileNotFoundError(f"{run_dir}: no verdicts (has the audit finished?)")
+    return t.to_pandas()
