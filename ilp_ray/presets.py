@@ -10,7 +10,7 @@ config does not set: anything in the YAML file or on the command line wins over 
 - ``detect``: N = 1 on the exact p(correct) with τ = 0.5 ("the model's top option"). The lab's
   items have six fixed options and its scores are compared across seeds, so it decides on the
   expectation instead of five noisy draws; a user's audit keeps the paper's pass@5 < 0.2.
-- ``diagnose.base_conflict.corpus_veto``: the corpus decides whether a wrong base answer is a
+- ``diagnose.corpus.veto``: the corpus decides whether a wrong base answer is a
   belief (II), a guess (I) or a rare pattern (V). In the lab the index holds the *whole*
   pretraining corpus, so a fact it lacks is one the base never read; a real index is a sample of
   the pretraining data, where absence is weak evidence, so the veto is off by default.
@@ -36,7 +36,7 @@ from typing import Any
 
 DIAGNOSIS_PRESETS: dict[str, dict[str, Any]] = {
     "lab": {
-        "base_conflict": {"corpus_veto": True},
+        "corpus": {"veto": True},
         "knowledge_gap": {"chance_corrected": False},
         "forgetting": {"held_evals": 2, "exclude_base_known": True},
         "relapse_to_base": True,

@@ -44,6 +44,10 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._entries)
 
+    def registered(self) -> list[str]:
+        """The names in the order they were registered."""
+        return list(self._entries)
+
     def get(self, name: str) -> type[T]:
         """Resolve ``name`` to its class, importing it if the entry is lazy.
 

@@ -8,12 +8,8 @@ Light on import (pydantic only; the rest loads on first attribute access): ``ilp
 imports ``DiagnosisConfig`` from here.
 """
 
-CAUSES = ("sft_internal_conflict", "left_side_forgetting", "base_conflict", "base_knowledge_gap",
-          "insufficient_training")
-"""Every cause, in the default decision order (see ``decide.py``)."""
-
 _LAZY = {"run_diagnosis": "run", "DiagnosisResult": "run", "DiagnosisConfig": "config",
-         "CauseDetector": "base", "DiagnosisContext": "base", "DETECTORS": "base", "JUDGES": "judges",
+         "CauseDetector": "base", "DiagnosisContext": "base", "DETECTORS": "registry", "JUDGES": "judges",
          "decide": "decide", "cause_table": "decide"}
 
 __all__ = ["CAUSES", "DETECTORS", "JUDGES", "CauseDetector", "DiagnosisConfig", "DiagnosisContext",
@@ -21,6 +17,10 @@ __all__ = ["CAUSES", "DETECTORS", "JUDGES", "CauseDetector", "DiagnosisConfig", 
 
 
 def __getattr__(name):
+    if name == "CAUSES":  # every registered cause, in decision order (the registry is the one list)
+        from ilp_ray.diagnosis.registry import decision_order
+
+        return tuple(decision_order())
     if name in _LAZY:
         import importlib
 

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from ilp_ray.registry import Registry
+from ilp_ray.diagnosis.registry import DETECTORS
 
 CORPUS_VERDICTS = ("supports", "contradicts", "absent")
 _SNAKE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
@@ -171,13 +171,31 @@ class CauseResult:
 class CauseDetector(ABC):
     """One cause of incomplete learning.
 
-    Subclasses set ``name`` (snake_case, unique), ``roman`` (the paper's numeral) and ``title``,
-    and implement ``detect``. Call ``run``, which checks the output shape.
+    Subclasses set ``name`` (snake_case, unique), ``roman`` (the paper's numeral), ``title``,
+    ``short`` (the report's label), ``order`` (where the decision tests it: lower first), ``section``
+    (its config section, a ``DiagnosisConfig`` field, or for a detector registered from outside a
+    key of ``diagnose.sections`` validated by its ``Config``) and ``color``, and implement
+    ``detect``. Call ``run``, which checks the output shape. ``settings(ctx)`` is its section.
     """
 
     name: ClassVar[str] = ""
     roman: ClassVar[str] = ""
     title: ClassVar[str] = ""
+    short: ClassVar[str] = ""
+    order: ClassVar[int] = 100
+    section: ClassVar[str | None] = None
+    color: ClassVar[str] = "#444444"
+    Config: ClassVar[type | None] = None
+
+    def settings(self, ctx: DiagnosisContext):
+        """This detector's config section: ``ctx.config.<section>``, or for a detector from
+        outside ``Config`` validated from ``diagnose.sections[<section>]``."""
+        if self.section is None:
+            return None
+        if self.section in type(ctx.config).model_fields:
+            return getattr(ctx.config, self.section)
+        raw = ctx.config.sections.get(self.section, {})
+        return self.Config.model_validate(raw) if self.Config is not None else raw
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -239,16 +257,6 @@ class CauseDetector(ABC):
 
     def silent(self, n: int, why: dict) -> pd.DataFrame:
         return self.frame(np.zeros(n, bool), np.zeros(n), [dict(why) for _ in range(n)])
-
-
-DETECTORS: Registry[CauseDetector] = Registry("cause detector", "ilp_ray.diagnosis.base:CauseDetector")
-for _name, _target in (
-        ("sft_internal_conflict", "ilp_ray.diagnosis.sft_internal_conflict:SftInternalConflict"),
-        ("left_side_forgetting", "ilp_ray.diagnosis.left_side_forgetting:LeftSideForgetting"),
-        ("base_conflict", "ilp_ray.diagnosis.base_conflict:BaseConflict"),
-        ("base_knowledge_gap", "ilp_ray.diagnosis.base_knowledge_gap:BaseKnowledgeGap"),
-        ("insufficient_training", "ilp_ray.diagnosis.insufficient_training:InsufficientTraining")):
-    DETECTORS.register(_name, _target)
 
 
 def r3(x: float | None) -> float | None:

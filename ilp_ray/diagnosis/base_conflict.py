@@ -15,7 +15,7 @@ The evidence's ``fired_by`` lists which held. Without option priors (an audit wi
 check off) ``pmi`` cannot be tested and the evidence says so.
 
 With corpus evidence, II fires only where the corpus does not lack or support the SFT value
-(``corpus_veto``): a confident wrong answer to something the base never read is a guess (cause
+(``corpus.veto``): a confident wrong answer to something the base never read is a guess (cause
 I), and one the corpus contradicts is the pretrained belief this cause is about.
 
 Score: the base model's confidence in its wrong option, plus 0.1 when the JSD supports it and
@@ -34,6 +34,10 @@ class BaseConflict(CauseDetector):
     name = "base_conflict"
     roman = "II"
     title = "Conflict between SFT and the base model"
+    short = "base conflict"
+    order = 30  # a positive signal (a belief), tested before the negative one (no knowledge)
+    section = "base_conflict"
+    color = "#ff7f0e"
 
     def detect(self, ctx: DiagnosisContext) -> CauseResult:
         cfg = ctx.config.base_conflict
@@ -48,7 +52,7 @@ class BaseConflict(CauseDetector):
         js_support, pmi_support, corpus_support, supported = b["jsd"], b["pmi"], b["corpus"], b["supported"]
         has_pmi = b["pmi_tested"]
         corpus = ctx.corpus()
-        guess = cfg.corpus_veto & np.isin(ctx.corpus_verdicts(), ["absent", "supports"])
+        guess = ctx.config.corpus.veto & np.isin(ctx.corpus_verdicts(), ["absent", "supports"])
         confident = b["confident"]
         fired = b["belief"] & ~guess
         score = np.where(wrong, bconf + 0.1 * js_support, 0.0)

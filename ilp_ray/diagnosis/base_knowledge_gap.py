@@ -12,7 +12,7 @@ Blind when the base model fails under repeated sampling and is not confidently w
 - not a wrong belief: no wrong option held the way cause II requires (confident, and with
   ``base_conflict.require_support`` raised by the question, moved by SFT or contradicted by the
   corpus: ``DiagnosisContext.base_beliefs``). A confident pick that beats no prior is a guess;
-- with corpus evidence that the corpus lacks the fact (``base_conflict.corpus_veto``), the two
+- with corpus evidence that the corpus lacks the fact (``corpus.veto``), the two
   tests above are lifted: the base never read it, so whatever it answers, right or confidently
   wrong, is a guess;
 - with corpus evidence, the corpus does not support the fact: a fact the base read and still
@@ -49,6 +49,10 @@ class BaseKnowledgeGap(CauseDetector):
     name = "base_knowledge_gap"
     roman = "I"
     title = "Base model lacks the knowledge"
+    short = "knowledge gap"
+    order = 40  # excludes II explicitly, so after it
+    section = "knowledge_gap"
+    color = "#1f77b4"
 
     def detect(self, ctx: DiagnosisContext) -> CauseResult:
         cfg = ctx.config.knowledge_gap
@@ -67,7 +71,7 @@ class BaseKnowledgeGap(CauseDetector):
         else:
             passes_c, bon_c = passes, bon
         corpus = ctx.corpus()
-        veto = ctx.config.base_conflict.corpus_veto
+        veto = ctx.config.corpus.veto
         said = ctx.corpus_verdicts()
         guess, read = veto & (said == "absent"), veto & (said == "supports")
         confidently_wrong = ctx.base_beliefs()["belief"]

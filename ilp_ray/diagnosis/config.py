@@ -13,14 +13,12 @@ Inclusive/exclusive conventions, stated once (tests check each boundary):
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from ilp_ray.config_base import TrackingConfig, _Section
-
-_ALL = ("sft_internal_conflict", "left_side_forgetting", "base_conflict", "base_knowledge_gap",
-        "insufficient_training")
+from ilp_ray.diagnosis.registry import BUILTIN, DETECTORS
 
 
 class ConflictConfig(_Section):
@@ -116,14 +114,21 @@ class BaseConflictConfig(_Section):
         "The pmi support: the question raises the base's wrong pick by at least this many nats "
         "over its question-free share among the options (ln 2: the question at least doubles it). "
         "A pick the question does not raise is the prior's, not a belief about this question."))
-    corpus_veto: bool = Field(False, description=(
+
+
+class CorpusRulesConfig(_Section):
+    """How corpus evidence weighs in, shared by the causes that read it (I, II, IV)."""
+
+    veto: bool = Field(False, description=(
         "Off by default, on in preset lab (ilp_ray/presets.py: a real index holds a sample of the "
         "pretraining data, so a fact it lacks may still have been read). "
         "With corpus evidence, the corpus decides which base-model cause a wrong base answer is: "
         "II needs a corpus that does not lack or support the SFT value (a confident answer to a "
         "fact the corpus lacks is a guess, cause I; small models guess confidently); I needs a "
         "corpus that does not support it (a fact the base read but did not learn is a rare "
-        "pattern, cause V). Items without evidence are judged on the model alone."))
+        "pattern, cause V); IV does not count a right base answer to a fact the corpus lacks as "
+        "knowledge. Items without evidence are judged on the model alone. Was "
+        "base_conflict.corpus_veto, which is still read."))
 
 
 class KnowledgeGapConfig(_Section):
@@ -171,7 +176,7 @@ class ForgettingConfig(_Section):
         "samples unattributed, facts the base answered but the run visibly learned and lost. "
         "Not IV when the base model already answered the sample (base p(correct) >= tau): SFT then "
         "eroded pretrained knowledge rather than forgetting what it taught, which no cause names, so "
-        "the sample stays unattributed (evidence base_known). With corpus evidence (corpus_veto), a "
+        "the sample stays unattributed (evidence base_known). With corpus evidence (corpus.veto), a "
         "right base answer about a fact the corpus lacks is a guess and does not count as known."))
 
 
@@ -199,8 +204,15 @@ class DiagnosisConfig(_Section):
         "Named settings calibrated on a benchmark (ilp_ray/presets.py), filled in under this "
         "config's own values: 'lab' is what the ILP lab was scored with. None: the defaults."))
     enabled: bool = Field(False, description="Run the diagnosis as the audit's last stage.")
-    causes: list[str] = Field(list(_ALL), description=(
-        "Causes to test, by detector name; the decision order is the fixed order of decide.py."))
+    plugins: list[str] = Field([], description=(
+        "Modules imported before the causes are checked: a module that registers its own detector "
+        "(ilp_ray.diagnosis.DETECTORS.register('name', 'pkg.mod:Class')) makes it selectable in causes."))
+    causes: list[str] = Field(list(BUILTIN), description=(
+        "Causes to test, by registered detector name; the decision tests them in each detector's "
+        "declared order (CauseDetector.order), whatever the order here."))
+    sections: dict[str, dict[str, Any]] = Field({}, description=(
+        "Config sections of detectors registered from outside, by their declared section name; "
+        "each is validated by the detector's Config class when the diagnosis runs."))
     scope: Literal["unlearned", "top_k"] = Field("unlearned", description=(
         "Which samples get a cause: every unlearned sample, or only the top-K most severe (paper)."))
     relapse_to_base: bool = Field(False, description=(
@@ -228,6 +240,7 @@ class DiagnosisConfig(_Section):
     report_worst: int = Field(10, ge=1, description="Samples per cause in the report's tables.")
     conflict: ConflictConfig = ConflictConfig()
     base_conflict: BaseConflictConfig = BaseConflictConfig()
+    corpus: CorpusRulesConfig = CorpusRulesConfig()
     knowledge_gap: KnowledgeGapConfig = KnowledgeGapConfig()
     forgetting: ForgettingConfig = ForgettingConfig()
     insufficient: InsufficientConfig = InsufficientConfig()
@@ -239,17 +252,35 @@ class DiagnosisConfig(_Section):
     def _preset(cls, data):
         from ilp_ray.presets import DIAGNOSIS_PRESETS, apply_preset
 
+        if isinstance(data, dict) and isinstance(data.get("base_conflict"), dict) \
+                and "corpus_veto" in data["base_conflict"]:  # its old place: moved to corpus.veto
+            data = dict(data, base_conflict=dict(data["base_conflict"]))
+            veto = data["base_conflict"].pop("corpus_veto")
+            data["corpus"] = {"veto": veto, **(data.get("corpus") or {})}
         return apply_preset(data, DIAGNOSIS_PRESETS)
+
+    @field_validator("plugins")
+    @classmethod
+    def _import_plugins(cls, v: list[str]) -> list[str]:
+        import importlib
+
+        for module in v:
+            try:
+                importlib.import_module(module)
+            except ImportError as e:
+                raise ValueError(f"cannot import plugin module {module!r}: {e}") from e
+        return v
 
     @field_validator("causes")
     @classmethod
     def _known_causes(cls, v: list[str]) -> list[str]:
         import difflib
 
+        known = DETECTORS.registered()
         for name in v:
-            if name not in _ALL:
-                close = difflib.get_close_matches(name, _ALL, n=1)
-                hint = f"; did you mean '{close[0]}'?" if close else f"; known: {', '.join(_ALL)}"
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else f"; known: {', '.join(known)}"
                 raise ValueError(f"unknown cause {name!r}{hint}")
         if len(set(v)) != len(v):
             raise ValueError("causes must not repeat")

@@ -32,11 +32,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ilp_ray.diagnosis import CAUSES
 from ilp_ray.diagnosis.base import CauseResult
-
-ORDER = CAUSES
-UNATTRIBUTED = "unattributed"
+from ilp_ray.diagnosis.registry import UNATTRIBUTED, decision_order
 
 
 def _json(obj: Any) -> str:
@@ -57,7 +54,7 @@ def decide(verdicts: pd.DataFrame, results: dict[str, CauseResult], scope: str =
 
     Args:
         verdicts: the audit's verdict table.
-        results: detector name → its ``CauseResult`` (any subset of ``ORDER``).
+        results: detector name → its ``CauseResult`` (any registered causes).
         scope: "unlearned" (every unlearned sample) or "top_k" (``in_top_k`` only).
         relapse: IV that fell back to the base's confident wrong answer is II (see above).
 
@@ -67,7 +64,7 @@ def decide(verdicts: pd.DataFrame, results: dict[str, CauseResult], scope: str =
     """
     unl = verdicts["unlearned"].to_numpy(dtype=bool)
     in_scope = unl & verdicts["in_top_k"].to_numpy(dtype=bool) if scope == "top_k" else unl
-    order = [c for c in ORDER if c in results] + [c for c in results if c not in ORDER]
+    order = decision_order(results)
     n = len(verdicts)
     cause = np.full(n, None, dtype=object)
     cause_score = np.full(n, np.nan)
@@ -103,10 +100,10 @@ def decide(verdicts: pd.DataFrame, results: dict[str, CauseResult], scope: str =
     return out
 
 
-def cause_table(diag: pd.DataFrame, causes: list[str] | tuple[str, ...] = ORDER) -> dict[str, Any]:
+def cause_table(diag: pd.DataFrame, causes: list[str] | tuple[str, ...] | None = None) -> dict[str, Any]:
     """The paper's Table 10: the share of diagnosed (unlearned, in-scope) samples per cause,
     overall and per subset. Shares sum to 1 with ``unattributed``; counts ride along."""
-    labels = [c for c in causes] + [UNATTRIBUTED]
+    labels = list(decision_order() if causes is None else causes) + [UNATTRIBUTED]
 
     def block(df: pd.DataFrame) -> dict[str, Any]:
         d = df[df["in_scope"]]

@@ -50,6 +50,10 @@ class InsufficientTraining(CauseDetector):
     name = "insufficient_training"
     roman = "V"
     title = "Insufficient training (rare or complex pattern)"
+    short = "insufficient training"
+    order = 50  # the weakest, most generic signal: the last resort
+    section = "insufficient"
+    color = "#2ca02c"
 
     def detect(self, ctx: DiagnosisContext) -> CauseResult:
         cfg = ctx.config.insufficient

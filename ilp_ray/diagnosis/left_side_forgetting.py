@@ -59,6 +59,10 @@ class LeftSideForgetting(CauseDetector):
     name = "left_side_forgetting"
     roman = "IV"
     title = "Left-side forgetting"
+    short = "left-side forgetting"
+    order = 20  # learned, then lost: rules out missing or conflicting base knowledge as the blocker
+    section = "forgetting"
+    color = "#9467bd"
 
     def detect(self, ctx: DiagnosisContext) -> CauseResult:
         cfg = ctx.config.forgetting
@@ -114,7 +118,7 @@ class LeftSideForgetting(CauseDetector):
     def base_known(ctx: DiagnosisContext, tau: float) -> np.ndarray:
         """Rows the base model already answered (p(correct) >= tau); none without a base model.
 
-        Under ``base_conflict.corpus_veto``, a right answer about a fact the corpus lacks is a guess.
+        Under ``corpus.veto``, a right answer about a fact the corpus lacks is a guess.
         """
         from ilp_ray import metrics as M
 
@@ -123,6 +127,6 @@ class LeftSideForgetting(CauseDetector):
             return np.zeros(len(v), bool)
         probs = M.pad_ragged(list(v["base_probs"]), 0.0)
         known = M.pass_expected(probs, v["answer"].to_numpy(dtype=np.int64)) >= tau
-        if ctx.config.base_conflict.corpus_veto:
+        if ctx.config.corpus.veto:
             known &= ctx.corpus_verdicts() != "absent"
         return known

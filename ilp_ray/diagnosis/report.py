@@ -20,11 +20,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-COLORS = {"sft_internal_conflict": "#d62728", "left_side_forgetting": "#9467bd", "base_conflict": "#ff7f0e",
-          "base_knowledge_gap": "#1f77b4", "insufficient_training": "#2ca02c", "unattributed": "#7f7f7f"}
-LABELS = {"sft_internal_conflict": "III SFT-internal conflict", "left_side_forgetting": "IV left-side forgetting",
-          "base_conflict": "II base conflict", "base_knowledge_gap": "I knowledge gap",
-          "insufficient_training": "V insufficient training", "unattributed": "unattributed"}
+from ilp_ray.diagnosis.registry import color, label
+
 CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1320px;color:#222}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
 table{border-collapse:collapse;font-size:.85em;margin:.6em 0}td,th{border:1px solid #ddd;padding:4px 7px;
@@ -70,7 +67,7 @@ def _cause_figure(F: _Figures, ct: dict[str, Any]) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), gridspec_kw={"width_ratios": [1, 1.3]})
     ax = axes[0]
     shares = [ct["shares"][c] for c in causes]
-    ax.barh([LABELS.get(c, c) for c in causes], shares, color=[COLORS.get(c, "#444") for c in causes])
+    ax.barh([label(c) for c in causes], shares, color=[color(c) for c in causes])
     for y, (c, s) in enumerate(zip(causes, shares, strict=False)):
         ax.text(s, y, f" {s:.0%} ({ct['counts'][c]})", va="center", fontsize=8)
     ax.invert_yaxis()
@@ -80,7 +77,7 @@ def _cause_figure(F: _Figures, ct: dict[str, Any]) -> None:
     left = np.zeros(len(subsets))
     for c in causes:
         vals = np.array([ct["per_subset"][s]["shares"][c] for s in subsets])
-        ax.barh(subsets, vals, left=left, color=COLORS.get(c, "#444"), label=LABELS.get(c, c))
+        ax.barh(subsets, vals, left=left, color=color(c), label=label(c))
         left += vals
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
@@ -106,7 +103,7 @@ def _calibration_figure(F: _Figures, v: pd.DataFrame) -> None:
     plt = F.plt
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     bins = np.linspace(0, 1, 11)
-    for prefix, label, color in (("", "fine-tuned", "#d62728"), ("base_", "base", "#1f77b4")):
+    for prefix, name, hue in (("", "fine-tuned", "#d62728"), ("base_", "base", "#1f77b4")):
         if f"{prefix}confidence" not in v or f"{prefix}correct" not in v:
             continue
         conf = v[f"{prefix}confidence"].to_numpy(dtype=float)
@@ -114,7 +111,7 @@ def _calibration_figure(F: _Figures, v: pd.DataFrame) -> None:
         b = np.clip(np.digitize(conf, bins) - 1, 0, len(bins) - 2)
         xs = [conf[b == k].mean() for k in range(len(bins) - 1) if (b == k).any()]
         ys = [corr[b == k].mean() for k in range(len(bins) - 1) if (b == k).any()]
-        ax.plot(xs, ys, "o-", color=color, label=label)
+        ax.plot(xs, ys, "o-", color=hue, label=name)
     ax.plot([0, 1], [0, 1], ":", color="#999")
     ax.set_xlabel("confidence (probability of the top option)")
     ax.set_ylabel("accuracy")
@@ -184,7 +181,7 @@ def _worst_tables(v: pd.DataFrame, table: pd.DataFrame, causes: list[str], worst
         score_col = f"{cause}_score" if cause != "unattributed" else None
         rows = rows.sort_values(score_col, ascending=False) if score_col else rows
         rows = rows.head(worst)
-        parts.append(f'<h3 id="cause-{cause}" style="color:{COLORS.get(cause, "#222")}">{LABELS.get(cause, cause)}'
+        parts.append(f'<h3 id="cause-{cause}" style="color:{color(cause)}">{label(cause)}'
                      f' <span class="muted">({int((table["cause"] == cause).sum())} samples; worst {len(rows)})</span></h3>')
         parts.append("<table><tr><th>id</th><th>subset</th><th>question</th><th>trained answer</th>"
                      "<th>model's pick</th><th class=num>p(correct)</th><th>signals</th><th>evidence</th></tr>")
@@ -196,7 +193,7 @@ def _worst_tables(v: pd.DataFrame, table: pd.DataFrame, causes: list[str], worst
             group = ""
             if ev.get("group_id") is not None:
                 group = f'<br><a href="#group-{ev["group_id"]}">conflict group {ev["group_id"]}</a>'
-            sig = ", ".join(LABELS.get(s, s).split()[0] for s in r.signals) or "—"
+            sig = ", ".join(label(s).split()[0] for s in r.signals) or "—"
             parts.append(
                 f'<tr id="s-{_esc(r.id)}"><td>{_esc(r.id)}{group}</td><td>{_esc(r.subset)}</td>'
                 f"<td>{_esc(x['question'], 200)}</td><td class=ok>{_esc(opts[int(x['answer'])])}</td>"
@@ -227,7 +224,7 @@ def _corpus_html(v: pd.DataFrame, table: pd.DataFrame, evidence: pd.DataFrame | 
     order = [*CORPUS_VERDICTS, "no evidence"]
     cols = [*causes, "unattributed"]
     cross = pd.crosstab(verdict, diag["cause"]).reindex(index=order, columns=cols, fill_value=0)
-    head = "".join(f'<th style="color:{COLORS.get(c, "#222")}">{LABELS.get(c, c)}</th>' for c in cols)
+    head = "".join(f'<th style="color:{color(c)}">{label(c)}</th>' for c in cols)
     cross_rows = "".join(f"<tr><td>{_esc(r)}</td>" + "".join(f"<td class=num>{int(cross.loc[r, c])}</td>" for c in cols)
                          + "</tr>" for r in order)
     return (f"<p>{len(ev)} samples were judged against the pretraining corpus: <i>supports</i> (a passage "
@@ -246,18 +243,18 @@ def _range(a, b) -> str:
 
 def _coverage_html(cov: dict[str, Any]) -> str:
     """The "What this run could and could not show" section: causes, trajectory, warnings."""
-    from ilp_ray.diagnosis.decide import ORDER
+    from ilp_ray.diagnosis.registry import decision_order
 
     warn = "".join(f"<li>{html.escape(w)}</li>" for w in cov.get("warnings", []))
     parts = [f'<ul class="warn">{warn}</ul>' if warn else
              "<p class=ok>Every cause had the inputs to be tested on this run.</p>"]
     rows = []
-    for c in ORDER:
+    for c in decision_order():
         e = cov.get(c)
         if e is None:
             continue
         mark = '<span class="ok">yes</span>' if e["testable"] else '<span class="bad">no</span>'
-        rows.append(f"<tr><td>{LABELS.get(c, c)}</td><td>{mark}</td><td class=num>{e['samples']} of {e['of']}</td>"
+        rows.append(f"<tr><td>{label(c)}</td><td>{mark}</td><td class=num>{e['samples']} of {e['of']}</td>"
                     f"<td>{_esc(e['why'] or '', 300)}</td></tr>")
     parts.append("<table><tr><th>cause</th><th>can fire</th><th>diagnosed samples with its inputs</th>"
                  f"<th>why not</th></tr>{''.join(rows)}</table>")
@@ -339,12 +336,12 @@ def write_report(out: Path, ctx, table: pd.DataFrame, ct: dict[str, Any], result
     _position_figure(F, eff)
 
     causes = list(results)
-    rows = "".join(f'<tr><td><a href="#cause-{c}">{LABELS.get(c, c)}</a></td><td class=num>{ct["counts"][c]}</td>'
+    rows = "".join(f'<tr><td><a href="#cause-{c}">{label(c)}</a></td><td class=num>{ct["counts"][c]}</td>'
                    f'<td class=num>{ct["shares"][c]:.1%}</td>'
                    + "".join(f'<td class=num>{b["shares"][c]:.0%}</td>' for b in ct["per_subset"].values())
                    + "</tr>" for c in ct["shares"])
     head = "".join(f"<th>{_esc(s)}</th>" for s in ct["per_subset"])
-    summaries = "".join(f"<tr><td>{LABELS.get(n, n)}</td><td class=ev>{_esc(json.dumps(r.summary, default=str), 600)}"
+    summaries = "".join(f"<tr><td>{label(n)}</td><td class=ev>{_esc(json.dumps(r.summary, default=str), 600)}"
                         f"</td></tr>" for n, r in results.items())
     groups = results["sft_internal_conflict"].info.get("groups") if "sft_internal_conflict" in results else None
     body = f"""<h1>Why did SFT fail to learn these samples?</h1>

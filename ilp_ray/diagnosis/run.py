@@ -96,11 +96,11 @@ def diagnosis_threads(cfg: DiagnosisConfig) -> int:
 
 def diagnose(ctx) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """Run the configured detectors on a context and decide: (table, cause table, per-detector results)."""
-    from ilp_ray.diagnosis.base import DETECTORS
-    from ilp_ray.diagnosis.decide import ORDER, cause_table, decide
+    from ilp_ray.diagnosis.decide import cause_table, decide
+    from ilp_ray.diagnosis.registry import DETECTORS, decision_order
 
     results, timings = {}, {}
-    for name in [c for c in ORDER if c in ctx.config.causes]:
+    for name in decision_order(ctx.config.causes):
         t = time.perf_counter()
         results[name] = DETECTORS.create(name).run(ctx)
         timings[name] = round(time.perf_counter() - t, 3)
@@ -174,16 +174,19 @@ def run_diagnosis(run_dir: str | Path, cfg: DiagnosisConfig, tracker=None) -> Di
     return DiagnosisResult(run_dir, table, ct, summaries, files["report"], files)
 
 
-_NAMES = {"sft_internal_conflict": "III (SFT-internal conflict)", "left_side_forgetting": "IV (left-side forgetting)",
-          "base_conflict": "II (base conflict)", "base_knowledge_gap": "I (knowledge gap)",
-          "insufficient_training": "V (insufficient training)"}
+def _cause_name(name: str) -> str:
+    """'III (SFT-internal conflict)': how warnings name a cause (from its registered class)."""
+    from ilp_ray.diagnosis.registry import DETECTORS
+
+    c = DETECTORS.get(name)
+    return f"{c.roman} ({c.short})" if c.roman else c.short or name
 
 
 def coverage(ctx, table, schedule: dict | None = None) -> dict[str, Any]:
     """What this run could and could not show: per cause, whether it can be tested and why not,
     the trajectory's coverage, and the warnings a reader must see.
 
-    Per cause (every name of ``decide.ORDER``): ``testable`` (it can fire for at least one
+    Per cause (every registered cause, in decision order): ``testable`` (it can fire for at least one
     diagnosed sample; for any sample when none is diagnosed), ``why`` (None when testable, else a
     sentence), ``samples`` / ``of`` (diagnosed samples it had the inputs to test). A sample lacks
     the inputs of I and II without a base model; of IV without a trajectory or with fewer than
@@ -203,7 +206,7 @@ def coverage(ctx, table, schedule: dict | None = None) -> dict[str, Any]:
     """
     import numpy as np
 
-    from ilp_ray.diagnosis.decide import ORDER
+    from ilp_ray.diagnosis.registry import decision_order
 
     cfg = ctx.config
     v, ids = ctx.verdicts, ctx.ids
@@ -239,7 +242,8 @@ def coverage(ctx, table, schedule: dict | None = None) -> dict[str, Any]:
 
     # Per cause: the rows it had the inputs to test, the rows it can fire on, and why not.
     can: dict[str, np.ndarray] = {}
-    for name in ORDER:
+    order = decision_order()
+    for name in order:
         extra: dict[str, Any] = {}
         if name not in cfg.causes:
             rows, why = np.zeros(n, bool), "not tested: not in diagnose.causes"
@@ -267,7 +271,10 @@ def coverage(ctx, table, schedule: dict | None = None) -> dict[str, Any]:
             else:
                 why = (f"every sample it could test is in the last subset ({last}), the recent data, which is "
                        "never IV under forgetting.scope: subset")
-        else:  # insufficient_training
+        elif name != "insufficient_training":  # a detector registered from outside: its inputs are unknown here
+            rows = np.ones(n, bool)
+            fire, why = rows, "no sample to test"
+        else:
             ic = cfg.insufficient
             by_traj = has & (n_evals >= 2)
             rows = by_traj | (n >= ic.min_population)
@@ -281,7 +288,7 @@ def coverage(ctx, table, schedule: dict | None = None) -> dict[str, Any]:
         can[name] = rows
 
     iii = "sft_internal_conflict" in cfg.causes
-    others = [c for c in ORDER if c != "sft_internal_conflict"]
+    others = [c for c in order if c != "sft_internal_conflict"]
     none = diag & ~np.any([can[c] for c in others], axis=0)
     out["untested"] = {"n": int(none.sum()), "of": n_diag, "ids": [ids[i] for i in np.flatnonzero(none)[:20]],
                        "why": ("no cause but III (the data's own contradictions) had the inputs to test them"
@@ -294,12 +301,12 @@ def _coverage_warnings(cfg, has_base: bool, cov: dict, sched: dict | None, has, 
     """The coverage block's warnings: plain sentences, the most general first."""
     w: list[str] = []
     held = cfg.forgetting.held_evals
-    base_off = [_NAMES[c] for c in ("base_knowledge_gap", "base_conflict") if c in cfg.causes and not has_base]
+    base_off = [_cause_name(c) for c in ("base_knowledge_gap", "base_conflict") if c in cfg.causes and not has_base]
     if base_off:
         w.append(f"No base model was scored: {' and '.join(base_off)} cannot fire on this run.")
     iv_on, v_on = "left_side_forgetting" in cfg.causes, "insufficient_training" in cfg.causes
     if sched is None and (iv_on or v_on):
-        w.append("No training trajectory was given: IV (left-side forgetting) cannot fire, and V (insufficient "
+        w.append(f"No training trajectory was given: {_cause_name('left_side_forgetting')} cannot fire, and V (insufficient "
                  "training) rests on rarity and length alone, at half score.")
     elif sched is not None:
         k, m = int((has & pool).sum()), int(pool.sum())
@@ -319,12 +326,12 @@ def _coverage_warnings(cfg, has_base: bool, cov: dict, sched: dict | None, has, 
                          "null, trajectory.min_evals_per_subset) or a shorter interval.")
             iv = cov["left_side_forgetting"]
             if not iv["testable"] and not blocked and (has & pool).any():
-                w.append(f"IV (left-side forgetting) cannot fire: {iv['why']}.")
+                w.append(f"{_cause_name('left_side_forgetting')} cannot fire: {iv['why']}.")
             if iv["last_subset"]:
                 w.append(f"{iv['last_subset']} diagnosed sample(s) are in the last subset ({sched['last_subset']}), "
                          "the recent data of this sequential run: they are never IV (forgetting.scope: subset).")
     if v_on and not cov["insufficient_training"]["testable"]:
-        w.append(f"V (insufficient training) cannot fire: {cov['insufficient_training']['why']}.")
+        w.append(f"{_cause_name('insufficient_training')} cannot fire: {cov['insufficient_training']['why']}.")
     u = cov["untested"]
     if u["n"]:
         iii = "sft_internal_conflict" in cfg.causes
@@ -340,7 +347,7 @@ def _share(k, m) -> float:
 
 def coverage_metrics(cov: dict[str, Any]) -> dict[str, float]:
     """The numeric part of ``coverage`` as MLflow metrics (``diagnosis.coverage.*``)."""
-    from ilp_ray.diagnosis.decide import ORDER
+    from ilp_ray.diagnosis.registry import decision_order
 
     t = cov.get("trajectory", {})
     m = {"diagnosis.coverage.warnings": float(len(cov.get("warnings", []))),
@@ -349,7 +356,7 @@ def coverage_metrics(cov: dict[str, Any]) -> dict[str, float]:
          "diagnosis.coverage.trajectory_share_unlearned": float(t.get("unlearned_share", 0.0))}
     if "evaluations" in t:
         m["diagnosis.coverage.evaluations"] = float(t["evaluations"])
-    for name in ORDER:
+    for name in decision_order():
         if name in cov:
             m[f"diagnosis.coverage.{name}.testable"] = float(cov[name]["testable"])
             m[f"diagnosis.coverage.{name}.samples"] = float(cov[name]["samples"])
@@ -391,7 +398,7 @@ def print_result(result: DiagnosisResult) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from ilp_ray.diagnosis.report import LABELS
+    from ilp_ray.diagnosis.registry import label
 
     ct = result.cause_table
     t = Table(title=f"Diagnosis: {ct['n_diagnosed']} of {ct['n_unlearned']} unlearned samples "
@@ -402,7 +409,7 @@ def print_result(result: DiagnosisResult) -> None:
     for s in ct["per_subset"]:
         t.add_column(s, justify="right")
     for cause, share in ct["shares"].items():
-        t.add_row(LABELS.get(cause, cause), str(ct["counts"][cause]), f"{share:.1%}",
+        t.add_row(label(cause), str(ct["counts"][cause]), f"{share:.1%}",
                   *[f"{b['shares'][cause]:.0%}" for b in ct["per_subset"].values()])
     console = Console()
     console.print(t)

@@ -69,6 +69,10 @@ class SftInternalConflict(CauseDetector):
     name = "sft_internal_conflict"
     roman = "III"
     title = "Conflict within the SFT data"
+    short = "SFT-internal conflict"
+    order = 10  # the data contradicts itself: every other test is moot while the label is in dispute
+    section = "conflict"
+    color = "#d62728"
 
     def detect(self, ctx: DiagnosisContext) -> CauseResult:
         cfg = ctx.config.conflict

@@ -219,7 +219,7 @@ def test_forgetting_excludes_what_the_base_already_knew(ctx_factory):
             verdict_row("guessed", base_probs=knew, position=2)]
     traj = [r for i in ("knew", "blind", "guessed") for r in traj_rows(i, [0.9, 0.95, 0.2], trained_step=10)]
     ev_table = pd.DataFrame({"id": ["guessed"], "corpus_verdict": ["absent"], "corpus_score": [1.0]})
-    veto = {"base_conflict.corpus_veto": True, "forgetting.exclude_base_known": True, "embedder": "hashing"}
+    veto = {"corpus.veto": True, "forgetting.exclude_base_known": True, "embedder": "hashing"}
     is_, _, ev = run("left_side_forgetting", ctx_factory(rows, traj, evidence=ev_table, **veto))
     assert is_ == [False, True, True]
     assert ev[0]["base_known"] is True and "base_known" not in ev[1] and "base_known" not in ev[2]
@@ -323,7 +323,7 @@ def test_corpus_support_vetoes_a_blind_base(ctx_factory):
     blind = [0.0, 0.4, 0.3, 0.3]
     rows = [verdict_row("read", base_probs=blind), verdict_row("unread", base_probs=blind)]
     ev = _evidence({"read": "supports", "unread": "absent"})
-    veto = {"base_conflict.corpus_veto": True, "embedder": "hashing"}
+    veto = {"corpus.veto": True, "embedder": "hashing"}
     assert run("base_knowledge_gap", ctx_factory(rows, evidence=ev, **veto))[0] == [False, True]
 
 

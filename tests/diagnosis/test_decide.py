@@ -4,7 +4,8 @@ import pandas as pd
 import pytest
 
 from ilp_ray.diagnosis.base import CauseDetector, CauseResult
-from ilp_ray.diagnosis.decide import ORDER, UNATTRIBUTED, cause_table, decide
+from ilp_ray.diagnosis.decide import UNATTRIBUTED, cause_table, decide
+from ilp_ray.diagnosis.registry import decision_order
 
 from .conftest import verdict_row
 
@@ -20,8 +21,10 @@ def fake_results(fired: dict[str, list[bool]]):
 
 
 def test_order_is_iii_iv_ii_i_v():
-    assert ORDER == ("sft_internal_conflict", "left_side_forgetting", "base_conflict", "base_knowledge_gap",
-                     "insufficient_training")
+    """The decision order is the one the detector classes declare (CauseDetector.order)."""
+    assert decision_order() == ["sft_internal_conflict", "left_side_forgetting", "base_conflict",
+                                "base_knowledge_gap", "insufficient_training"]
+    assert decision_order(["insufficient_training", "base_conflict"]) == ["base_conflict", "insufficient_training"]
 
 
 def test_first_firing_cause_wins_and_every_signal_is_kept():
@@ -120,3 +123,43 @@ def test_forgotten_back_to_the_base_belief_is_a_conflict():
     no_base = pd.DataFrame([verdict_row("relapse", probs=[0.1, 0.7, 0.1, 0.1])])
     one = {k: CauseResult(r.frame.iloc[:1], {}) for k, r in res.items()}
     assert decide(no_base, one)["cause"].tolist() == ["left_side_forgetting"]
+
+
+def test_a_detector_registered_from_outside_is_selectable_and_ordered(tmp_path, monkeypatch):
+    """One class declares everything about a cause: registered in a plugin module, it passes the
+    config's check, is tested at its declared place in the order, reads its own section from
+    diagnose.sections (validated by its Config), and the labels, colours and cause table follow."""
+    import sys
+
+    from ilp_ray.diagnosis.config import DiagnosisConfig
+    from ilp_ray.diagnosis.registry import DETECTORS, color, label
+
+    (tmp_path / "my_causes.py").write_text(
+        "import numpy as np\n"
+        "from ilp_ray.config_base import _Section\n"
+        "from ilp_ray.diagnosis.base import CauseDetector, CauseResult\n"
+        "from ilp_ray.diagnosis.registry import DETECTORS\n\n"
+        "class MyConfig(_Section):\n    cut: float = 0.5\n\n"
+        "class Lazy(CauseDetector):\n"
+        "    name, roman, short, order, section, color = 'lazy_labeller', 'VI', 'lazy labeller', 35, 'lazy', '#123456'\n"
+        "    Config = MyConfig\n"
+        "    def detect(self, ctx):\n"
+        "        s = self.settings(ctx)\n"
+        "        fired = np.array([p[a] < s.cut for p, a in zip(ctx.verdicts['probs'], ctx.verdicts['answer'])])\n"
+        "        return CauseResult(self.frame(fired, fired.astype(float), [{'cut': s.cut}] * len(fired)), {})\n\n"
+        "DETECTORS.register('lazy_labeller', Lazy)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        with pytest.raises(ValueError, match="unknown cause 'lazy_labeller'"):
+            DiagnosisConfig(causes=["lazy_labeller"])
+        cfg = DiagnosisConfig(plugins=["my_causes"], causes=["insufficient_training", "lazy_labeller", "base_conflict"],
+                              sections={"lazy": {"cut": 0.9}})
+        assert decision_order(cfg.causes) == ["base_conflict", "lazy_labeller", "insufficient_training"]
+        assert (label("lazy_labeller"), color("lazy_labeller")) == ("VI lazy labeller", "#123456")
+        cls = DETECTORS.get("lazy_labeller")
+        assert cls().settings(type("Ctx", (), {"config": cfg})()).cut == 0.9
+        with pytest.raises(ValueError, match="cannot import plugin module 'no_such_causes'"):
+            DiagnosisConfig(plugins=["no_such_causes"])
+    finally:
+        DETECTORS._entries.pop("lazy_labeller", None)
+        sys.modules.pop("my_causes", None)

@@ -71,7 +71,7 @@ def test_diagnosis_reads_the_stage_evidence(audited):
     for vid, row in d.iterrows():
         gap = json.loads(row["base_knowledge_gap_evidence"])
         assert gap["corpus_verdict"] == ev.loc[vid, "corpus_verdict"]
-        # with base_conflict.corpus_veto (preset lab: this corpus is complete) the corpus decides I
+        # with corpus.veto (preset lab: this corpus is complete) the corpus decides I
         if gap["corpus_verdict"] == "absent":
             assert row["is_base_knowledge_gap"], vid
         elif gap["corpus_verdict"] == "supports":

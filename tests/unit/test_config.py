@@ -105,12 +105,12 @@ def test_preset_lab_fills_in_under_the_users_values(tmp_path):
 
     plain = AuditConfig(data="d.jsonl", sft_model="m")
     assert (plain.detect.n, plain.detect.on, plain.detect.tau) == (5, "sampled", 0.2)  # the paper's
-    assert not plain.diagnose.base_conflict.corpus_veto and plain.diagnose.knowledge_gap.chance_corrected
+    assert not plain.diagnose.corpus.veto and plain.diagnose.knowledge_gap.chance_corrected
     cfg = tmp_path / "a.yaml"
     cfg.write_text("data: d.jsonl\nsft_model: m\npreset: lab\ndetect:\n  n: 3\n")
     lab = load_config(AuditConfig, cfg, {"diagnose.knowledge_gap.chance_corrected": True})
     assert (lab.detect.n, lab.detect.on, lab.detect.tau) == (3, "expected", 0.5)  # n from the YAML
-    assert lab.diagnose.preset == "lab" and lab.diagnose.base_conflict.corpus_veto
+    assert lab.diagnose.preset == "lab" and lab.diagnose.corpus.veto
     f, pf = lab.diagnose.forgetting, plain.diagnose.forgetting
     assert (f.held_evals, f.exclude_base_known, lab.diagnose.relapse_to_base) == (2, True, True)
     assert (pf.held_evals, pf.exclude_base_known, plain.diagnose.relapse_to_base) == (1, False, False)
@@ -129,5 +129,15 @@ def test_the_lab_audits_under_its_preset():
     lab = LabConfig.model_validate({"diagnose": {"conflict": {"theta": 0.9}}})  # a partial section
     a = AuditConfig.model_validate(audit_config(lab, "b", "s", Path("d.jsonl"), None, Path("out")))
     assert (a.detect.n, a.detect.on, a.detect.tau) == (1, "expected", 0.5)
-    assert a.diagnose.base_conflict.corpus_veto and not a.diagnose.knowledge_gap.chance_corrected
+    assert a.diagnose.corpus.veto and not a.diagnose.knowledge_gap.chance_corrected
     assert a.diagnose.conflict.theta == 0.9 and a.diagnose.enabled
+
+
+def test_corpus_veto_moved_to_the_shared_corpus_section_and_is_read_from_its_old_place():
+    from ilp_ray.diagnosis.config import DiagnosisConfig
+
+    assert DiagnosisConfig(corpus={"veto": True}).corpus.veto
+    assert DiagnosisConfig(base_conflict={"corpus_veto": True, "tau_c": 0.6}).corpus.veto
+    assert DiagnosisConfig(base_conflict={"corpus_veto": True}).base_conflict.tau_c == 0.5
+    assert not DiagnosisConfig(preset="lab", base_conflict={"corpus_veto": False}).corpus.veto  # the user wins
+    assert DiagnosisConfig(preset="lab").corpus.veto
