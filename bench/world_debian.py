@@ -104,6 +104,27 @@ def audit_config(data: Path, sft, out: Path, name: str, audit_set: list[str]):
     return load_config(AuditConfig, None, {**over, **parse_overrides(audit_set)})
 
 
+def iv_plants(truth, audit, sft, score) -> dict:
+    """Did each IV plant take? A fact taught six times in s1 is left-side forgetting only if SFT
+    learned it (p(correct) >= 0.5 at some trajectory point) and then lost it. A plant the run never
+    learned is a failed plant, not an IV sample, whatever the truth file says: this scores the
+    diagnosis again without those samples, beside the plain score (both are reported)."""
+    import pandas as pd
+
+    if not sft.trajectory:
+        return {"checked": False}
+    traj = pd.read_parquet(sft.trajectory, columns=["id", "p_correct"])
+    peak = traj.groupby("id").p_correct.max()
+    iv = truth[truth.category == "IV"]
+    unl = set(audit.verdicts.loc[audit.verdicts.unlearned.astype(bool), "id"])
+    failed = [i for i in iv.id if i in unl and peak.get(i, 0.0) < 0.5]
+    kept = truth[~truth.id.isin(failed)]
+    again = score(kept, audit.verdicts, audit.diagnosis.table)
+    return {"checked": True, "unlearned": int(iv.id.isin(unl).sum()), "never_learned": len(failed),
+            "macro_f1_without_failed": again["macro_f1"], "macro_f1_present_without_failed": again["macro_f1_present"],
+            "recall_without_failed": again["recall"], "precision_without_failed": again["precision"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     import pandas as pd
@@ -142,10 +163,16 @@ def main(argv: list[str] | None = None) -> int:
     metrics.update(world="debian", seed=args.seed, size=world.size, wall_s=walls["total"], stage_wall_s=walls,
                    sft_checkpoint=sft.checkpoint_id, audit_set=args.audit_set, train_set=args.train_set,
                    unlearned_by_task={f"{c}/{t}": [int(r["sum"]), int(r["count"])] for (c, t), r in by_task.iterrows()})
+    metrics["iv_plants"] = iv_plants(truth, audit, sft, score)
     name = "metrics.json" if args.audit_name == "audit" else f"metrics-{args.audit_name}.json"
     write_json_atomic(metrics, out / name)
     print_lab(LabResult(out, metrics, audit.diagnosis.report, audit.run_id, audit.tracking_uri))
-    print(json.dumps({k: metrics[k] for k in ("macro_f1", "macro_f1_present", "present", "recall", "precision", "yield", "wall_s", "seed")}))
+    plants = metrics["iv_plants"]
+    if plants.get("checked"):
+        print(f"IV plants: {plants['never_learned']} of the {plants['unlearned']} unlearned were never learned "
+              f"(peak p < 0.5); without them macro-F1 {plants['macro_f1_without_failed']:.3f}")
+    print(json.dumps({k: metrics[k] for k in ("macro_f1", "macro_f1_present", "present", "recall", "precision", "yield",
+                                              "wall_s", "seed", "iv_plants")}))
     return 0
 
 
