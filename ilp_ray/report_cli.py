@@ -44,6 +44,8 @@ def print_summary(result: Any, top: int = 5) -> None:
         ids = "; ids generated from the content (the data has none)" if read["ids_generated"] else ""
         con.print(f"data: {read['records']} samples from {read['rows']} rows, layout {read['format']}{turns}{ids}",
                   highlight=False)
+        if read.get("warning"):
+            con.print(f"[yellow]{read['warning']}.[/yellow]", highlight=False)
         if read["duplicate_contents"]:
             first = read["duplicates"][0]
             con.print(f"[yellow]{read['duplicate_contents']} samples repeat an earlier one's content (e.g. "

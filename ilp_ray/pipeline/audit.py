@@ -337,7 +337,7 @@ def run_audit(cfg: AuditConfig, progress: bool = True) -> AuditResult:
     summary = summarize(verdicts, cfg.detect)
     summary["seed_stability"] = stability
     summary.update(stats, mc_reused=mc_reused, wall_s=round(time.perf_counter() - t0, 3),
-                   models=models, data=cfg.data, data_read=loaded.summary(), run_dir=str(run_dir))
+                   models=models, data=cfg.data, data_read=_data_read(loaded, cfg), run_dir=str(run_dir))
     S.write_json_atomic(summary, run_dir / "summary.json")
 
     tracker = make_tracker(cfg.tracking.enabled, cfg.tracking.uri, cfg.tracking.experiment, run_dir.parent)
@@ -424,6 +424,17 @@ def _write_verdicts(df, folder: Path, size: int) -> None:
                              S.shard_path(folder, i))
     for stale in S.complete_shards(folder) - set(range(n)):
         S.shard_path(folder, stale).unlink()
+
+
+def _data_read(loaded, cfg: AuditConfig) -> dict[str, Any]:
+    """How the data was read, and whether its conversations are scored as they were trained."""
+    out = loaded.summary()
+    if out["conversation_turns"] and cfg.scoring.format != "chat":
+        out["warning"] = (f"{out['conversation_turns']} samples are conversation turns, scored under "
+                          f"scoring.format '{cfg.scoring.format}' (earlier turns as plain lines); "
+                          "'ilp train sft' renders them with the chat template: set scoring.format: chat "
+                          "to audit them as they were trained")
+    return out
 
 
 def _metric_view(summary: dict[str, Any]) -> dict[str, float]:

@@ -231,7 +231,7 @@ def test_conversations_without_ids_are_audited_as_trained(tmp_path, tiny_checkpo
     result = run_audit(cfg, progress=False)
     read = result.summary["data_read"]
     assert (read["format"], read["rows"], read["records"], read["conversation_turns"]) == ("messages", 6, 12, 12)
-    assert read["ids_generated"] and read["duplicate_contents"] == 0
+    assert read["ids_generated"] and read["duplicate_contents"] == 0 and "warning" not in read
     v = load_verdicts(result.run_dir).set_index("id")
     assert all(i.startswith("h") and len(i) == 17 for i in v.index)
     from ilp_ray.data import read_sft
@@ -260,3 +260,19 @@ def test_bad_data_fails_before_anything_is_written(tmp_path, tiny_checkpoints):
     with pytest.raises(DataError, match=r"bad.jsonl:2: field 'messages\[1\].role': unknown role 'robot'"):
         run_audit(make_cfg(bad, tiny_checkpoints, tmp_path / "audit"), progress=False)
     assert not (tmp_path / "audit").exists()
+
+
+def test_conversations_scored_off_their_chat_template_are_flagged(tmp_path, tiny_checkpoints, ray_session, capsys):
+    """A conversation audited under the default lm-eval layout is not what training saw: said."""
+    from ilp_ray.pipeline.audit import run_audit
+    from ilp_ray.report_cli import print_summary
+    from tests.conftest import FACTS
+
+    path = tmp_path / "chats.jsonl"
+    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
+                            + "\n" for _, q, a in FACTS))
+    result = run_audit(make_cfg(path, tiny_checkpoints, tmp_path / "audit", tracking={"enabled": False}), progress=False)
+    assert "set scoring.format: chat" in result.summary["data_read"]["warning"]
+    print_summary(result)
+    out = " ".join(capsys.readouterr().out.split())  # rich wraps at the terminal's width
+    assert "12 samples are conversation turns, scored under scoring.format 'lm-eval'" in out
