@@ -108,9 +108,9 @@ class DiagnosisContext:
         cfg = self.config.base_conflict
         v = self.verdicts
         answer = v["answer"].to_numpy(dtype=np.int64)
-        bprobs = [np.asarray(p, dtype=float) for p in v["base_probs"]]
-        pred = np.array([int(p.argmax()) for p in bprobs], dtype=np.int64)
-        conf = np.array([float(p.max()) for p in bprobs])
+        # the audit's own figures of the base (storage.BASE_VERDICT_COLUMNS), not recomputed here
+        pred = v["base_pred"].to_numpy(dtype=np.int64)
+        conf = v["base_confidence"].to_numpy(dtype=float)
         wrong = pred != answer
         js = v["js_base_sft"].to_numpy(dtype=float) if "js_base_sft" in v else np.full(len(v), np.nan)
         pmi_rows = list(v["base_pmi"]) if "base_pmi" in v else [None] * len(v)

@@ -24,10 +24,6 @@ from ilp_ray.diagnosis.config import DiagnosisConfig
 
 log = logging.getLogger(__name__)
 
-REQUIRED = ("id", "subset", "position", "answer", "question", "options", "probs", "pred", "correct",
-            "pass_at_n", "pass_expected", "confidence", "unlearned", "in_top_k")
-
-
 @dataclass
 class DiagnosisResult:
     run_dir: Path
@@ -51,11 +47,7 @@ def load_inputs(run_dir: str | Path, cfg: DiagnosisConfig):
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir}: no such audit run directory")
-    verdicts = load_verdicts(run_dir)
-    missing = [c for c in REQUIRED if c not in verdicts.columns]
-    if missing:
-        raise DataError(f"the verdict table lacks columns {missing} (written by an older audit?)",
-                        file=str(run_dir / "verdicts"), field=missing[0])
+    verdicts = load_verdicts(run_dir)  # checked against storage.VERDICT_COLUMNS
     records = None
     if cfg.data:
         from ilp_ray.data import read_sft

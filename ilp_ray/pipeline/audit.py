@@ -332,7 +332,7 @@ def run_audit(cfg: AuditConfig, progress: bool = True) -> AuditResult:
     verdicts, stability = compute_verdicts(items_df, sft_df, base_df, cfg.scoring, cfg.detect, priors)
     verdicts = verdicts.merge(items.select(["id", "question", "options", "distractor_ids", "fallback"]).to_pandas(),
                               on="id", how="left")
-    _write_verdicts(verdicts, run_dir / "verdicts", cfg.ray.shard_size)
+    S.write_verdicts(verdicts, run_dir / "verdicts", cfg.ray.shard_size)
 
     summary = summarize(verdicts, cfg.detect)
     summary["seed_stability"] = stability
@@ -411,19 +411,6 @@ def _run_tags(cfg: AuditConfig) -> dict[str, str]:
         if spec and Path(spec).expanduser().is_dir():
             tags[key] = checkpoint_id(Path(spec).expanduser())
     return tags
-
-
-def _write_verdicts(df, folder: Path, size: int) -> None:
-    import pyarrow as pa
-
-    folder.mkdir(parents=True, exist_ok=True)
-    S.clean_partial(folder)
-    n = max(1, math.ceil(len(df) / size))
-    for i in range(n):
-        S.write_table_atomic(pa.Table.from_pandas(df.iloc[i * size:(i + 1) * size], preserve_index=False),
-                             S.shard_path(folder, i))
-    for stale in S.complete_shards(folder) - set(range(n)):
-        S.shard_path(folder, stale).unlink()
 
 
 def _data_read(loaded, cfg: AuditConfig) -> dict[str, Any]:

@@ -23,9 +23,77 @@ import math
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Worker:
+    """What one rank holds for the whole run: its place, its model and task, where it writes."""
+
+    cfg: Any
+    kind: str
+    rank: int
+    world: int
+    run_path: Path
+    task: Any
+    strategy: Any
+    tokenizer: Any
+    pad_id: int
+    logs: dict = field(default_factory=dict)
+    tracker: Any = None
+    evaluator: Any = None
+
+    @property
+    def batch(self) -> int:
+        """The global batch: ``optim.batch_size`` per rank."""
+        return self.cfg.optim.batch_size * self.world
+
+    @property
+    def trajectories(self) -> bool:
+        return self.kind == "sft" and self.cfg.trajectory.enabled
+
+
+@dataclass
+class Progress:
+    """Where the run is, and what a checkpoint saves: step, epoch, position in the epoch's order,
+    the order itself (None: the epoch's order is computed afresh), the sampler's state and the
+    trajectory history (step, per-subset accuracy) the sampler's feedback carries."""
+
+    step: int = 0
+    epoch: int = 0
+    position: int = 0
+    order: list | None = None
+    sampler: dict = field(default_factory=dict)
+    history: list = field(default_factory=list)
+
+    def saved(self, step: int, epoch: int, pos: int, order, sampler) -> dict:
+        """The train state of a checkpoint at ``step`` (``order`` empty: none, the final one)."""
+        return {"step": step, "epoch": epoch, "position": pos, "order": list(order) or None,
+                "sampler": sampler.state_dict() if sampler else {}, "history": self.history}
+
+
+@dataclass
+class EpochPlan:
+    """One epoch's order and its evaluation steps (recomputed when a sampler revises the order)."""
+
+    order: list
+    n_steps: int
+    bounds: set
+    sched: set
+    offset: int  # the global step before this epoch's first
+
+    @classmethod
+    def of(cls, w: Worker, order: list, epoch: int, offset: int) -> EpochPlan:
+        sampler = w.task.sampler
+        bounds = _boundary_steps(order, w.task, epoch, w.batch) if sampler and sampler.marks_subset_boundaries else set()
+        plan = cls(order, math.ceil(len(order) / w.batch), bounds, _scheduled_steps(w, order, epoch), offset)
+        if w.rank == 0:
+            _record_schedule(w, plan, epoch)
+        return plan
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -60,40 +128,41 @@ def train_loop_per_worker(config: dict) -> None:
     task = build_task(kind, cfg, config["payload"], tokenizer)
     strategy = make_strategy(model, cfg.optim, cfg.engine, cfg.scaling.use_gpu, cfg.optim.batch_size, world)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    w = Worker(cfg, kind, rank, world, run_path, task, strategy, tokenizer, pad_id)
 
-    st = {"step": 0, "epoch": 0, "position": 0, "order": None, "sampler": {}, "history": []}
+    st = Progress()
     if resume_dir is not None:
         strategy.load(resume_dir / S.ENGINE)
         saved = S.load_train_state(resume_dir)
         S.set_rng_state(saved.pop("rng"))
-        st.update(saved)
+        st = Progress(**{k: saved[k] for k in ("step", "epoch", "position", "order", "sampler", "history")
+                         if k in saved})
         if task.sampler is not None:
-            task.sampler.load_state_dict(st["sampler"])
+            task.sampler.load_state_dict(st.sampler)
         shutil.rmtree(resume_dir, ignore_errors=True)
-    start_step = st["step"]
+    start_step = st.step
     if resume_dir is not None and rank == 0:
-        print(f"ilp-train: resumed at step {start_step} (epoch {st['epoch']}, position {st['position']})",
-              flush=True)
+        print(f"ilp-train: resumed at step {start_step} (epoch {st.epoch}, position {st.position})", flush=True)
         # Also on disk: a worker's stdout reaches the driver asynchronously and can be cut off.
         resumes = run_path / "ilp_logs" / "resumes.jsonl"
         resumes.parent.mkdir(parents=True, exist_ok=True)
         with open(resumes, "a") as f:
-            f.write(json.dumps({"step": start_step, "epoch": st["epoch"], "position": st["position"]}) + "\n")
+            f.write(json.dumps({"step": start_step, "epoch": st.epoch, "position": st.position}) + "\n")
 
-    logs = {"trajectory": S.RowLog(run_path / "ilp_logs" / "trajectory", rank == 0),
-            "batches": S.RowLog(run_path / "ilp_logs" / "batches", rank == 0)}
-    tracker = _tracker(config.get("tracking")) if rank == 0 else None
-    evaluator = _evaluator(config, task, tokenizer, pad_id) if rank == 0 else None
+    w.logs = {"trajectory": S.RowLog(run_path / "ilp_logs" / "trajectory", rank == 0),
+              "batches": S.RowLog(run_path / "ilp_logs" / "batches", rank == 0)}
+    w.tracker = _tracker(config.get("tracking")) if rank == 0 else None
+    w.evaluator = _evaluator(config, task, tokenizer, pad_id) if rank == 0 else None
     if rank == 0:
-        for rl in logs.values():
+        for rl in w.logs.values():
             rl.truncate_after(start_step if resume_dir is not None else -1)
-        if tracker is not None and start_step == 0:
-            tracker.log_metrics({"data.truncated_prompts": task.truncated}, step=0)
+        if w.tracker is not None and start_step == 0:
+            w.tracker.log_metrics({"data.truncated_prompts": task.truncated}, step=0)
 
-    G = cfg.optim.batch_size * world
+    G = w.batch
     epochs, max_steps = cfg.optim.epochs, cfg.optim.max_steps or math.inf
     planned = min(max_steps, sum(math.ceil(len(task.order(e)) / G) for e in range(epochs)))
-    step, epoch = st["step"], st["epoch"]
+    step, epoch = st.step, st.epoch
     timing = {"t0": None, "tokens": 0, "paused": 0.0, "steps": 0}
     win = {"t": time.perf_counter(), "tokens": 0, "loss": 0.0, "n": 0}
     last_eval_step = start_step if resume_dir is not None else -1
@@ -102,20 +171,14 @@ def train_loop_per_worker(config: dict) -> None:
     metrics: dict = {}
 
     while epoch < epochs and step < max_steps:
-        resumed_epoch = st["order"] is not None and st["epoch"] == epoch
-        order = list(st["order"]) if resumed_epoch else task.order(epoch)
-        pos = st["position"] if resumed_epoch else 0
-        st["order"] = None
+        resumed_epoch = st.order is not None and st.epoch == epoch
+        order = list(st.order) if resumed_epoch else task.order(epoch)
+        pos = st.position if resumed_epoch else 0
+        st.order = None
         examples = task.examples(epoch)
-        sampler = task.sampler
-        bounds = _boundary_steps(order, task, epoch, G) if sampler and sampler.marks_subset_boundaries else set()
-        sched = _scheduled_steps(cfg, kind, order, task, epoch, G)
-        n_steps = math.ceil(len(order) / G)
-        offset = step - pos  # the global step before this epoch's first
-        if rank == 0:
-            _record_schedule(run_path, cfg, kind, order, task, epoch, G, offset, n_steps, bounds, sched)
-        while pos < n_steps and step < max_steps:
-            idx = [order[(pos * G + j) % len(order)] for j in range(G)]
+        plan = EpochPlan.of(w, order, epoch, offset=step - pos)
+        while pos < plan.n_steps and step < max_steps:
+            idx = [plan.order[(pos * G + j) % len(plan.order)] for j in range(G)]
             batch = _collate([examples[i] for i in idx[rank::world]], pad_id, model)
             strategy.set_lr(lr := lr_at(step, planned, cfg.optim))
             if timing["t0"] is None and step - start_step >= cfg.timing_skip_steps:
@@ -132,51 +195,42 @@ def train_loop_per_worker(config: dict) -> None:
             win["tokens"] += n_tok
             win["loss"] += float(loss.detach())
             win["n"] += 1
-            logs["batches"].extend([{"step": step, "epoch": epoch, "ids": [examples[i].id for i in idx]}])
+            w.logs["batches"].extend([{"step": step, "epoch": epoch, "ids": [examples[i].id for i in idx]}])
             if step % cfg.log_every == 0:
                 metrics = _window_metrics(win, world, lr, epoch, batch["input_ids"].device)
-                if tracker is not None:
-                    tracker.log_metrics(metrics, step=step)
-            last = step >= max_steps or (epoch == epochs - 1 and pos == n_steps)
-            reasons = _eval_reasons(cfg, kind, step, pos, n_steps, bounds, sched)
+                if w.tracker is not None:
+                    w.tracker.log_metrics(metrics, step=step)
+            last = step >= max_steps or (epoch == epochs - 1 and pos == plan.n_steps)
+            reasons = _eval_reasons(cfg, kind, step, pos, plan.n_steps, plan.bounds, plan.sched)
             if reasons:
                 t = time.perf_counter()
-                new = _evaluate(evaluator, strategy.module, step, epoch, reasons, logs, tracker, st, sampler,
-                                order, pos, world, rank)
+                new = _evaluate(w, st, step, epoch, reasons, task.sampler, plan.order, pos)
                 if new is not None:
-                    order = order[:pos * G] + new
-                    n_steps = math.ceil(len(order) / G)
-                    bounds = (_boundary_steps(order, task, epoch, G)
-                              if sampler and sampler.marks_subset_boundaries else set())
-                    sched = _scheduled_steps(cfg, kind, order, task, epoch, G)
-                    if rank == 0:
-                        _record_schedule(run_path, cfg, kind, order, task, epoch, G, offset, n_steps, bounds,
-                                         sched)
+                    plan = EpochPlan.of(w, plan.order[:pos * G] + new, epoch, plan.offset)
                 last_eval_step = step
                 timing["paused"] += time.perf_counter() - t
             if step % cfg.checkpoint.every_steps == 0 and not last:
                 t = time.perf_counter()
-                _checkpoint(step, epoch, pos, order, st, task, strategy, tokenizer, logs, rank, run_path,
+                _checkpoint(w, st.saved(step, epoch, pos, plan.order, task.sampler),
                             {**metrics, "step": step, "epoch": epoch})
                 timing["paused"] += time.perf_counter() - t
-        if pos >= n_steps:
+        if pos >= plan.n_steps:
             epoch += 1
             pos = 0
 
     # The end: a final evaluation (unless this step was just evaluated) and the final checkpoint.
-    if kind == "sft" and cfg.trajectory.enabled and last_eval_step != step and step > 0:
-        _evaluate(evaluator, strategy.module, step, trained_epoch, ["final"], logs, tracker, st, None,
-                  [], 0, world, rank)
+    if w.trajectories and last_eval_step != step and step > 0:
+        _evaluate(w, st, step, trained_epoch, ["final"], None, [], 0)
     end = time.perf_counter()
     final = {**metrics, "step": step, "epoch": epoch, "done": 1}
     if timing["t0"] is not None and timing["steps"]:
         span = end - timing["t0"] - timing["paused"]
         final.update({"steady_tokens_per_s": timing["tokens"] / span, "steady_steps": timing["steps"],
                       "steady_seconds": span})
-    if tracker is not None:
-        tracker.log_metrics({k: v for k, v in final.items() if k.startswith("steady_")}, step=step)
+    if w.tracker is not None:
+        w.tracker.log_metrics({k: v for k, v in final.items() if k.startswith("steady_")}, step=step)
     # Always: the end's report carries the final metrics (a finished run restarted re-reports it).
-    _checkpoint(step, epoch, 0, [], st, task, strategy, tokenizer, logs, rank, run_path, final)
+    _checkpoint(w, st.saved(step, epoch, 0, [], task.sampler), final)
 
 
 def _load(path, use_gpu: bool):
@@ -204,14 +258,14 @@ def _boundary_steps(order, task, epoch: int, G: int) -> set[int]:
     return {p // G + 1 for p in boundary_positions(order, task.subsets(epoch))}
 
 
-def _scheduled_steps(cfg, kind: str, order, task, epoch: int, G: int) -> set[int]:
+def _scheduled_steps(w: Worker, order, epoch: int) -> set[int]:
     """The automatic schedule's steps (1-based within the epoch); empty under an explicit interval."""
-    if kind != "sft" or not cfg.trajectory.enabled or cfg.trajectory.every_steps is not None:
+    if not w.trajectories or w.cfg.trajectory.every_steps is not None:
         return set()
     from ilp_ray.train.order import scheduled_steps
 
-    by_subset = bool(task.sampler and task.sampler.marks_subset_boundaries)
-    return scheduled_steps(order, task.subsets(epoch), G, cfg.trajectory.min_evals_per_subset, by_subset)
+    by_subset = bool(w.task.sampler and w.task.sampler.marks_subset_boundaries)
+    return scheduled_steps(order, w.task.subsets(epoch), w.batch, w.cfg.trajectory.min_evals_per_subset, by_subset)
 
 
 def _eval_reasons(cfg, kind: str, step: int, pos: int, n_steps: int, bounds: set[int],
@@ -231,49 +285,48 @@ def _eval_reasons(cfg, kind: str, step: int, pos: int, n_steps: int, bounds: set
     return reasons
 
 
-def _record_schedule(run_path: Path, cfg, kind: str, order, task, epoch: int, G: int, offset: int,
-                     n_steps: int, bounds: set[int], sched: set[int]) -> None:
+def _record_schedule(w: Worker, plan: EpochPlan, epoch: int) -> None:
     """Write epoch ``epoch``'s planned evaluation steps into ``ilp_logs/schedule.json`` (rank 0)."""
-    if kind != "sft" or not cfg.trajectory.enabled:
+    if not w.trajectories:
         return
     from ilp_ray.storage import write_json_atomic
     from ilp_ray.train.trajectory import schedule_entry
 
-    path = run_path / "ilp_logs" / "schedule.json"
+    path = w.run_path / "ilp_logs" / "schedule.json"
     try:
         rec = json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         rec = {}
-    t = cfg.trajectory
+    t = w.cfg.trajectory
     rec.update({"mode": "interval" if t.every_steps is not None else "auto", "every_steps": t.every_steps,
                 "min_evals_per_subset": None if t.every_steps is not None else t.min_evals_per_subset,
-                "batch": G})
-    by_subset = bool(task.sampler and task.sampler.marks_subset_boundaries)
+                "batch": w.batch})
+    by_subset = bool(w.task.sampler and w.task.sampler.marks_subset_boundaries)
     rec.setdefault("epochs", {})[str(epoch)] = schedule_entry(
-        order, task.subsets(epoch), G, offset, n_steps, bounds, sched, t.every_steps, by_subset,
-        cfg.optim.max_steps)
+        plan.order, w.task.subsets(epoch), w.batch, plan.offset, plan.n_steps, plan.bounds, plan.sched,
+        t.every_steps, by_subset, w.cfg.optim.max_steps)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(rec, path)
 
 
-def _evaluate(evaluator, module, step, epoch, reasons, logs, tracker, st, sampler, order, pos, world, rank):
+def _evaluate(w: Worker, st: Progress, step: int, epoch: int, reasons: list[str], sampler, order, pos: int):
     """Rank 0 scores the trajectory sample; the sampler may revise the order (broadcast to all ranks)."""
     from ilp_ray.train.order import Feedback
     from ilp_ray.train.trajectory import metrics_of
 
     new = None
-    if rank == 0 and evaluator is not None:
-        ev = evaluator.evaluate(module, step, epoch, "+".join(reasons))
-        logs["trajectory"].extend(ev.rows)
-        if tracker is not None:
-            tracker.log_metrics(metrics_of(ev), step=step)
+    if w.rank == 0 and w.evaluator is not None:
+        ev = w.evaluator.evaluate(w.strategy.module, step, epoch, "+".join(reasons))
+        w.logs["trajectory"].extend(ev.rows)
+        if w.tracker is not None:
+            w.tracker.log_metrics(metrics_of(ev), step=step)
         log.info("trajectory at step %d (%s): acc %s, %.2fs", step, "+".join(reasons), ev.acc, ev.seconds)
         if sampler is not None:
             fb = Feedback(step=step, epoch=epoch, acc=ev.acc, p_correct=ev.p_correct, samples=ev.samples,
-                          history=tuple((s, dict(a)) for s, a in st["history"]))
+                          history=tuple((s, dict(a)) for s, a in st.history))
             new = sampler.revise(epoch, pos, order, fb)
-        st["history"].append((step, ev.acc))
-    if world > 1 and sampler is not None:
+        st.history.append((step, ev.acc))
+    if w.world > 1 and sampler is not None:
         import torch.distributed as dist
 
         box = [new]
@@ -282,24 +335,23 @@ def _evaluate(evaluator, module, step, epoch, reasons, logs, tracker, st, sample
     return new
 
 
-def _checkpoint(step, epoch, pos, order, st, task, strategy, tokenizer, logs, rank, run_path, metrics):
+def _checkpoint(w: Worker, train_state: dict, metrics: dict) -> None:
+    """Save and report a checkpoint of ``train_state`` (``Progress.saved``) with ``metrics``."""
     import ray.train
 
     from ilp_ray.train import state as S
 
-    for rl in logs.values():
+    step = train_state["step"]
+    for rl in w.logs.values():
         rl.flush(step)
     d = Path(tempfile.mkdtemp(prefix=f"ilp-ckpt-{step}-"))
     try:
-        # No order: the next start computes epoch ``epoch``'s order afresh (the final checkpoint).
-        train_state = {"step": step, "epoch": epoch, "position": pos, "order": list(order) or None,
-                       "sampler": task.sampler.state_dict() if task.sampler else {}, "history": st["history"]}
-        marker = {"id": S.make_checkpoint_id(str(run_path), step), "step": step, "epoch": epoch,
-                  "run": str(run_path)}
-        S.save_checkpoint(d, rank=rank, module=strategy.module, tokenizer=tokenizer, strategy=strategy,
+        marker = {"id": S.make_checkpoint_id(str(w.run_path), step), "step": step, "epoch": train_state["epoch"],
+                  "run": str(w.run_path)}
+        S.save_checkpoint(d, rank=w.rank, module=w.strategy.module, tokenizer=w.tokenizer, strategy=w.strategy,
                           train_state=train_state, marker=marker)
         # Rank 0 carries the checkpoint; other ranks only when they hold a ZeRO partition of it.
-        has_part = rank == 0 or any((d / S.ENGINE).glob("*"))
+        has_part = w.rank == 0 or any((d / S.ENGINE).glob("*"))
         ckpt = ray.train.Checkpoint.from_directory(str(d)) if has_part else None
         ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"checkpoint_step{step:09d}")
     finally:
