@@ -90,7 +90,8 @@ class EpochPlan:
     def of(cls, w: Worker, order: list, epoch: int, offset: int) -> EpochPlan:
         sampler = w.task.sampler
         bounds = _boundary_steps(order, w.task, epoch, w.batch) if sampler and sampler.marks_subset_boundaries else set()
-        plan = cls(order, math.ceil(len(order) / w.batch), bounds, _scheduled_steps(w, order, epoch), offset)
+        sched = _scheduled_steps(w.cfg, w.kind, order, w.task, epoch, w.batch)
+        plan = cls(order, math.ceil(len(order) / w.batch), bounds, sched, offset)
         if w.rank == 0:
             _record_schedule(w, plan, epoch)
         return plan
@@ -258,14 +259,14 @@ def _boundary_steps(order, task, epoch: int, G: int) -> set[int]:
     return {p // G + 1 for p in boundary_positions(order, task.subsets(epoch))}
 
 
-def _scheduled_steps(w: Worker, order, epoch: int) -> set[int]:
+def _scheduled_steps(cfg, kind: str, order, task, epoch: int, G: int) -> set[int]:
     """The automatic schedule's steps (1-based within the epoch); empty under an explicit interval."""
-    if not w.trajectories or w.cfg.trajectory.every_steps is not None:
+    if kind != "sft" or not cfg.trajectory.enabled or cfg.trajectory.every_steps is not None:
         return set()
     from ilp_ray.train.order import scheduled_steps
 
-    by_subset = bool(w.task.sampler and w.task.sampler.marks_subset_boundaries)
-    return scheduled_steps(order, w.task.subsets(epoch), w.batch, w.cfg.trajectory.min_evals_per_subset, by_subset)
+    by_subset = bool(task.sampler and task.sampler.marks_subset_boundaries)
+    return scheduled_steps(order, task.subsets(epoch), G, cfg.trajectory.min_evals_per_subset, by_subset)
 
 
 def _eval_reasons(cfg, kind: str, step: int, pos: int, n_steps: int, bounds: set[int],
