@@ -12,7 +12,7 @@ class SftRecord:
     ``position`` is its index in training order; ``options``/``answer`` are set only when the
     data is already multiple-choice (then MC conversion keeps them as they are).
 
-    A sample taken from a conversation (``ilp_ray.data.formats``) keeps what came before its
+    A sample taken from a conversation (``ilp_ray.data.conversations``) keeps what came before its
     prompt: ``history`` holds the earlier ``(role, content)`` turns (a system turn first, if any),
     ``prompt`` the last user turn and ``response`` the assistant turn that answers it; ``turn`` is
     the 0-based index of that assistant turn among the conversation's assistant turns. Training
@@ -93,3 +93,14 @@ class SampleVerdict:
     severity_rank: int | None = None
     in_top_k: bool = False
     extra: dict = field(default_factory=dict)
+
+
+def history_messages(history: tuple[tuple[str, str], ...]) -> list[dict[str, str]]:
+    """``SftRecord.history`` as chat messages (``[{"role", "content"}, ...]``): the chat template's,
+    the items table's and the scoring service's form of it."""
+    return [{"role": role, "content": content} for role, content in history]
+
+
+def history_from_messages(messages) -> tuple[tuple[str, str], ...]:
+    """The inverse of ``history_messages`` (None or empty: no history)."""
+    return tuple((m["role"], m["content"]) for m in messages or ())

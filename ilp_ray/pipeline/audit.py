@@ -30,6 +30,7 @@ from typing import Any
 
 from ilp_ray import storage as S
 from ilp_ray.config import AuditConfig, ScoringConfig
+from ilp_ray.records import history_from_messages, history_messages
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def mc_stage(records, cfg: AuditConfig, run_dir: Path):
     path = run_dir / "mc" / f"items-{S.fingerprint([data_fp, cfg.mc.model_dump()])}.parquet"
     S.clean_partial(path.parent)
     if path.exists():
-        return pq.read_table(path), True
+        return with_history(pq.read_table(path)), True
     items = build_mc_items(records, k=cfg.mc.k, seed=cfg.mc.seed, near_dup=cfg.mc.near_dup,
                            prefer_same_subset=cfg.mc.prefer_same_subset, distractors=cfg.mc.distractors,
                            length_ratio=cfg.mc.length_ratio, subject_check=cfg.mc.subject_check)
@@ -75,7 +76,7 @@ def mc_stage(records, cfg: AuditConfig, run_dir: Path):
         "subset": [it.subset for it in items],
         "position": pa.array([it.position for it in items], pa.int64()),
         "fallback": pa.array([it.fallback for it in items], pa.int64()),
-        "history": pa.array([[{"role": r, "content": c} for r, c in it.history] for it in items], history_type()),
+        "history": pa.array([history_messages(it.history) for it in items], history_type()),
     })
     S.write_table_atomic(table, path)
     return table, False
@@ -96,7 +97,7 @@ def history_type():
 
 
 def with_history(items):
-    """``items`` with a ``history`` column (empty where an items file written before it has none)."""
+    """``items`` with a ``history`` column: an items file written before conversations has none."""
     import pyarrow as pa
 
     if "history" in items.column_names:
@@ -117,7 +118,6 @@ def with_prior_items(items):
         raise DataError(f"record id {bad!r} starts with a reserved prefix", field="id")
     pseudo = prior_items(items.column("options").to_pylist())
     cols = ["id", "question", "options", "answer", "history"]
-    items = with_history(items)
     extra = pa.table({"id": [p.id for p in pseudo], "question": [p.question for p in pseudo],
                       "options": [list(p.options) for p in pseudo],
                       "answer": pa.array([p.answer for p in pseudo], pa.int64()),
@@ -200,7 +200,7 @@ class ScoreShards:
                                  ("shard", "tag", "id", "logprob_sum", "n_tokens", "n_chars", "truncated")}
         for shard, tag, payload in zip(batch["shard"], batch["tag"], batch["items"]):
             items = [McItem(id=d["id"], question=d["question"], options=tuple(d["options"]),
-                            answer=d["answer"], history=tuple((m["role"], m["content"]) for m in d["history"]))
+                            answer=d["answer"], history=history_from_messages(d["history"]))
                      for d in json.loads(payload)]
             if _SLOW_SHARD_S:
                 time.sleep(_SLOW_SHARD_S)
@@ -220,7 +220,6 @@ def score_stage(items, cfg: AuditConfig, run_dir: Path, models: dict[str, str],
     """Score every item under every model; returns ({tag: scores Table}, stage stats)."""
     n, size = items.num_rows, cfg.ray.shard_size
     n_shards = math.ceil(n / size)
-    items = with_history(items)
     histories = items.column("history").to_pylist()
     # the questions and histories are scored too: a changed prompt must not reuse the old scores
     items_fp = S.fingerprint(items.column("id").to_pylist() + items.column("options").to_pylist()
@@ -433,6 +432,3 @@ def _metric_view(summary: dict[str, Any]) -> dict[str, float]:
         for k in ("accuracy", "learn_rate", "unlearned"):
             out[f"subset.{subset}.{k}"] = float(block[k])
     return out
-
-
-

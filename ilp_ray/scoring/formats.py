@@ -61,8 +61,9 @@ def render(question: str, option: str, fmt: str, tokenizer=None,
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
             raise ConfigError("format 'chat' needs a tokenizer with a chat template; "
                               "use 'plain' or 'lm-eval' for models without one", field="format")
-        messages = [{"role": role, "content": content} for role, content in history]
-        context = tokenizer.apply_chat_template(messages + [{"role": "user", "content": question}],
+        from ilp_ray.records import history_messages
+
+        context = tokenizer.apply_chat_template(history_messages(history) + [{"role": "user", "content": question}],
                                                 tokenize=False, add_generation_prompt=True)
         return context, option
     raise ConfigError(f"unknown format {fmt!r}; valid formats: {', '.join(FORMATS)}", field="format")

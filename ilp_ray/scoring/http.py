@@ -14,7 +14,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 
-from ilp_ray.records import McItem, OptionScores
+from ilp_ray.records import McItem, OptionScores, history_messages
 from ilp_ray.scoring.base import ScoringEngine
 
 RETRIES = 8  # with backoff 0.5, 1, 2, 4, 8, 8, … s: rides out a replica restart
@@ -48,8 +48,8 @@ class HttpEngine(ScoringEngine):
             body = {"checkpoint": self.model, "format": self.fmt, "n": 1,
                     "items": [{"id": it.id, "question": it.question, "options": list(it.options),
                                "answer": it.answer,
-                               **({"history": [{"role": r, "content": c} for r, c in it.history]}
-                                  if it.history else {})} for it in chunk]}
+                               **({"history": history_messages(it.history)} if it.history else {})}
+                              for it in chunk]}
             for it, row in zip(chunk, self._post(body)["items"]):
                 out.append(OptionScores(id=it.id, model=self.tag, logprob_sum=tuple(row["loglikelihoods"]),
                                         n_tokens=tuple(row["n_tokens"]), n_chars=tuple(row["n_chars"]),

@@ -74,10 +74,10 @@ class Scorer:
 def _score(loaded: LoadedModel, req: dict) -> dict:
     from ilp_ray.config import ScoringConfig
     from ilp_ray.detect import item_results
-    from ilp_ray.records import McItem
+    from ilp_ray.records import McItem, history_from_messages
 
     items = [McItem(id=str(it["id"]), question=it["question"], options=tuple(it["options"]),
-                    answer=it["answer"], history=tuple((t["role"], t["content"]) for t in it.get("history") or ()))
+                    answer=it["answer"], history=history_from_messages(it.get("history")))
              for it in req["items"]]
     scoring = ScoringConfig(format=req["format"], temperature=req["temperature"], length_norm=req["length_norm"])
     from ilp_ray.errors import DataError
