@@ -50,6 +50,9 @@ SIGNATURES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("messages", ("messages",)), ("sharegpt", ("conversations",)), ("alpaca", ("instruction", "output")),
     ("prompt-completion", ("prompt", "completion")), ("ilp", ("prompt", "response")))
 LIST_FIELDS = ("messages", "conversations", "options")  # list-valued: JSON-encoded in a CSV cell
+LAYOUT_FIELDS = frozenset(f for _, need in SIGNATURES for f in need)
+# fields a row may carry besides its layout's own: the shared ones, and Alpaca's optional input and system
+OPTIONAL_FIELDS = ("id", "subset", "position", "options", "answer", "system", "input")
 
 
 class RowError(ValueError):

@@ -32,7 +32,7 @@ Field rules (every layout):
   samples on purpose) but are reported: ``LoadedSft.duplicates`` lists each repeat's location with
   its first.
 
-Sources:
+Sources (``ilp_ray.data.sources``):
 
 - JSONL (``.jsonl``, ``.ndjson``, ``.json`` read as JSON Lines, which ``datasets``' ``to_json``
   writes): one object per line; blank lines are skipped but still counted, so line numbers match
@@ -51,13 +51,11 @@ Sources:
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +63,7 @@ from typing import Any
 from ilp_ray.data.conversations import (
     DATA_FORMATS,
     LIST_FIELDS,
+    OPTIONAL_FIELDS,
     SIGNATURES,
     RowError,
     closest,
@@ -73,14 +72,9 @@ from ilp_ray.data.conversations import (
     samples,
 )
 from ilp_ray.data.conversations import type_name as _tname
+from ilp_ray.data.sources import csv_rows, directory_rows, jsonl_rows, kind_of, parquet_rows, read_bytes
 from ilp_ray.errors import DataError
 from ilp_ray.records import SftRecord
-
-_JSONL = (".jsonl", ".ndjson", ".json")
-_CSV = (".csv",)
-_PARQUET = (".parquet", ".pq")
-_COMPRESSED = (".gz", ".bz2", ".zst")
-_OPTIONAL = ("id", "subset", "position", "options", "answer", "system", "input")
 
 
 @dataclass(frozen=True)
@@ -137,216 +131,17 @@ def load_sft(path: str | Path, data_format: str = "auto") -> LoadedSft:
                         field="data_format")
     name = str(path)
     if "://" not in name and os.path.isdir(name):
-        return _validate(name, _directory_rows(name), data_format)
-    kind = _kind(name)
+        return _validate(name, directory_rows(name), data_format)
+    kind = kind_of(name)
     if kind == "parquet":
-        return _validate(name, _parquet_rows(name), data_format)
-    data = _read_bytes(name)
-    rows = _jsonl_rows(name, data) if kind == "jsonl" else _csv_rows(name, data)
+        return _validate(name, parquet_rows(name), data_format)
+    data = read_bytes(name)
+    rows = jsonl_rows(name, data) if kind == "jsonl" else csv_rows(name, data)
     return _validate(name, ((name, loc, row) for loc, row in rows), data_format,
                      unit="line", csv_cells=(kind == "csv"))
 
 
-# --- opening -------------------------------------------------------------------------------------
-
-def _kind(name: str) -> str:
-    base = name.lower()
-    for ext in _COMPRESSED:
-        if base.endswith(ext):
-            base = base[: -len(ext)]
-            break
-    if base.endswith(_JSONL):
-        return "jsonl"
-    if base.endswith(_CSV):
-        return "csv"
-    if base.endswith(_PARQUET):
-        if base != name.lower():
-            raise DataError("compressed Parquet files are not supported (Parquet compresses "
-                            "internally); decompress the file first", file=name)
-        return "parquet"
-    raise DataError(f"unsupported file type; expected one of {', '.join(_JSONL + _CSV + _PARQUET)} "
-                    "(text formats optionally .gz)", file=name)
-
-
-def _open_fs(name: str):
-    """Return (filesystem, path) for a local path or a URI."""
-    from pyarrow import fs
-
-    # Plain paths go to LocalFileSystem directly: from_uri rejects relative paths, and a local
-    # name containing ':' would be misread as a scheme.
-    if "://" not in name:
-        return fs.LocalFileSystem(), os.path.abspath(name)
-    try:
-        return fs.FileSystem.from_uri(name)
-    except Exception as e:  # pyarrow raises ArrowInvalid/ArrowNotImplemented for bad schemes
-        raise DataError(f"cannot open URI: {e}", file=name) from e
-
-
-def _read_bytes(name: str) -> bytes:
-    filesystem, p = _open_fs(name)
-    try:
-        # compression="detect" decompresses by extension (.gz, .bz2, .zst).
-        with filesystem.open_input_stream(p, compression="detect") as f:
-            return f.read()
-    except FileNotFoundError as e:
-        raise DataError("file not found", file=name) from e
-    except OSError as e:
-        raise DataError(f"cannot read file: {e}", file=name) from e
-
-
-# --- row sources: each yields (line_or_row, dict | DataError) ----------------------------------
-
-Row = tuple[int, "dict[str, Any] | DataError"]
-
-
-def _jsonl_rows(name: str, data: bytes) -> Iterator[Row]:
-    offset = 0
-    for lineno, raw in enumerate(data.split(b"\n"), start=1):
-        start, offset = offset, offset + len(raw) + 1
-        if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):  # UTF-8 BOM written by some editors
-            raw, start = raw[3:], start + 3
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            yield lineno, DataError(f"invalid UTF-8 at byte offset {start + e.start} "
-                                    f"(column {e.start + 1} of the line)", file=name, line=lineno)
-            continue
-        if not text.strip():
-            continue
-        if lineno == 1 and text.strip() == "[":
-            yield lineno, DataError("this looks like a JSON array; expected JSON Lines "
-                                    "(one object per line)", file=name, line=lineno)
-            return
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            yield lineno, DataError(f"invalid JSON: {e.msg} (column {e.colno})", file=name, line=lineno)
-            continue
-        if not isinstance(obj, dict):
-            yield lineno, DataError(f"expected a JSON object, got {_tname(obj)}", file=name, line=lineno)
-            continue
-        yield lineno, obj
-
-
-def _csv_rows(name: str, data: bytes) -> Iterator[Row]:
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        # The BOM, if any, is 3 bytes before the text; e.start counts from the start of the bytes.
-        line = data.count(b"\n", 0, e.start) + 1
-        raise DataError(f"invalid UTF-8 at byte offset {e.start}", file=name, line=line) from e
-    old_limit = csv.field_size_limit()
-    csv.field_size_limit(2**31 - 1)  # long responses exceed the 128 KiB default
-    try:
-        reader = csv.reader(io.StringIO(text, newline=""))
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise DataError("empty file: no header line", file=name, line=1) from None
-        except csv.Error as e:
-            raise DataError(f"malformed CSV header: {e}", file=name, line=1) from e
-        header = [h.strip() for h in header]
-        dup = sorted({h for h in header if header.count(h) > 1})
-        if dup:
-            raise DataError(f"duplicate column(s) in the header: {', '.join(dup)}", file=name, line=1)
-        _check_columns(name, header, "missing column in the header", line=1)
-        while True:
-            start = reader.line_num + 1  # physical line where the next record begins
-            try:
-                cells = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as e:
-                yield start, DataError(f"malformed CSV: {e}", file=name, line=start)
-                return
-            if not cells or all(not c.strip() for c in cells):
-                continue
-            if len(cells) != len(header):
-                yield start, DataError(f"expected {len(header)} cells as in the header, got {len(cells)}",
-                                       file=name, line=start)
-                continue
-            yield start, dict(zip(header, cells))
-    finally:
-        csv.field_size_limit(old_limit)
-
-
-def _parquet_rows(name: str, table=None) -> Iterator[tuple[str, int, Any]]:
-    """(file, 1-based row, dict) of a Parquet file (or of ``table``, read from it)."""
-    if table is None:
-        import pyarrow.parquet as pq
-
-        filesystem, p = _open_fs(name)
-        try:
-            table = pq.read_table(p, filesystem=filesystem)
-        except FileNotFoundError as e:
-            raise DataError("file not found", file=name) from e
-        except Exception as e:  # ArrowInvalid for a corrupt or non-Parquet file
-            raise DataError(f"cannot read Parquet file: {e}", file=name) from e
-    return _table_rows(name, table)
-
-
-def _table_rows(name: str, table) -> Iterator[tuple[str, int, Any]]:
-    cols = table.column_names
-    _check_columns(name, cols, "missing column")
-    wanted = [c for c in cols if c in _OPTIONAL or c in _LAYOUT_FIELDS]
-    base = 0
-    for batch in table.select(wanted).to_batches(max_chunksize=4096):
-        data = batch.to_pydict()
-        for i in range(batch.num_rows):
-            yield name, base + i + 1, {c: data[c][i] for c in wanted}
-        base += batch.num_rows
-
-
-def _check_columns(name: str, cols: list[str], missing: str, line: int | None = None) -> None:
-    """A table's columns must hold one layout's fields: name the missing one, or list the layouts."""
-    if detect(cols) is not None:
-        return
-    near = closest(cols)
-    if near:
-        raise DataError(f"{missing} (found: {', '.join(cols)})", file=name, line=line, field=near[1][0])
-    raise DataError(f"cannot tell the layout from the columns (found: {', '.join(cols)}); expected "
-                    f"{describe_layouts()}", file=name, line=line)
-
-
-def _directory_rows(name: str) -> Iterator[tuple[str, int, Any]]:
-    """Rows of a saved ``datasets`` dataset, or of the Parquet shards below a directory."""
-    root = Path(name)
-    if (root / "dataset_dict.json").exists() or (root / "state.json").exists():
-        yield from _hf_rows(root)
-        return
-    shards = sorted(root.rglob("*.parquet"))
-    train = [p for p in shards if p.name.startswith("train")]
-    shards = train or shards
-    if not shards:
-        raise DataError("a directory must hold a dataset saved with datasets' save_to_disk "
-                        "(state.json or dataset_dict.json) or Parquet shards (*.parquet)", file=name)
-    for shard in shards:
-        yield from _parquet_rows(str(shard))
-
-
-def _hf_rows(root: Path) -> Iterator[tuple[str, int, Any]]:
-    try:
-        import datasets
-    except ImportError as e:  # pragma: no cover - datasets ships with our dependencies
-        raise DataError("reading a saved HF dataset needs the 'datasets' package", file=str(root)) from e
-    try:
-        ds = datasets.load_from_disk(str(root))
-    except Exception as e:  # FileNotFoundError or a version mismatch inside the folder
-        raise DataError(f"cannot load the saved dataset: {e}", file=str(root)) from e
-    where = root
-    if isinstance(ds, datasets.DatasetDict):
-        split = "train" if "train" in ds else (next(iter(ds)) if len(ds) == 1 else None)
-        if split is None:
-            raise DataError(f"a DatasetDict without a 'train' split (splits: {', '.join(ds)}); "
-                            "point data at one split's folder", file=str(root))
-        ds, where = ds[split], root / split
-    yield from _table_rows(str(where), ds.data.table)
-
-
 # --- validation ----------------------------------------------------------------------------------
-
-_LAYOUT_FIELDS = {"prompt", "response", "completion", "messages", "conversations", "instruction", "output"}
-
 
 def _validate(source: str, rows: Iterable[tuple[str, int, Any]], data_format: str, *, unit: str = "row",
               csv_cells: bool = False) -> LoadedSft:
@@ -378,8 +173,9 @@ def _validate(source: str, rows: Iterable[tuple[str, int, Any]], data_format: st
                 continue
         given = [k for k, v in row.items() if v is not None]  # a null field is an absent one
         found = detect(given)
-        if found is None and layout is None and closest(given):
-            found = closest(given)[0]  # the row's fields fall short of one layout: name what it lacks
+        if found is None and layout is None:
+            near = closest(given)  # the row's fields fall short of one layout: name what it lacks
+            found = near[0] if near else None
         if layout is None:
             if found is None:
                 fail(None, f"cannot tell the layout from the fields (found: {', '.join(row) or 'none'}); "
@@ -398,7 +194,7 @@ def _validate(source: str, rows: Iterable[tuple[str, int, Any]], data_format: st
         except KeyError as e:
             fail(e.args[0], "missing required field")
             continue
-        common = _common_fields(row, len(records), fail, csv_cells, parts)
+        common = _common_fields(row, fail, csv_cells, parts)
         if common is None:
             continue
         rid, subset, position, options, answer = common
@@ -443,7 +239,7 @@ def _validate(source: str, rows: Iterable[tuple[str, int, Any]], data_format: st
 
 def _shares(row: list[str], layout: str) -> bool:
     """Does the row carry any of ``layout``'s own fields (then a missing one is named, not the layout)?"""
-    return any(f in row for name, need in SIGNATURES if name == layout for f in need)
+    return any(f in row for f in dict(SIGNATURES)[layout])
 
 
 def _where(name: str, loc: int) -> str:
@@ -459,7 +255,7 @@ def _csv_cells(row: dict[str, Any], fail) -> dict[str, Any] | None:
     """A CSV row's cells as values: blank optional cells absent, list fields JSON-decoded."""
     out = {}
     for k, v in row.items():
-        if k in _OPTIONAL and isinstance(v, str) and not v.strip():
+        if k in OPTIONAL_FIELDS and isinstance(v, str) and not v.strip():
             continue
         if k in LIST_FIELDS and k != "options" and isinstance(v, str):
             try:
@@ -471,7 +267,7 @@ def _csv_cells(row: dict[str, Any], fail) -> dict[str, Any] | None:
     return out
 
 
-def _common_fields(row: dict[str, Any], index: int, fail: Callable[[str, str], None], csv_cells: bool,
+def _common_fields(row: dict[str, Any], fail: Callable[[str, str], None], csv_cells: bool,
                    parts) -> tuple | None:
     """(id or None, subset, position or None, options, answer) of a row; None after a problem."""
     n_err = 0
