@@ -41,18 +41,35 @@ def decision_order(names=None) -> list[str]:
     return [c.name for c in detector_classes([n for n in names if n in known])] + [n for n in names if n not in known]
 
 
+def _cls(name: str):
+    return DETECTORS.get(name) if name in DETECTORS.registered() else None
+
+
 def label(name: str) -> str:
     """A cause's label for tables and the report: numeral and short name ('III SFT-internal conflict')."""
-    if name not in DETECTORS.registered():
+    c = _cls(name)
+    return f"{c.roman} {c.short}".strip() if c else name
+
+
+def named(name: str) -> str:
+    """How a sentence names a cause: 'III (SFT-internal conflict)'."""
+    c = _cls(name)
+    if c is None:
         return name
-    c = DETECTORS.get(name)
-    return f"{c.roman} {c.short}".strip()
+    return f"{c.roman} ({c.short})" if c.roman else c.short or name
 
 
 def color(name: str) -> str:
-    return DETECTORS.get(name).color if name in DETECTORS.registered() else UNATTRIBUTED_COLOR
+    c = _cls(name)
+    return c.color if c else UNATTRIBUTED_COLOR
 
 
-def by_roman() -> dict[str, str]:
-    """{numeral: cause name} of the registered causes that carry the paper's numerals."""
-    return {c.roman: c.name for c in detector_classes() if c.roman}
+def _numeral(roman: str) -> int:
+    values = [{"I": 1, "V": 5, "X": 10}[ch] for ch in roman]
+    return sum(-v if i + 1 < len(values) and v < values[i + 1] else v for i, v in enumerate(values))
+
+
+def by_roman(names=None) -> dict[str, str]:
+    """{numeral: cause name} of the causes that carry a numeral (the built-in five when None), I first."""
+    classes = detector_classes(BUILTIN if names is None else names)
+    return {c.roman: c.name for c in sorted((c for c in classes if c.roman), key=lambda c: _numeral(c.roman))}

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ilp_ray.diagnosis.config import DiagnosisConfig
+from ilp_ray.diagnosis.registry import named
 
 log = logging.getLogger(__name__)
 
@@ -166,12 +167,6 @@ def run_diagnosis(run_dir: str | Path, cfg: DiagnosisConfig, tracker=None) -> Di
     return DiagnosisResult(run_dir, table, ct, summaries, files["report"], files)
 
 
-def _cause_name(name: str) -> str:
-    """'III (SFT-internal conflict)': how warnings name a cause (from its registered class)."""
-    from ilp_ray.diagnosis.registry import DETECTORS
-
-    c = DETECTORS.get(name)
-    return f"{c.roman} ({c.short})" if c.roman else c.short or name
 
 
 def coverage(ctx, table, schedule: dict | None = None) -> dict[str, Any]:
@@ -263,10 +258,7 @@ def coverage(ctx, table, schedule: dict | None = None) -> dict[str, Any]:
             else:
                 why = (f"every sample it could test is in the last subset ({last}), the recent data, which is "
                        "never IV under forgetting.scope: subset")
-        elif name != "insufficient_training":  # a detector registered from outside: its inputs are unknown here
-            rows = np.ones(n, bool)
-            fire, why = rows, "no sample to test"
-        else:
+        elif name == "insufficient_training":
             ic = cfg.insufficient
             by_traj = has & (n_evals >= 2)
             rows = by_traj | (n >= ic.min_population)
@@ -274,6 +266,9 @@ def coverage(ctx, table, schedule: dict | None = None) -> dict[str, Any]:
             why = (f"no sample has a trajectory of two or more evaluations, and there are fewer than "
                    f"insufficient.min_population ({ic.min_population}) samples for the rarity/length percentiles")
             extra.update(trajectory=int((by_traj & diag).sum()), pattern_only=int((rows & ~by_traj & diag).sum()))
+        else:  # a detector registered from outside: its inputs are unknown here
+            rows = np.ones(n, bool)
+            fire, why = rows, "no sample to test"
         testable = bool((fire & pool).any())
         out[name] = {"testable": testable, "why": None if testable else why,
                      "samples": int((rows & diag).sum()), "of": n_diag, **extra}
@@ -293,12 +288,12 @@ def _coverage_warnings(cfg, has_base: bool, cov: dict, sched: dict | None, has, 
     """The coverage block's warnings: plain sentences, the most general first."""
     w: list[str] = []
     held = cfg.forgetting.held_evals
-    base_off = [_cause_name(c) for c in ("base_knowledge_gap", "base_conflict") if c in cfg.causes and not has_base]
+    base_off = [named(c) for c in ("base_knowledge_gap", "base_conflict") if c in cfg.causes and not has_base]
     if base_off:
         w.append(f"No base model was scored: {' and '.join(base_off)} cannot fire on this run.")
     iv_on, v_on = "left_side_forgetting" in cfg.causes, "insufficient_training" in cfg.causes
     if sched is None and (iv_on or v_on):
-        w.append(f"No training trajectory was given: {_cause_name('left_side_forgetting')} cannot fire, and V (insufficient "
+        w.append(f"No training trajectory was given: {named('left_side_forgetting')} cannot fire, and V (insufficient "
                  "training) rests on rarity and length alone, at half score.")
     elif sched is not None:
         k, m = int((has & pool).sum()), int(pool.sum())
@@ -318,12 +313,12 @@ def _coverage_warnings(cfg, has_base: bool, cov: dict, sched: dict | None, has, 
                          "null, trajectory.min_evals_per_subset) or a shorter interval.")
             iv = cov["left_side_forgetting"]
             if not iv["testable"] and not blocked and (has & pool).any():
-                w.append(f"{_cause_name('left_side_forgetting')} cannot fire: {iv['why']}.")
+                w.append(f"{named('left_side_forgetting')} cannot fire: {iv['why']}.")
             if iv["last_subset"]:
                 w.append(f"{iv['last_subset']} diagnosed sample(s) are in the last subset ({sched['last_subset']}), "
                          "the recent data of this sequential run: they are never IV (forgetting.scope: subset).")
     if v_on and not cov["insufficient_training"]["testable"]:
-        w.append(f"{_cause_name('insufficient_training')} cannot fire: {cov['insufficient_training']['why']}.")
+        w.append(f"{named('insufficient_training')} cannot fire: {cov['insufficient_training']['why']}.")
     u = cov["untested"]
     if u["n"]:
         iii = "sft_internal_conflict" in cfg.causes

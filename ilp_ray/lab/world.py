@@ -39,18 +39,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ilp_ray.diagnosis.registry import BUILTIN, DETECTORS
+from ilp_ray.diagnosis.registry import by_roman
 from ilp_ray.storage import write_json_atomic
-
 
 #: The cause (diagnosis detector) each non-control category is built to produce: the paper's five,
 #: by the numeral each registered detector declares.
-def _numeral(roman: str) -> int:
-    values = [{"I": 1, "V": 5, "X": 10}[c] for c in roman]
-    return sum(-v if i + 1 < len(values) and v < values[i + 1] else v for i, v in enumerate(values))
-
-
-CAUSE_OF = dict(sorted(((DETECTORS.get(n).roman, n) for n in BUILTIN), key=lambda rc: _numeral(rc[0])))
+CAUSE_OF = by_roman()
 CATEGORIES = ("control", *CAUSE_OF)
 SUBSETS = ("s1", "s2", "s3")
 

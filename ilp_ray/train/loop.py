@@ -59,9 +59,10 @@ class Worker:
 
 @dataclass
 class Progress:
-    """Where the run is, and what a checkpoint saves: step, epoch, position in the epoch's order,
-    the order itself (None: the epoch's order is computed afresh), the sampler's state and the
-    trajectory history (step, per-subset accuracy) the sampler's feedback carries."""
+    """What a checkpoint saves and a resume starts from: step, epoch, position in the epoch's
+    order, the order itself (None: the epoch's order is computed afresh), the sampler's state and
+    the trajectory history (step, per-subset accuracy) the sampler's feedback carries. The loop
+    counts step, epoch and position in locals and hands them to ``saved`` at each checkpoint."""
 
     step: int = 0
     epoch: int = 0
