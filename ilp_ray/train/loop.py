@@ -127,7 +127,7 @@ def train_loop_per_worker(config: dict) -> None:
         ckpt.to_directory(str(resume_dir))
     torch.manual_seed(cfg.optim.seed)
     model, tokenizer = _load(resume_dir or config["init_dir"], cfg.scaling.use_gpu)
-    task = build_task(kind, cfg, config["payload"], tokenizer)
+    task = build_task(kind, cfg, config["payload"], tokenizer, world)
     strategy = make_strategy(model, cfg.optim, cfg.engine, cfg.scaling.use_gpu, cfg.optim.batch_size, world)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     w = Worker(cfg, kind, rank, world, run_path, task, strategy, tokenizer, pad_id)
@@ -171,8 +171,10 @@ def train_loop_per_worker(config: dict) -> None:
     trained_epoch = epoch
     slow = float(config.get("slow_step_s") or 0)
     metrics: dict = {}
+    stopped = False  # a sampler's stop hook ended training (progressive epochs)
+    sampler = task.sampler
 
-    while epoch < epochs and step < max_steps:
+    while epoch < epochs and step < max_steps and not stopped:
         resumed_epoch = st.order is not None and st.epoch == epoch
         order = list(st.order) if resumed_epoch else task.order(epoch)
         pos = st.position if resumed_epoch else 0
@@ -206,12 +208,15 @@ def train_loop_per_worker(config: dict) -> None:
             reasons = _eval_reasons(cfg, kind, step, pos, plan.n_steps, plan.bounds, plan.sched)
             if reasons:
                 t = time.perf_counter()
-                new = _evaluate(w, st, step, epoch, reasons, task.sampler, plan.order, pos)
+                new, stopped = _evaluate(w, st, step, epoch, reasons, sampler, plan.order, pos)
                 if new is not None:
                     plan = EpochPlan.of(w, plan.order[:pos * G] + new, epoch, plan.offset)
                 last_eval_step = step
                 timing["paused"] += time.perf_counter() - t
-            if step % cfg.checkpoint.every_steps == 0 and not last:
+                if stopped:
+                    break
+            epoch_ckpt = bool(sampler and sampler.checkpoint_epochs) and pos == plan.n_steps
+            if (step % cfg.checkpoint.every_steps == 0 or epoch_ckpt) and not last:
                 t = time.perf_counter()
                 _checkpoint(w, st.saved(step, epoch, pos, plan.order, task.sampler),
                             {**metrics, "step": step, "epoch": epoch})
@@ -219,12 +224,17 @@ def train_loop_per_worker(config: dict) -> None:
         if pos >= plan.n_steps:
             epoch += 1
             pos = 0
+    if stopped and w.rank == 0:
+        log.info("the %s sampler stopped training after epoch %d (step %d)", sampler.name, trained_epoch, step)
 
     # The end: a final evaluation (unless this step was just evaluated) and the final checkpoint.
     if w.trajectories and last_eval_step != step and step > 0:
         _evaluate(w, st, step, trained_epoch, ["final"], None, [], 0)
     end = time.perf_counter()
     final = {**metrics, "step": step, "epoch": epoch, "done": 1}
+    best = sampler.best_step() if sampler is not None else None
+    if best is not None:
+        final.update(best_step=int(best), stopped_early=int(stopped))
     if timing["t0"] is not None and timing["steps"]:
         span = end - timing["t0"] - timing["paused"]
         final.update({"steady_tokens_per_s": timing["tokens"] / span, "steady_steps": timing["steps"],
@@ -312,11 +322,12 @@ def _record_schedule(w: Worker, plan: EpochPlan, epoch: int) -> None:
 
 
 def _evaluate(w: Worker, st: Progress, step: int, epoch: int, reasons: list[str], sampler, order, pos: int):
-    """Rank 0 scores the trajectory sample; the sampler may revise the order (broadcast to all ranks)."""
+    """Rank 0 scores the trajectory sample; the sampler may revise the order and, at an epoch's
+    end, stop training (both broadcast to all ranks). Returns ``(new remainder or None, stop)``."""
     from ilp_ray.train.order import Feedback
     from ilp_ray.train.trajectory import metrics_of
 
-    new = None
+    new, stop = None, False
     if w.rank == 0 and w.evaluator is not None:
         ev = w.evaluator.evaluate(w.strategy.module, step, epoch, "+".join(reasons))
         w.logs["trajectory"].extend(ev.rows)
@@ -324,17 +335,23 @@ def _evaluate(w: Worker, st: Progress, step: int, epoch: int, reasons: list[str]
             w.tracker.log_metrics(metrics_of(ev), step=step)
         log.info("trajectory at step %d (%s): acc %s, %.2fs", step, "+".join(reasons), ev.acc, ev.seconds)
         if sampler is not None:
+            rows = ev.rows
             fb = Feedback(step=step, epoch=epoch, acc=ev.acc, p_correct=ev.p_correct, samples=ev.samples,
-                          history=tuple((s, dict(a)) for s, a in st.history))
+                          history=tuple((s, dict(a)) for s, a in st.history),
+                          overall=sum(bool(r["correct"]) for r in rows) / len(rows) if rows else float("nan"),
+                          loss=sum(float(r["loss"]) for r in rows) / len(rows) if rows else float("nan"),
+                          epoch_end="epoch_end" in reasons)
             new = sampler.revise(epoch, pos, order, fb)
+            if fb.epoch_end:
+                stop = bool(sampler.stop(epoch, fb))
         st.history.append((step, ev.acc))
     if w.world > 1 and sampler is not None:
         import torch.distributed as dist
 
-        box = [new]
+        box = [new, stop]
         dist.broadcast_object_list(box, src=0)
-        new = box[0]
-    return new
+        new, stop = box
+    return new, stop
 
 
 def _checkpoint(w: Worker, train_state: dict, metrics: dict) -> None:

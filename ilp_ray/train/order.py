@@ -26,7 +26,9 @@ class Feedback:
 
     ``acc`` / ``p_correct`` map subset → accuracy / mean p(correct) on the evaluated MC items;
     ``history`` is every earlier evaluation's ``(step, acc)``, oldest first; ``samples`` maps an
-    example id to its p(correct) (only the evaluated sample).
+    example id to its p(correct) (only the evaluated sample). ``overall`` is the accuracy over
+    every evaluated item and ``loss`` their mean SFT loss (the validation figures of a stop hook);
+    ``epoch_end`` says the evaluation closes an epoch.
     """
 
     step: int
@@ -35,6 +37,9 @@ class Feedback:
     p_correct: dict[str, float]
     samples: dict[str, float] = field(default_factory=dict)
     history: tuple[tuple[int, dict[str, float]], ...] = ()
+    overall: float = float("nan")
+    loss: float = float("nan")
+    epoch_end: bool = False
 
 
 class OrderSampler(abc.ABC):
@@ -46,16 +51,26 @@ class OrderSampler(abc.ABC):
     Args:
         subsets: the subset of every example, by index (``subsets[i]`` of example i).
         seed: the run's order seed.
+        ids: the id of every example, by index (None: the indices as strings).
+        batch: the global batch (examples per step over all ranks): the loop trains entries
+            ``[s × batch, (s + 1) × batch)`` of the order at the epoch's step s.
         **options: sampler-specific settings (``order.options`` in the config).
     """
 
     name: ClassVar[str] = ""
     #: Evaluate trajectories at every subset boundary of the order (the sequential setting).
     marks_subset_boundaries: ClassVar[bool] = False
+    #: Checkpoint at every epoch end, so ``best_step`` can name an earlier epoch's checkpoint.
+    checkpoint_epochs: ClassVar[bool] = False
 
-    def __init__(self, subsets: Sequence[str], seed: int = 0, **options: Any):
+    def __init__(self, subsets: Sequence[str], seed: int = 0, *, ids: Sequence[str] | None = None,
+                 batch: int = 1, **options: Any):
         self.subsets = list(subsets)
         self.seed = seed
+        self.ids = [str(i) for i in ids] if ids is not None else [str(i) for i in range(len(self.subsets))]
+        if len(self.ids) != len(self.subsets):
+            raise ValueError(f"{len(self.ids)} ids for {len(self.subsets)} examples")
+        self.batch = int(batch)
         if options:
             raise ValueError(f"sampler {self.name!r} takes no options, got {sorted(options)}")
 
@@ -72,13 +87,27 @@ class OrderSampler(abc.ABC):
 
         Args:
             epoch: the current epoch.
-            position: how many entries of ``order`` have been trained on this epoch.
+            position: how many steps of this epoch have been trained (entries ``order[:position ×
+                batch]``).
             order: the current epoch's order.
             feedback: the evaluation's figures.
 
         Returns:
-            None to keep the order, or the new remainder of the epoch (replacing ``order[position:]``).
+            None to keep the order, or the new remainder of the epoch (replacing
+            ``order[position × batch:]``).
         """
+        return None
+
+    def stop(self, epoch: int, feedback: Feedback) -> bool:
+        """Called after each epoch-end evaluation (rank 0; broadcast): True ends training there.
+
+        The stop hook of early-stopping mitigations (progressive epochs, Algorithm 5); the loop
+        saves the final checkpoint as usual, and ``best_step`` may name an earlier one to keep.
+        """
+        return False
+
+    def best_step(self) -> int | None:
+        """The step whose checkpoint the run should return as its result; None: the last."""
         return None
 
     def state_dict(self) -> dict:
@@ -128,10 +157,14 @@ class SequentialSampler(OrderSampler):
 SAMPLERS: Registry = Registry("order sampler", OrderSampler)
 SAMPLERS.register("shuffled", ShuffledSampler)
 SAMPLERS.register("sequential", SequentialSampler)
+# The mitigations' samplers (paper, appendices C-E), imported when first used.
+for _name, _cls in (("conflict_bucket", "ConflictBucketSampler"), ("dynamic_resample", "DynamicResampleSampler"),
+                    ("progressive_epochs", "ProgressiveEpochsSampler")):
+    SAMPLERS.register(_name, f"ilp_ray.train.samplers:{_cls}")
 
 
 def make_sampler(name: str, subsets: Sequence[str], seed: int, subset_order: Sequence[str] | None,
-                 options: dict) -> OrderSampler:
+                 options: dict, ids: Sequence[str] | None = None, batch: int = 1) -> OrderSampler:
     """Build a registered sampler; ``subset_order`` goes to samplers that take it."""
     import inspect
 
@@ -140,7 +173,7 @@ def make_sampler(name: str, subsets: Sequence[str], seed: int, subset_order: Seq
         options = {**options, "subset_order": subset_order}
     elif subset_order is not None:
         raise ValueError(f"order.subset_order is set, but sampler {name!r} does not use it")
-    return cls(subsets, seed, **options)
+    return cls(subsets, seed, ids=ids, batch=batch, **options)
 
 
 def boundary_positions(order: Sequence[int], subsets: Sequence[str]) -> list[int]:

@@ -119,8 +119,10 @@ def run_training(cfg: SftTrainConfig | CptTrainConfig) -> TrainResult:
         from ilp_ray.train.order import make_sampler
 
         # Fail on a bad sampler or subset_order now, not inside a Ray worker.
-        make_sampler(cfg.order.sampler, [r.subset for r in payload["records"]], cfg.order.seed,
-                     cfg.order.subset_order, dict(cfg.order.options))
+        recs = payload["records"]
+        make_sampler(cfg.order.sampler, [r.subset for r in recs], cfg.order.seed, cfg.order.subset_order,
+                     dict(cfg.order.options), ids=[r.id for r in recs],
+                     batch=cfg.optim.batch_size * cfg.scaling.num_workers)
         if cfg.trajectory.enabled:
             from ilp_ray.train.trajectory import build_items
 
@@ -163,7 +165,7 @@ def run_training(cfg: SftTrainConfig | CptTrainConfig) -> TrainResult:
     except BaseException:
         tracker.end("FAILED")
         raise
-    final = Path(result.checkpoint.path)
+    final = best_checkpoint(run_path, Path(result.checkpoint.path), result.metrics or {})
     ckpt_id = checkpoint_id(final)
     traj_path = None
     rows = read_rows(run_path / "ilp_logs" / "trajectory")
@@ -189,6 +191,21 @@ def run_training(cfg: SftTrainConfig | CptTrainConfig) -> TrainResult:
 
 
 DONE = "ilp_done.json"
+
+
+def best_checkpoint(run_path: Path, last: Path, metrics: dict) -> Path:
+    """The run's result: the last checkpoint, or the one of ``best_step`` when the sampler named
+    one (progressive epochs keep the best epoch, not the last)."""
+    best = metrics.get("best_step")
+    if best is None or int(best) == int(metrics.get("step", -1)):
+        return last
+    path = run_path / f"checkpoint_step{int(best):09d}"
+    if not path.is_dir():
+        from ilp_ray.errors import ConfigError
+
+        raise ConfigError(f"the sampler kept step {best}'s checkpoint, but {path} is gone: "
+                          "checkpoint.keep deleted it; leave checkpoint.keep unset", field="checkpoint.keep")
+    return path
 
 
 def read_schedule(run_path: Path) -> dict | None:

@@ -32,14 +32,15 @@ class Task:
 
 
 class SftTask(Task):
-    def __init__(self, cfg, records, tokenizer):
+    def __init__(self, cfg, records, tokenizer, world: int = 1):
         from ilp_ray.train.sft_data import encode_sft, resolve_format
 
         self.format = resolve_format(cfg.sft.format, tokenizer)
         self._examples = encode_sft(records, tokenizer, self.format, cfg.sft.max_length)
         self.truncated = sum(e.truncated for e in self._examples)
         self.sampler = make_sampler(cfg.order.sampler, [r.subset for r in records], cfg.order.seed,
-                                    cfg.order.subset_order, dict(cfg.order.options))
+                                    cfg.order.subset_order, dict(cfg.order.options), ids=[r.id for r in records],
+                                    batch=cfg.optim.batch_size * world)
 
     def examples(self, epoch: int) -> Sequence[Example]:
         return self._examples
@@ -68,7 +69,7 @@ class CptTask(Task):
         return list(range(len(self.examples(epoch))))
 
 
-def build_task(kind: str, cfg, payload: dict, tokenizer) -> Task:
+def build_task(kind: str, cfg, payload: dict, tokenizer, world: int = 1) -> Task:
     if kind == "sft":
-        return SftTask(cfg, payload["records"], tokenizer)
+        return SftTask(cfg, payload["records"], tokenizer, world)
     return CptTask(cfg, payload["knowledge"], payload["general"], tokenizer)
