@@ -140,8 +140,10 @@ from ilp_ray.evidence.cli import corpus_app  # noqa: E402  (typer only; corpus i
 app.add_typer(corpus_app, name="corpus")
 
 from ilp_ray.lab.cli import lab_app  # noqa: E402  (typer only; the lab loads per command)
+from ilp_ray.mitigate.cli import mitigate_app  # noqa: E402  (typer only; a study loads per command)
 
 app.add_typer(lab_app, name="lab")
+app.add_typer(mitigate_app, name="mitigate")
 
 
 def main() -> None:  # pragma: no cover - console script shim

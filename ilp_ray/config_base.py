@@ -17,6 +17,8 @@ class TrackingConfig(_Section):
     enabled: bool = Field(True, description="Log the audit to MLflow.")
     uri: str | None = Field(None, description="MLflow tracking URI; None: sqlite under the run root.")
     experiment: str = Field("ilp-audit", description="MLflow experiment name.")
+    tags: dict[str, str] = Field(default_factory=dict, description=(
+        "Extra tags on the run (a mitigation study sets mlflow.parentRunId, so its jobs nest under the arm)."))
 
 
 # The SFT data's row layouts (ilp_ray.data.conversations reads them); a type every data-reading config shares.

@@ -14,7 +14,16 @@ import urllib.request
 
 def chat_first_word(base_url: str, model: str, messages: list[dict], *, api_key_env: str, timeout: float,
                     who: str, max_tokens: int = 4) -> str:
-    """``POST {base_url}/v1/chat/completions`` at temperature 0; the reply's first word.
+    """The first word of ``chat_text``'s reply, lower-cased, stripped of punctuation; "" for an
+    empty reply (a judge's verdict is one word)."""
+    text = chat_text(base_url, model, messages, api_key_env=api_key_env, timeout=timeout, who=who,
+                     max_tokens=max_tokens)
+    return text.strip().split()[0].strip(".:,!\"'").lower() if text.strip() else ""
+
+
+def chat_text(base_url: str, model: str, messages: list[dict], *, api_key_env: str, timeout: float,
+              who: str, max_tokens: int = 4) -> str:
+    """``POST {base_url}/v1/chat/completions`` at temperature 0; the reply's text.
 
     Args:
         base_url: the endpoint's base URL.
@@ -23,11 +32,10 @@ def chat_first_word(base_url: str, model: str, messages: list[dict], *, api_key_
         api_key_env: env variable whose value, if set, is sent as ``Authorization: Bearer``.
         timeout: seconds per request.
         who: names the caller in errors ("conflict judge").
-        max_tokens: the reply budget (a verdict is one word).
+        max_tokens: the reply budget.
 
     Returns:
-        The first word of ``choices[0].message.content``, lower-cased, stripped of punctuation;
-        "" for an empty reply.
+        ``choices[0].message.content``.
 
     Raises:
         RuntimeError: unreachable endpoint, HTTP error, or a reply without that field; names the
@@ -49,4 +57,4 @@ def chat_first_word(base_url: str, model: str, messages: list[dict], *, api_key_
         text = str(reply["choices"][0]["message"]["content"])
     except (KeyError, IndexError, TypeError) as e:
         raise RuntimeError(f"{who} at {url}: no choices[0].message.content in {reply!r:.200}") from e
-    return text.strip().split()[0].strip(".:,!\"'").lower() if text.strip() else ""
+    return text

@@ -104,3 +104,11 @@ def history_messages(history: tuple[tuple[str, str], ...]) -> list[dict[str, str
 def history_from_messages(messages) -> tuple[tuple[str, str], ...]:
     """The inverse of ``history_messages`` (None or empty: no history)."""
     return tuple((m["role"], m["content"]) for m in messages or ())
+
+
+def records_frame(records):
+    """SFT records as a DataFrame (id, subset, prompt, response): an MLflow dataset input."""
+    import pandas as pd
+
+    return pd.DataFrame({"id": [r.id for r in records], "subset": [r.subset for r in records],
+                         "prompt": [r.prompt for r in records], "response": [r.response for r in records]})

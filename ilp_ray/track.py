@@ -32,6 +32,10 @@ class Tracker:
     def set_tags(self, tags: dict[str, str]) -> None:
         pass
 
+    def log_dataset(self, df, source: str, name: str, context: str) -> None:
+        """Log ``df`` (read from ``source``) as an MLflow dataset input of the run, in ``context``
+        ("training", "evaluation"): the UI's "Datasets" column shows what the run used."""
+
     def end(self, status: str = "FINISHED") -> None:
         pass
 
@@ -61,6 +65,9 @@ class MLflowTracker(Tracker):
 
         self._mlflow = mlflow
         self.tracking_uri = uri
+        if artifact_location is None and uri.startswith("sqlite:///"):
+            # Beside the database, never ./mlruns of whatever the working directory is.
+            artifact_location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
         self._client = mlflow.MlflowClient(tracking_uri=uri)
         exp = self._client.get_experiment_by_name(experiment)
         self.experiment_id = exp.experiment_id if exp else self._client.create_experiment(
@@ -98,6 +105,14 @@ class MLflowTracker(Tracker):
     def set_tags(self, tags: dict[str, str]) -> None:
         for k, v in tags.items():
             self._client.set_tag(self.run_id, k, v)
+
+    def log_dataset(self, df, source: str, name: str, context: str) -> None:
+        import mlflow.data
+        from mlflow.entities import DatasetInput, InputTag
+
+        ds = mlflow.data.from_pandas(df, source=source, name=name)
+        self._client.log_inputs(self.run_id, datasets=[DatasetInput(
+            ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])])
 
     def end(self, status: str = "FINISHED") -> None:
         if self.run_id:

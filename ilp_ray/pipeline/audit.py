@@ -8,6 +8,7 @@ Run layout (``cfg.run_dir``)::
                                    scoring config and the items); complete shards are reused
     verdicts/shard-*.parquet       the per-sample table (cheap; rewritten every run)
     summary.json                   the summary figures
+    audit_config.json              the config, as run (a mitigation re-audits with it)
     evidence/                      corpus evidence (evidence.enabled): evidence.parquet,
                                    corpus_evidence.parquet (the diagnosis reads it), summary.json
     diagnosis/                     the diagnosis (diagnose.enabled)
@@ -30,12 +31,13 @@ from typing import Any
 
 from ilp_ray import storage as S
 from ilp_ray.config import AuditConfig, ScoringConfig
-from ilp_ray.records import history_from_messages, history_messages
+from ilp_ray.records import history_from_messages, history_messages, records_frame
 
 log = logging.getLogger(__name__)
 
 # Seconds to sleep per shard: lets the kill-and-resume test land its kill mid-run. Zero otherwise.
 _SLOW_SHARD_S = float(os.environ.get("ILP_SLOW_SHARD_S", "0") or 0)
+CONFIG = "audit_config.json"  # the audit's config, as run
 
 @dataclass
 class AuditResult:
@@ -319,6 +321,8 @@ def run_audit(cfg: AuditConfig, progress: bool = True) -> AuditResult:
     records = loaded.records
     run_dir = Path(cfg.run_dir).expanduser().resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
+    # What a later job reuses (a mitigation re-audits on the same items with the same settings).
+    S.write_json_atomic(cfg.model_dump(mode="json"), run_dir / CONFIG)
     items, mc_reused = mc_stage(records, cfg, run_dir)
     models = {"sft": cfg.sft_model} | ({"base": cfg.base_model} if cfg.base_model else {})
     with_priors = needs_priors(cfg, items)
@@ -341,8 +345,9 @@ def run_audit(cfg: AuditConfig, progress: bool = True) -> AuditResult:
 
     tracker = make_tracker(cfg.tracking.enabled, cfg.tracking.uri, cfg.tracking.experiment, run_dir.parent)
     diagnosis = evidence = None
-    with tracker.start(cfg.name or run_dir.name, tags=_run_tags(cfg)):
+    with tracker.start(cfg.name or run_dir.name, tags={**_run_tags(cfg), **cfg.tracking.tags}):
         tracker.log_params(flatten(cfg.model_dump()))
+        tracker.log_dataset(records_frame(records), cfg.data, "sft", "evaluation")
         tracker.log_metrics(_metric_view(summary))
         tracker.log_artifact(run_dir / "summary.json")
         tracker.log_artifact(run_dir / "verdicts", "verdicts")

@@ -160,6 +160,8 @@ class SftTrainConfig(_TrainBase):
         "SFT dataset (JSONL, Parquet, CSV, a saved HF dataset or Parquet shards), read with "
         "ilp_ray.data.load_sft: the same file the audit reads."))
     data_format: DataFormat = Field("auto", description=DATA_FORMAT_HELP)
+    data_exclude: list[str] = Field(default_factory=list, description=(
+        "Sample ids left out of training (a mitigation's deletions); an id not in the data is an error."))
     sft: SftSection = SftSection()
     order: OrderConfig = OrderConfig()
     trajectory: TrajectoryConfig = TrajectoryConfig()

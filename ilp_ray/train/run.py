@@ -10,6 +10,7 @@ Run layout (``run_dir/name``, Ray Train's run folder)::
     trajectory.parquet          all trajectory rows (written at the end; also an MLflow artifact);
                                 its Parquet metadata ``ilp.schedule`` holds schedule.json
     ilp_run.json                the MLflow run id, so a restarted job logs into the same run
+    ilp_config.json             the job's config as trained (a mitigation retrains with it)
 
 Restarting the same config continues the run: Ray Train v2 restores the run's checkpoint manager
 from ``run_dir/name`` and ``ray.train.get_checkpoint()`` in the loop returns the latest checkpoint.
@@ -77,14 +78,38 @@ def load_payload(cfg, kind: str) -> dict:
     if kind == "sft":
         from ilp_ray.data import read_sft
 
-        return {"records": read_sft(cfg.data, cfg.data_format)}
+        records = read_sft(cfg.data, cfg.data_format)
+        if cfg.data_exclude:
+            from ilp_ray.errors import ConfigError
+
+            unknown = sorted(set(cfg.data_exclude) - {r.id for r in records})
+            if unknown:
+                raise ConfigError(f"data_exclude names {len(unknown)} ids not in the data: {unknown[:5]}",
+                                  file=cfg.data, field="data_exclude")
+            drop = set(cfg.data_exclude)
+            records = [r for r in records if r.id not in drop]
+        return {"records": records}
     from ilp_ray.train.cpt_data import read_documents
 
     m = cfg.mixture
     return {"knowledge": read_documents(m.knowledge), "general": read_documents(m.general) if m.general else []}
 
 
-def _start_tracking(cfg, run_path: Path):
+def _log_datasets(tracker, cfg, payload: dict) -> None:
+    """The training data as MLflow dataset inputs: the SFT records, or CPT's two corpora."""
+    import pandas as pd
+
+    if isinstance(cfg, SftTrainConfig):
+        from ilp_ray.records import records_frame
+
+        tracker.log_dataset(records_frame(payload["records"]), cfg.data, "sft", "training")
+        return
+    for key in ("knowledge", "general"):
+        if payload[key]:
+            tracker.log_dataset(pd.DataFrame({"text": payload[key]}), getattr(cfg.mixture, key), key, "training")
+
+
+def _start_tracking(cfg, run_path: Path, payload: dict):
     from ilp_ray.track import flatten, make_tracker
 
     t = cfg.tracking
@@ -95,8 +120,9 @@ def _start_tracking(cfg, run_path: Path):
     if marker.is_file():
         tracker.run_id = json.loads(marker.read_text())["mlflow_run_id"]
     else:
-        tracker.start(cfg.name, tags={"ilp.job": "train"})
+        tracker.start(cfg.name, tags={"ilp.job": "train", **t.tags})
         tracker.log_params(flatten(cfg.model_dump(mode="json")))
+        _log_datasets(tracker, cfg, payload)
         marker.write_text(json.dumps({"mlflow_run_id": tracker.run_id}))
     return tracker, {"uri": tracker.tracking_uri, "experiment": t.experiment, "run_id": tracker.run_id}
 
@@ -141,7 +167,11 @@ def run_training(cfg: SftTrainConfig | CptTrainConfig) -> TrainResult:
                           "would train one model on two datasets. Delete the run folder or choose another "
                           "name", file=str(run_path), field="data")
     init_dir = prepare_model(cfg, kind, payload, run_path)
-    tracker, tracking = _start_tracking(cfg, run_path)
+    from ilp_ray.storage import write_json_atomic
+
+    # The settings a later job reuses (a mitigation retrains "with the original data and settings").
+    write_json_atomic({"kind": kind, "config": cfg.model_dump(mode="json")}, run_path / CONFIG)
+    tracker, tracking = _start_tracking(cfg, run_path, payload)
 
     init_ray(cfg.scaling.address)
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
@@ -181,7 +211,6 @@ def run_training(cfg: SftTrainConfig | CptTrainConfig) -> TrainResult:
     tracker.end("FINISHED")
     out = TrainResult(run_path=run_path, checkpoint=final, checkpoint_id=ckpt_id,
                       metrics=dict(result.metrics or {}), trajectory=traj_path, run_id=tracker.run_id)
-    from ilp_ray.storage import write_json_atomic
 
     write_json_atomic({"config": _fingerprint(cfg), "data": _data_stats(cfg), "checkpoint": str(final),
                        "checkpoint_id": ckpt_id,
@@ -191,6 +220,21 @@ def run_training(cfg: SftTrainConfig | CptTrainConfig) -> TrainResult:
 
 
 DONE = "ilp_done.json"
+CONFIG = "ilp_config.json"  # the job's config, as trained
+
+
+def training_config_of(checkpoint: str | os.PathLike) -> tuple[str, dict] | None:
+    """``(kind, config)`` of the training run that saved ``checkpoint`` (its marker names the run),
+    or None for a checkpoint this project did not train."""
+    from ilp_ray.train.state import MARKER
+
+    marker = Path(checkpoint) / MARKER
+    try:
+        run = Path(json.loads(marker.read_text())["run"])
+        rec = json.loads((run / CONFIG).read_text())
+    except (FileNotFoundError, NotADirectoryError, KeyError, json.JSONDecodeError):
+        return None
+    return rec["kind"], rec["config"]
 
 
 def best_checkpoint(run_path: Path, last: Path, metrics: dict) -> Path:

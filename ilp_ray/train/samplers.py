@@ -1,12 +1,12 @@
 """The mitigations' data orders (paper, appendices C-E), as ``OrderSampler``s of the one loop.
 
-- ``conflict_bucket`` (Algorithm 3): a global shuffle in which the members of each conflict group
-  go to different global batches, so no step ever trains on two of them at once; groups are
+- ``conflict_bucket`` (Algorithm 3): another sampler's order in which the members of each conflict
+  group go to different global batches, so no step ever trains on two of them at once; groups are
   re-evaluated at each trajectory evaluation from the live model's p(correct) (dynamic grouping).
 - ``dynamic_resample`` (Algorithm 4): a global shuffle; after each evaluation, a subset whose
   accuracy fell by more than ``delta`` (relative) since the previous one gets extra draws of its
   samples in the next window of steps.
-- ``progressive_epochs`` (Algorithm 5): a global shuffle per epoch, with a stop hook: after
+- ``progressive_epochs`` (Algorithm 5): another sampler's order, with a stop hook: after
   ``initial_epochs``, one more epoch at a time while the epoch-end accuracy improves by at least
   ``epsilon``; the run keeps the best epoch's checkpoint.
 
@@ -30,76 +30,95 @@ def _shuffle(n: int, *key: int) -> list[int]:
     return np.random.default_rng(list(key)).permutation(n).tolist()
 
 
-def bucket_order(entries: Sequence[int], groups: Sequence[Sequence[int]], batch: int,
-                 rng: np.random.Generator, filler: Sequence[int]) -> list[int]:
-    """``entries`` (example indices, repeats allowed) arranged in full batches of ``batch`` such
-    that no batch holds two distinct members of one group.
+def separate(order: Sequence[int], groups: Sequence[Sequence[int]], batch: int) -> list[int]:
+    """``order`` with the fewest moves such that no global batch of ``batch`` entries holds two
+    distinct members of one group.
 
-    Groups are placed largest first, each member into a different batch (the batches with the most
-    room first, ties broken at random); the other entries fill the rest at random. Slots left in
-    the last batch are filled from ``filler`` (ungrouped examples), so the loop never wraps the
-    epoch's start into its last batch.
+    Batches are walked in order; a second member of a group in a batch swaps places with the
+    nearest entry after the batch (else before it) that belongs to no group present in this batch
+    and whose own batch holds no other member of the moved entry's group. So an order keeps its
+    shape (a sequential order stays sequential but for the swapped entries). ``order``'s length
+    must be a multiple of ``batch`` (see ``ConflictBucketSampler``).
 
     Raises:
-        ValueError: a group has more members in ``entries`` than there are batches.
+        ValueError: no such swap exists (a group larger than the number of batches).
     """
-    n_batches = max(1, math.ceil(len(entries) / batch))
+    out = list(order)
     member_of = {i: g for g, grp in enumerate(groups) for i in grp}
-    by_group: dict[int, list[int]] = {}
-    free: list[int] = []
-    for e in entries:
-        (by_group.setdefault(member_of[e], []) if e in member_of else free).append(e)
-    batches: list[list[int]] = [[] for _ in range(n_batches)]
-    for g in sorted(by_group, key=lambda g: (-len(by_group[g]), g)):
-        members = by_group[g]
-        distinct = list(dict.fromkeys(members))
-        if len(distinct) > n_batches:
-            raise ValueError(f"conflict group of {len(distinct)} samples cannot be spread over {n_batches} "
-                             f"batches of {batch}: lower the batch size or split the group")
-        # A repeated member (re-sampling) stays with its first copy; distinct members never meet.
-        room = np.array([batch - len(b) for b in batches], float)
-        picks = np.lexsort((rng.random(n_batches), -room))[:len(distinct)]
-        if (room[picks] <= 0).any():
-            raise ValueError(f"no room to spread a conflict group of {len(distinct)} over {n_batches} batches")
-        home = dict(zip(distinct, picks.tolist(), strict=True))
-        for m in members:
-            batches[home[m]].append(m)
-    free = [free[i] for i in rng.permutation(len(free))]
-    for b in batches:
-        while len(b) < batch and free:
-            b.append(free.pop())
-    pool = list(filler)
-    if pool:
-        for b in batches:
-            while len(b) < batch:
-                b.append(pool[int(rng.integers(len(pool)))])
-    out: list[int] = []
-    for b in batches:
-        out.extend(b[i] for i in rng.permutation(len(b)))
-    return out + free  # free is empty unless batches overflowed (cannot happen with ceil)
+    n_batches = len(out) // batch
+
+    def groups_in(b: int, skip: int = -1) -> dict[int, int]:
+        have: dict[int, int] = {}
+        for q in range(b * batch, (b + 1) * batch):
+            g = member_of.get(out[q])
+            if g is not None and q != skip:
+                have.setdefault(g, out[q])
+        return have
+
+    for b in range(n_batches):
+        held: dict[int, int] = {}  # group → the member this batch keeps
+        for pos in range(b * batch, (b + 1) * batch):
+            e = out[pos]
+            g = member_of.get(e)
+            if g is None or held.get(g, e) == e:
+                if g is not None:
+                    held[g] = e
+                continue
+            here = groups_in(b, skip=pos)
+            later = range((b + 1) * batch, len(out))
+            earlier = range(b * batch - 1, -1, -1)
+            for q in (*later, *earlier):
+                cand, qb = out[q], q // batch
+                cg = member_of.get(cand)
+                if cg is not None and cg in here:
+                    continue
+                there = groups_in(qb, skip=q)
+                if g in there and there[g] != e:
+                    continue
+                out[pos], out[q] = cand, e
+                if cg is not None:
+                    held[cg] = cand
+                break
+            else:
+                raise ValueError(f"cannot keep the members of a conflict group of {len(groups[g])} apart in "
+                                 f"{n_batches} batches of {batch}: lower the batch size or split the group")
+    return out
 
 
 class ConflictBucketSampler(OrderSampler):
     """Algorithm 3: every conflict group spread over distinct global batches, every sample kept.
 
+    The order is another sampler's (``inner``, default 'shuffled'; a mitigation passes the SFT
+    run's own, so buckets are the only change), padded to full batches with ungrouped samples (so
+    the loop never wraps the epoch's start into its last batch), then ``separate``d.
+
     Args:
         groups: the conflict groups, as lists of example ids (``conflict_groups.parquet``'s
             members); an id not in the data is an error.
         release_p: dynamic grouping: at each evaluation a group whose evaluated members all have
-            p(correct) ≥ this is released (its members shuffle freely) until one falls below it
+            p(correct) ≥ this is released (its members may share a batch) until one falls below it
             again; a group with an unevaluated member stays active. None: static groups.
+        inner, inner_options, subset_order: the sampler whose order is bucketed, and its settings.
     """
 
     name = "conflict_bucket"
 
     def __init__(self, subsets: Sequence[str], seed: int = 0, groups: Sequence[Sequence[str]] = (),
-                 release_p: float | None = 0.5, **options: Any):
+                 release_p: float | None = 0.5, inner: str = "shuffled", inner_options: dict | None = None,
+                 subset_order: Sequence[str] | None = None, **options: Any):
+        from ilp_ray.train.order import make_sampler
+
         super().__init__(subsets, seed, **options)
         index = {i: n for n, i in enumerate(self.ids)}
         unknown = sorted({str(m) for g in groups for m in g} - set(index))
         if unknown:
             raise ValueError(f"conflict groups name ids not in the data: {unknown[:5]}"
                              + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""))
+        if inner == self.name:
+            raise ValueError("conflict_bucket cannot wrap itself")
+        self.inner = make_sampler(inner, self.subsets, seed, subset_order, dict(inner_options or {}),
+                                  ids=self.ids, batch=self.batch)
+        self.marks_subset_boundaries = self.inner.marks_subset_boundaries
         self.groups = [sorted({index[str(m)] for m in g}) for g in groups]
         self.groups = [g for g in self.groups if len(g) > 1]
         self.release_p = release_p
@@ -116,30 +135,37 @@ class ConflictBucketSampler(OrderSampler):
         return [g for k, g in enumerate(self.groups) if k not in self.released]
 
     def order(self, epoch: int) -> list[int]:
-        rng = np.random.default_rng([self.seed, epoch])
-        return bucket_order(_shuffle(len(self.subsets), self.seed, epoch), self.active(), self.batch, rng,
-                            self.filler)
+        base = self.inner.order(epoch)
+        pad = -len(base) % self.batch
+        if pad:  # ungrouped samples of the last entry's subset where there are any
+            tail = self.subsets[base[-1]]
+            pool = [i for i in self.filler if self.subsets[i] == tail] or self.filler
+            rng = np.random.default_rng([self.seed, epoch, 1])
+            base = base + [pool[int(k)] for k in rng.integers(len(pool), size=pad)]
+        return separate(base, self.active(), self.batch)
 
     def revise(self, epoch: int, position: int, order: list[int], feedback: Feedback) -> list[int] | None:
-        if self.release_p is None or not feedback.samples:
+        new_inner = self.inner.revise(epoch, position, order, feedback)
+        changed = False
+        if self.release_p is not None and feedback.samples:
+            p = feedback.samples
+            released = {k for k, g in enumerate(self.groups)
+                        if all(p.get(self.ids[i]) is not None and p[self.ids[i]] >= self.release_p for i in g)}
+            changed, self.released = released != self.released, released
+        if new_inner is None and not changed:
             return None
-        p = feedback.samples
-        released = set()
-        for k, g in enumerate(self.groups):
-            vals = [p.get(self.ids[i]) for i in g]
-            if all(v is not None and v >= self.release_p for v in vals):
-                released.add(k)
-        if released == self.released:
+        rest = list(new_inner) if new_inner is not None else order[position * self.batch:]
+        if not rest:
             return None
-        self.released = released
-        rest = order[position * self.batch:]
-        rng = np.random.default_rng([self.seed, epoch, feedback.step])
-        return bucket_order(rest, self.active(), self.batch, rng, self.filler)[:len(rest)] if rest else None
+        pad = -len(rest) % self.batch
+        rest = rest + [self.filler[k % len(self.filler)] for k in range(pad)]
+        return separate(rest, self.active(), self.batch)
 
     def state_dict(self) -> dict:
-        return {"released": sorted(self.released)}
+        return {"released": sorted(self.released), "inner": self.inner.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
+        self.inner.load_state_dict(state.get("inner", {}))
         self.released = set(state.get("released", []))
 
 
@@ -204,7 +230,7 @@ class DynamicResampleSampler(OrderSampler):
 
 
 class ProgressiveEpochsSampler(OrderSampler):
-    """Algorithm 5: a global shuffle per epoch and a stop hook on the epoch-end accuracy.
+    """Algorithm 5: another sampler's order (``inner``) and a stop hook on the epoch-end figure.
 
     Set ``optim.epochs`` to the most epochs the run may take. After ``initial_epochs`` (e₀) the
     epoch-end figure is the best so far; each further epoch continues while it beats the best by at
@@ -214,24 +240,38 @@ class ProgressiveEpochsSampler(OrderSampler):
         initial_epochs: e₀, epochs trained before the first comparison.
         epsilon: the least improvement that earns another epoch (paper: 0.01).
         metric: 'accuracy' (the trajectory sample's accuracy) or 'p_correct' (its mean p(correct)).
+        inner: the sampler whose order is trained ('shuffled' by default; the SFT run's own, so
+            that only the number of epochs changes); ``inner_options`` its options and
+            ``subset_order`` its subset order.
     """
 
     name = "progressive_epochs"
     checkpoint_epochs = True
 
     def __init__(self, subsets: Sequence[str], seed: int = 0, initial_epochs: int = 1, epsilon: float = 0.01,
-                 metric: str = "accuracy", **options: Any):
+                 metric: str = "accuracy", inner: str = "shuffled", inner_options: dict | None = None,
+                 subset_order: Sequence[str] | None = None, **options: Any):
+        from ilp_ray.train.order import make_sampler
+
         super().__init__(subsets, seed, **options)
         if initial_epochs < 1 or epsilon < 0 or metric not in ("accuracy", "p_correct"):
             raise ValueError(f"progressive_epochs needs initial_epochs ≥ 1, epsilon ≥ 0 and metric 'accuracy' "
                              f"or 'p_correct'; got {initial_epochs}, {epsilon}, {metric!r}")
+        if inner == self.name:
+            raise ValueError("progressive_epochs cannot wrap itself")
+        self.inner = make_sampler(inner, self.subsets, seed, subset_order, dict(inner_options or {}),
+                                  ids=self.ids, batch=self.batch)
+        self.marks_subset_boundaries = self.inner.marks_subset_boundaries
         self.initial_epochs, self.epsilon, self.metric = int(initial_epochs), float(epsilon), metric
         self.curve: list[dict] = []
         self.best: dict | None = None
         self.stopped: int | None = None
 
     def order(self, epoch: int) -> list[int]:
-        return _shuffle(len(self.subsets), self.seed, epoch)
+        return self.inner.order(epoch)
+
+    def revise(self, epoch: int, position: int, order: list[int], feedback: Feedback) -> list[int] | None:
+        return self.inner.revise(epoch, position, order, feedback)
 
     def value(self, feedback: Feedback) -> float:
         if self.metric == "accuracy":
@@ -253,9 +293,10 @@ class ProgressiveEpochsSampler(OrderSampler):
         return None if self.best is None else int(self.best["step"])
 
     def state_dict(self) -> dict:
-        return {"curve": self.curve, "best": self.best, "stopped": self.stopped}
+        return {"curve": self.curve, "best": self.best, "stopped": self.stopped, "inner": self.inner.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
+        self.inner.load_state_dict(state.get("inner", {}))
         self.curve = list(state.get("curve", []))
         self.best = state.get("best")
         self.stopped = state.get("stopped")
