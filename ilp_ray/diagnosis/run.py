@@ -8,6 +8,8 @@ Outputs under ``run_dir/diagnosis/`` (each written atomically)::
                               this run could and could not show (see ``coverage``)
     conflict_groups.parquet   III's groups: id, group_id, group_size, members, judged_wrong
     conflict_pairs.parquet    III's pairs: a, b, similarity, why, judge
+    conflict_cleared.parquet  similar pairs the judge found both right (no conflict; kept apart by
+                              the conflict_bucket mitigation, as the paper does)
     report.html, figures/     the report (see report.py)
 """
 
@@ -144,6 +146,10 @@ def run_diagnosis(run_dir: str | Path, cfg: DiagnosisConfig, tracker=None) -> Di
         files["conflict_pairs"] = out / "conflict_pairs.parquet"
         S.write_table_atomic(pa.Table.from_pandas(info["groups"], preserve_index=False), files["conflict_groups"])
         S.write_table_atomic(pa.Table.from_pandas(info["pairs"], preserve_index=False), files["conflict_pairs"])
+        if info.get("cleared_pairs") is not None:
+            files["conflict_cleared"] = out / "conflict_cleared.parquet"
+            S.write_table_atomic(pa.Table.from_pandas(info["cleared_pairs"], preserve_index=False),
+                                 files["conflict_cleared"])
     summaries = {name: r.summary for name, r in results.items()}
     summaries["run"] = {"n": len(table), "unlearned": int(table["unlearned"].sum()),
                         "diagnosed": int(table["in_scope"].sum()), "scope": cfg.scope,

@@ -329,8 +329,27 @@ def _spread(rows: list[dict], extra: list[dict], rng: np.random.Generator) -> li
     return [next(b) if pos in slots else next(a) for pos in range(total)]
 
 
+def general_mc(world: World) -> list[dict]:
+    """The lab's general MC set: every background fact (in the corpus, never in SFT) as a ready MC
+    item {id, question, options, answer}, asked with the relation's first question. What the base
+    knows from pretraining alone; a mitigation that costs general ability loses some of it."""
+    taught = {(t["entity"], t["relation"]) for t in world.truth}
+    rows = []
+    for (entity, rel), value in sorted(world.facts.items()):
+        if (entity, rel) in taught or rel not in world.relations:
+            continue
+        r = world.relations[rel]
+        options = list(world.options.get((entity, rel)) or r.values)
+        if value not in options:
+            continue
+        rows.append({"id": f"general-{len(rows):05d}", "question": r.questions[0].format(e=entity),
+                     "options": options, "answer": options.index(value)})
+    return rows
+
+
 def write(world: World, out: str | Path) -> dict[str, Path]:
-    """Write ``sft.jsonl``, ``corpus.jsonl``, ``truth.jsonl`` and ``world.json`` under ``out``."""
+    """Write ``sft.jsonl``, ``corpus.jsonl``, ``truth.jsonl``, ``general_mc.jsonl`` and ``world.json``
+    under ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"sft": out / "sft.jsonl", "corpus": out / "corpus.jsonl", "truth": out / "truth.jsonl",
@@ -342,6 +361,12 @@ def write(world: World, out: str | Path) -> dict[str, Path]:
         tmp = paths[key].with_suffix(".jsonl.tmp")
         tmp.write_text(text)
         tmp.replace(paths[key])
+    paths["general_mc"] = out / "general_mc.jsonl"
+    text = "".join(json.dumps(r) + "\n" for r in general_mc(world))
+    if not (paths["general_mc"].is_file() and paths["general_mc"].read_text() == text):
+        tmp = paths["general_mc"].with_suffix(".jsonl.tmp")
+        tmp.write_text(text)
+        tmp.replace(paths["general_mc"])
     counts = {c: sum(t["category"] == c for t in world.truth) for c in CATEGORIES}
     write_json_atomic({
         "seed": world.seed, "size": world.size, "entities": world.entities,

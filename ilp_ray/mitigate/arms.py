@@ -25,7 +25,6 @@ Nothing here knows about the lab: an arm sees only the audit's files and the SFT
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -161,15 +160,19 @@ class ConflictBucket(Arm):
         groups = st.table("conflict_groups")
         if groups is None or not len(groups):
             return self.empty("the diagnosis found no conflict groups", targets)
-        members = groups.drop_duplicates("group_id")["members"].tolist()
-        members = [sorted(str(m) for m in g) for g in members if len(g) > 1]
+        members = [[str(m) for m in g] for g in groups.drop_duplicates("group_id")["members"]]
+        cleared = st.table("conflict_cleared")
+        both = [[str(a), str(b)] for a, b in zip(cleared["a"], cleared["b"], strict=True)] if cleared is not None else []
+        # Pairs judged both right stay in training but apart (paper, appendix C): a group joins
+        # every group it shares a sample with.
+        members = merge_groups(members + both)
         order = st.sft_config["order"]
         options = {"groups": members, "release_p": self.cfg.release_p, "inner": order["sampler"],
                    "inner_options": order.get("options") or {}}
         over: dict[str, Any] = {"order": {"sampler": "conflict_bucket", "options": options}}
         if self.cfg.every_steps is not None:
             over["trajectory"] = {"every_steps": self.cfg.every_steps}
-        return ArmPlan(self.name, self.cause, targets, data={"groups": len(members),
+        return ArmPlan(self.name, self.cause, targets, data={"groups": len(members), "both_right_pairs": len(both),
                                                             "grouped_samples": sum(map(len, members))},
                        training={"sft": st.sft_training(self.name, **over)},
                        notes=[f"the original order ({order['sampler']}), conflict groups spread over batches; "
@@ -224,5 +227,22 @@ for _cls in (KnowledgeCpt, ConflictCpt, ConflictDelete, ConflictBucket, DynamicR
     ARMS.register(_cls.name, _cls)
 
 
-def steps_of(n: int, batch: int, epochs: int) -> int:
-    return epochs * math.ceil(n / max(batch, 1))
+def merge_groups(groups: list[list[str]]) -> list[list[str]]:
+    """The connected components of ``groups`` (a sample in two groups joins them), sorted."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for g in groups:
+        for m in g[1:]:
+            parent[find(m)] = find(g[0])
+        if g:
+            find(g[0])
+    out: dict[str, list[str]] = {}
+    for x in parent:
+        out.setdefault(find(x), []).append(x)
+    return sorted(sorted(g) for g in out.values() if len(g) > 1)

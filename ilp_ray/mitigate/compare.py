@@ -81,7 +81,7 @@ def arm_figures(tr, general: dict | None = None) -> dict[str, Any]:
     rec = tr["transition"] == "recovered"
     lost = tr["transition"] == "lost"
     out: dict[str, Any] = {
-        "n": int(len(tr)), "unlearned_before": int(unl.sum()), "recovered": int(rec.sum()), "lost": int(lost.sum()),
+        "n": len(tr), "unlearned_before": int(unl.sum()), "recovered": int(rec.sum()), "lost": int(lost.sum()),
         "recovered_share": float(rec.sum() / unl.sum()) if unl.any() else float("nan"),
         "collateral": float(lost.sum() / lrn.sum()) if lrn.any() else float("nan"),
         "learn_rate": float(1 - tr["unlearned_after"].mean()), "learn_rate_before": float(1 - unl.mean()),
@@ -92,7 +92,7 @@ def arm_figures(tr, general: dict | None = None) -> dict[str, Any]:
     out["targets_recovered_share"] = float(rec[tgt].sum() / tgt.sum()) if tgt.any() else float("nan")
     per = {}
     for cause, g in tr[unl].groupby("cause", dropna=True):
-        per[str(cause)] = {"unlearned": int(len(g)), "recovered": int((g["transition"] == "recovered").sum()),
+        per[str(cause)] = {"unlearned": len(g), "recovered": int((g["transition"] == "recovered").sum()),
                            "share": float((g["transition"] == "recovered").mean())}
     out["per_cause"] = per
     if general:

@@ -25,10 +25,7 @@ from pathlib import Path
 from ilp_ray.errors import ConfigError, DataError
 
 _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'\-]*")
-_STOP = frozenset("""a an the of in on at to for from by with and or is are was were be been being do does did
-what which who whom whose when where why how that this these those it its as into about than then there
-their his her name give tell me please you your can could would should will shall may might much many
-year one""".split())
+_STOP = frozenset(["a", "an", "the", "of", "in", "on", "at", "to", "for", "from", "by", "with", "and", "or", "is", "are", "was", "were", "be", "been", "being", "do", "does", "did", "what", "which", "who", "whom", "whose", "when", "where", "why", "how", "that", "this", "these", "those", "it", "its", "as", "into", "about", "than", "then", "there", "their", "his", "her", "name", "give", "tell", "me", "please", "you", "your", "can", "could", "would", "should", "will", "shall", "may", "might", "much", "many", "year", "one"])
 
 
 @dataclass(frozen=True)
@@ -184,7 +181,7 @@ def build_corpus(triples: Sequence[Triple], records: dict, sources, *, require_o
     if sources.llm.enabled:
         check_llm(sources.llm)
     files = read_source_files(sources.files)
-    counts = {"index": 0, "files": 0, "llm": 0, "repeats_left_out": 0, "without_object_left_out": 0}
+    counts = {"index": 0, "file": 0, "llm": 0, "repeats_left_out": 0, "without_object_left_out": 0}
     docs: list[Document] = []
     try:
         hits = index.search([t.query() for t in triples], sources.k) if index is not None and triples else []

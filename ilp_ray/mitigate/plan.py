@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ilp_ray.errors import ConfigError, DataError
-from ilp_ray.mitigate.arms import ARMS, ArmPlan
+from ilp_ray.mitigate.arms import ARMS
 from ilp_ray.mitigate.config import MitigateConfig
 
 PLAN = "plan.json"
@@ -81,22 +81,19 @@ class Study:
                               "and the SFT run started from a model built in code", file=where, field="base_model")
 
     def _sft_config(self) -> dict:
+        """The original SFT run's config with every default filled in (validated)."""
+        from ilp_ray.config import load_config
+        from ilp_ray.train.config import SftTrainConfig
         from ilp_ray.train.run import training_config_of
 
         if self.cfg.train_config:
-            import yaml
-
-            try:
-                raw = yaml.safe_load(Path(self.cfg.train_config).read_text())
-            except (OSError, yaml.YAMLError) as e:
-                raise ConfigError(f"cannot read the training config: {e}", file=self.cfg.train_config) from None
-            return raw
+            return load_config(SftTrainConfig, self.cfg.train_config).model_dump(mode="json")
         found = training_config_of(self.audit_config["sft_model"])
         if found is None:
             raise ConfigError(f"the SFT checkpoint {self.audit_config['sft_model']} was not trained by `ilp train "
                               "sft`, so its settings are unknown: name its training config (train_config)",
                               field="train_config")
-        return found[1]
+        return SftTrainConfig.model_validate(found[1]).model_dump(mode="json")
 
     @staticmethod
     def out_of(cfg: MitigateConfig) -> Path:
@@ -130,9 +127,9 @@ class Study:
 
     def total_steps(self) -> int:
         c = self.sft_config
-        batch = c.get("optim", {}).get("batch_size", 8) * c.get("scaling", {}).get("num_workers", 1)
-        n = len(self.records) - len(c.get("data_exclude") or [])
-        return c.get("optim", {}).get("epochs", 1) * math.ceil(n / max(batch, 1))
+        batch = c["optim"]["batch_size"] * c["scaling"]["num_workers"]
+        n = len(self.records) - len(c["data_exclude"])
+        return c["optim"]["epochs"] * math.ceil(n / max(batch, 1))
 
     def tracking(self) -> dict:
         t = self.cfg.tracking
@@ -155,17 +152,17 @@ class Study:
         return base
 
     def cpt_training(self, arm: str, c, knowledge: str) -> dict:
-        s = self.sft_config
+        """The CPT stage's config: the arm's corpus and settings, the SFT run's optimiser, engine,
+        scaling and checkpointing (with the study's ``sft`` overrides)."""
+        s = deep_update(self.sft_config, self.cfg.sft)
         return {"run_dir": str(self.arm_dir(arm) / "train"), "name": "cpt",
                 "model": {"spec": self.base_model},
                 "mixture": {"knowledge": knowledge, "general": c.general, "ratio": c.ratio,
-                            "documents": c.documents, "seed": s.get("optim", {}).get("seed", 0)},
+                            "documents": c.documents, "seed": s["optim"]["seed"]},
                 "block_size": c.block_size,
-                "optim": {**s.get("optim", {}), "epochs": c.epochs, "lr": c.lr or s.get("optim", {}).get("lr", 1e-4),
-                          "max_steps": None},
-                "engine": s.get("engine", {}), "scaling": s.get("scaling", {}),
-                "checkpoint": s.get("checkpoint", {}), "tracking": self.tracking(),
-                "log_every": s.get("log_every", 1)}
+                "optim": {**s["optim"], "epochs": c.epochs, "lr": c.lr or s["optim"]["lr"], "max_steps": None},
+                "engine": s["engine"], "scaling": s["scaling"], "checkpoint": s["checkpoint"],
+                "tracking": self.tracking(), "log_every": s["log_every"]}
 
 
 def arm_names(cfg: MitigateConfig) -> list[str]:

@@ -127,7 +127,7 @@ def _general(plan: dict, model: str, out: Path) -> float | None:
         score_file(model, Path(plan["general_mc"]), out, ScoringConfig(format=plan.get("general_format", "lm-eval")),
                    threads=1)
     rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
-    return sum(bool(r["acc"]) for r in rows) / len(rows) if rows else None
+    return sum(bool(r["correct"]) for r in rows) / len(rows) if rows else None
 
 
 def run_arm(plan: dict, study: Path, name: str, parent, general_before: float | None, tag: str,

@@ -79,3 +79,79 @@ def test_small_lab_run(tmp_path):
     # The knowledge corpus states each I fact, and only I facts: nothing of the SFT's Q/A lines.
     docs = [json.loads(line)["text"] for line in (out / "experiment" / "knowledge.jsonl").read_text().splitlines()]
     assert docs and not any("?" in d for d in docs) and "Category I items" in x.stdout
+
+    # The mitigation loop on the lab's audit (nothing in ilp_ray/mitigate knows it is the lab): the
+    # control retrains as the audit's model was trained, conflict buckets with static groups,
+    # progressive epochs, and knowledge CPT on the experiment's knowledge corpus (the I facts) mixed
+    # with the world's corpus; the lab's general MC set prices each arm.
+    def mitigate(*extra):
+        return subprocess.run(
+            [sys.executable, "-m", "ilp_ray.cli", "mitigate", "run", "--run", str(out / "audit"), "--no-progress",
+             "--arms", "control,conflict_bucket,progressive_epochs,knowledge_cpt",
+             "--set", "conflict_bucket.release_p=null", "--set", "progressive_epochs.max_epochs=3",
+             "--set", f"knowledge_cpt.sources.files=[{out / 'experiment' / 'knowledge.jsonl'}]",
+             "--set", f"knowledge_cpt.general={out / 'world' / 'corpus.jsonl'}",
+             "--set", f"general_mc={out / 'world' / 'general_mc.jsonl'}", "--set", "general_format=plain", *extra],
+            cwd=ROOT, env=os.environ.copy(), capture_output=True, text=True, timeout=900)
+
+    mt = mitigate()
+    assert mt.returncode == 0, mt.stdout[-3000:] + mt.stderr[-3000:]
+    assert "recovery matrix" in mt.stdout
+    study = out / "audit" / "mitigate"
+    plan = json.loads((study / "plan.json").read_text())
+    res = {a: json.loads((study / "arms" / a / "result.json").read_text()) for a in
+           ("control", "conflict_bucket", "progressive_epochs", "knowledge_cpt")}
+    # The control is the original training again: on the same MC items it moves (almost) nothing.
+    ctrl = res["control"]["figures"]
+    assert ctrl["recovered"] + ctrl["lost"] <= 2
+    # Progressive epochs recover cause-V samples that were unlearned before it.
+    pe = res["progressive_epochs"]["figures"]
+    assert pe["per_cause"]["V"]["recovered"] >= 1 and pe["recovered"] > ctrl["recovered"]
+    # Static buckets: over every batch of the arm's run, no two members of one conflict group.
+    groups = plan["arms"]["conflict_bucket"]["training"]["sft"]["order"]["options"]["groups"]
+    from ilp_ray.train.state import read_rows
+
+    batches = read_rows(study / "arms" / "conflict_bucket" / "train" / "sft" / "ilp_logs" / "batches")
+    assert len(batches) and groups
+    for ids in batches["ids"]:
+        for g in groups:
+            assert len(set(ids) & set(g)) <= 1
+    # Knowledge CPT: D_k serves the I targets and its SFT starts from the CPT checkpoint.
+    kc = res["knowledge_cpt"]
+    assert kc["cpt_checkpoint"] and plan["arms"]["knowledge_cpt"]["targets"]
+    sft_cfg = json.loads((study / "arms" / "knowledge_cpt" / "train" / "sft" / "ilp_config.json").read_text())
+    assert sft_cfg["config"]["model"]["spec"] == kc["cpt_checkpoint"]
+    assert all(0 <= r["general"]["after"] <= 1 and r["general"]["before"] == res["control"]["general"]["before"]
+               for r in res.values())
+    # The comparison and its report.
+    rec = json.loads((study / "compare" / "recovery.json").read_text())
+    assert set(rec["arms"]) == set(res) and "V" in rec["matrix"]
+    assert (study / "compare" / "report.html").is_file() and (study / "compare" / "figures" / "recovery.png").is_file()
+    # MLflow: one parent run, a child per arm with the same metric names, datasets logged.
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{study / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("ilp-mitigate")
+    runs = client.search_runs([exp.experiment_id])
+    parent = [r for r in runs if r.data.tags.get("ilp.kind") == "mitigation-study"]
+    assert len(parent) == 1
+    children = [r for r in runs if r.data.tags.get("ilp.kind") == "mitigation-arm"]
+    assert sorted(r.data.tags["ilp.arm"] for r in children) == sorted(res)
+    assert all(r.data.tags["mlflow.parentRunId"] == parent[0].info.run_id for r in children)
+    names = [{k for k in r.data.metrics if not k.startswith("recovered.")} for r in children]
+    assert all(n == names[0] for n in names) and {"recovered_share", "lost", "collateral", "general_accuracy"} <= names[0]
+    assert all(r.inputs.dataset_inputs for r in children)
+    nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") in {c.info.run_id for c in children}]
+    assert {r.data.tags.get("ilp.arm") for r in nested} == set(res)  # training and re-audit runs nest per arm
+    # A finished arm is never rerun.
+    stamps = {a: (study / "arms" / a / "result.json").stat().st_mtime_ns for a in res}
+    again = mitigate()
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {a: (study / "arms" / a / "result.json").stat().st_mtime_ns for a in res} == stamps
+    # A killed arm (trained, not yet re-audited) resumes where it stopped: no training again.
+    (study / "arms" / "control" / "result.json").unlink()
+    trained = study / "arms" / "control" / "train" / "sft" / "ilp_done.json"
+    t0 = trained.stat().st_mtime_ns
+    third = mitigate()
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert (study / "arms" / "control" / "result.json").is_file() and trained.stat().st_mtime_ns == t0
