@@ -14,7 +14,12 @@ Figures, side by side in one run (shuffled runs first and last, averaged, to can
 - ``paused_s``: the run's wall minus its steady training time: evaluations, checkpoints (the
   per-epoch checkpoints of progressive epochs) and Ray start-up; reported apart, as the issue asks.
 - ``sampler_ms``: the sampler's own work, timed in-process on the same data: ``order`` for every
-  epoch and ``revise`` for six evaluations.
+  epoch and ``revise`` for six evaluations; ``sampler_share_of_training`` sets it against the
+  run's steady training seconds.
+
+Runs are interleaved over ``--rounds`` (shuffled first in each round and once more at the end);
+``shuffled_relative_spread`` is the run-to-run spread of shuffled itself: an overhead inside it is
+noise, not cost.
 
     .venv/bin/python bench/mitigate_overhead.py [--records 400] [--epochs 3]
 
@@ -68,6 +73,7 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=400)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=2, help="runs per sampler, interleaved (shuffled before each round and at the end)")
     args = ap.parse_args()
     apply_defaults()
     work = Path(tempfile.mkdtemp(prefix="ilp-bench-mitigate-"))
@@ -94,7 +100,8 @@ def _bench(args, work: Path) -> dict:
     ids = [r.id for r in recs]
     plan = samplers(ids)
     runs: dict[str, list[dict]] = {}
-    for n, name in enumerate([*plan, "shuffled"]):
+    sequence = [name for _ in range(args.rounds) for name in plan] + ["shuffled"]
+    for n, name in enumerate(sequence):
         cfg = SftTrainConfig.model_validate({
             "data": str(data), "run_dir": str(work / "runs"), "name": f"{n}-{name}",
             "model": {"spec": str(model_dir)}, "sft": {"format": "chat", "max_length": 256},
@@ -110,20 +117,29 @@ def _bench(args, work: Path) -> dict:
                                           "paused_s": wall - m["steady_seconds"], "wall_s": wall})
         print(f"{name:<20} {m['steady_tokens_per_s']:8.1f} tokens/s  {m['step']} steps  wall {wall:.1f} s",
               file=sys.stderr, flush=True)
-    base = sum(r["tokens_per_s"] for r in runs["shuffled"]) / len(runs["shuffled"])
+    import statistics
+
+    base = statistics.mean(r["tokens_per_s"] for r in runs["shuffled"])
+    spread = statistics.pstdev(r["tokens_per_s"] for r in runs["shuffled"]) / base
     out: dict = {"shuffled_tokens_per_s": round(base, 1),
                  "shuffled_runs": [round(r["tokens_per_s"], 1) for r in runs["shuffled"]],
-                 "overhead": {}, "tokens_per_s": {}, "paused_s": {}, "steps": {}, "sampler_ms": {},
-                 "records": args.records, "epochs": args.epochs, "batch_size": args.batch_size,
-                 "model": "llama 256x4", "trajectory_every_steps": 25}
+                 "shuffled_relative_spread": round(spread, 4),
+                 "overhead": {}, "tokens_per_s": {}, "runs": {}, "paused_s": {}, "steps": {}, "sampler_ms": {},
+                 "sampler_share_of_training": {}, "records": args.records, "epochs": args.epochs,
+                 "batch_size": args.batch_size, "rounds": args.rounds, "model": "llama 256x4",
+                 "trajectory_every_steps": 25}
     for name in plan:
-        r = runs[name][0] if name != "shuffled" else {"tokens_per_s": base, "steps": runs[name][0]["steps"],
-                                                      "paused_s": runs[name][0]["paused_s"]}
-        out["tokens_per_s"][name] = round(r["tokens_per_s"], 1)
-        out["overhead"][name] = round(1 - r["tokens_per_s"] / base, 4)
-        out["paused_s"][name] = round(r["paused_s"], 1)
-        out["steps"][name] = r["steps"]
-        out["sampler_ms"][name] = round(sampler_ms(name, plan[name], subsets, ids, args.epochs, args.batch_size), 2)
+        rs = runs[name]
+        tps = statistics.mean(r["tokens_per_s"] for r in rs)
+        out["tokens_per_s"][name] = round(tps, 1)
+        out["runs"][name] = [round(r["tokens_per_s"], 1) for r in rs]
+        out["overhead"][name] = round(1 - tps / base, 4)
+        out["paused_s"][name] = round(statistics.mean(r["paused_s"] for r in rs), 1)
+        out["steps"][name] = rs[0]["steps"]
+        ms = sampler_ms(name, plan[name], subsets, ids, args.epochs, args.batch_size)
+        out["sampler_ms"][name] = round(ms, 2)
+        train_s = statistics.mean(r["wall_s"] - r["paused_s"] for r in rs)  # the steady training seconds
+        out["sampler_share_of_training"][name] = round(ms / 1000 / train_s, 6)
     return out
 
 

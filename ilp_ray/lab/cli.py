@@ -71,3 +71,23 @@ def epochs_vs_cpt_cmd(
     from ilp_ray.lab.report import print_experiment
 
     print_experiment(result)
+
+
+@experiment_app.command("mitigations")
+def mitigations_cmd(
+    seed: int = typer.Option(0, "--seed", help="World seed."),
+    size: str = typer.Option("default", "--size", help="small or default."),
+    base: str = typer.Option("tiny", "--base", help="tiny or smollm2."),
+    arms: str | None = typer.Option(None, "--arms", help="Comma-separated arms (default: every arm)."),
+    out: str | None = typer.Option(None, "--out", help="Output folder; default runs/lab/<size>-seed<seed>."),
+    config: Path | None = typer.Option(None, "--config", "-c", help="LabConfig YAML."),
+    set_: list[str] = typer.Option([], "--set", help="Override a LabConfig field."),
+    progress: bool = typer.Option(True, help="Show progress."),
+) -> None:
+    """The mitigation loop on the lab: every arm's recovery against the diagnosis and the truth."""
+    from ilp_ray.lab.mitigations import print_mitigations, run_mitigations
+
+    picked = [a.strip() for a in arms.split(",") if a.strip()] if arms else None
+    result = _run(lambda cfg, progress: run_mitigations(cfg, progress, picked), config, set_,
+                  {"seed": seed, "size": size, "base": base, "out": out or f"runs/lab/{size}-seed{seed}"}, progress)
+    print_mitigations(result)

@@ -27,19 +27,23 @@ PLAN = "plan.json"
 
 
 def deep_update(base: dict, changes: dict) -> dict:
-    """``base`` with ``changes`` merged in (nested dicts merge, dotted keys address nested fields)."""
+    """``base`` with ``changes`` merged in: nested dicts merge, and a dotted key of ``changes``
+    itself addresses a nested field (``{"optim.lr": 1e-4}``); keys inside nested values are kept
+    as they are (a tag named ``mlflow.parentRunId`` stays one key)."""
     out = json.loads(json.dumps(base))
     for key, value in changes.items():
         parts = key.split(".")
         node = out
         for p in parts[:-1]:
             node = node.setdefault(p, {})
-        last = parts[-1]
-        if isinstance(value, dict) and isinstance(node.get(last), dict) and value:
-            node[last] = deep_update(node[last], value)
-        else:
-            node[last] = value
+        node[parts[-1]] = _merge(node.get(parts[-1]), value)
     return out
+
+
+def _merge(old: Any, new: Any) -> Any:
+    if isinstance(old, dict) and isinstance(new, dict) and new:
+        return {**old, **{k: _merge(old.get(k), v) for k, v in new.items()}}
+    return json.loads(json.dumps(new))
 
 
 class Study:

@@ -79,11 +79,17 @@ def run_study(study_dir: str | Path, arms: list[str] | None = None, progress: bo
         raise ConfigError(f"arms {missing} are not in the plan (planned: {list(plan['arms'])}); plan them first",
                           file=str(study / PLAN), field="arms")
     _check_general(plan)
-    parent = _tracker(plan, study, study / STUDY_RUN, f"study-{study.parent.name}",
+    parent = _tracker(plan, study, study / STUDY_RUN, f"study-{Path(plan['audit']).name}",
                       {"ilp.kind": "mitigation-study", "ilp.audit_dir": plan["audit"]})
     if not (study / ".params").is_file():
         parent.log_params(flatten({"audit": plan["audit"], "arms": ",".join(names), "base_model": plan["base_model"],
                                    "sft_model": plan["sft_model"]}))
+        from ilp_ray.data import read_sft
+        from ilp_ray.records import records_frame
+
+        ac = plan["audit_config"]
+        parent.log_dataset(records_frame(read_sft(ac["data"], ac.get("data_format", "auto"))), ac["data"], "sft",
+                           "evaluation")
         (study / ".params").write_text("logged\n")
     results: dict[str, dict] = {}
     general_before = _general(plan, plan["sft_model"], study / "general" / "original.jsonl")

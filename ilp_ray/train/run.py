@@ -309,10 +309,19 @@ def _data_stats(cfg) -> list[list]:
 
 
 def _fingerprint(cfg) -> str:
-    """The config and the identity (path, size, mtime) of every data file it reads."""
+    """The config and the identity (path, size, mtime) of every data file it reads.
+
+    Run tags (``tracking.tags``: which study a run belongs to) do not change what is trained, and
+    an empty ``data_exclude`` is the config of before that field: neither enters, so a run that
+    finished before them is still found finished.
+    """
     from ilp_ray.storage import fingerprint
 
-    return fingerprint([cfg.model_dump(mode="json"), [tuple(s) for s in _data_stats(cfg)]])
+    dump = cfg.model_dump(mode="json")
+    dump["tracking"].pop("tags", None)
+    if not dump.get("data_exclude"):
+        dump.pop("data_exclude", None)
+    return fingerprint([dump, [tuple(s) for s in _data_stats(cfg)]])
 
 
 def changed_data(run_path: Path, cfg) -> str | None:

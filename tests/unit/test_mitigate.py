@@ -235,3 +235,12 @@ def test_cli_errors_name_the_field(audit, tmp_path):
                                  f"train_config={audit['train']}", "--set", "tracking.enabled=false"])
     assert r.exit_code == 0, r.output
     assert "conflict_delete" in r.output and "skipped" in r.output
+
+
+def test_deep_update_splits_only_its_own_dotted_keys():
+    from ilp_ray.mitigate.plan import deep_update
+
+    base = {"optim": {"lr": 1, "epochs": 2}, "tracking": {"tags": {}}}
+    out = deep_update(base, {"optim.lr": 3, "tracking": {"tags": {"mlflow.parentRunId": "x"}}})
+    assert out == {"optim": {"lr": 3, "epochs": 2}, "tracking": {"tags": {"mlflow.parentRunId": "x"}}}
+    assert base["optim"]["lr"] == 1  # the input is not changed

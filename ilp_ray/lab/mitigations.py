@@ -1,0 +1,226 @@
+"""``ilp lab experiment mitigations``: the mitigation loop as the lab's second truth test.
+
+The lab runs (or a finished ``ilp lab run`` in the same ``--out`` is reused), then ``ilp mitigate
+plan`` and ``run`` on its audit with every arm. The lab supplies what a real team would have:
+
+- **an encyclopedia** (``mitigations/encyclopedia.jsonl``, indexed with tantivy): every fact SFT
+  teaches with the value SFT teaches, written from the world in its declarative statements
+  (never the SFT question lines), one document per fact. It is not the pretraining corpus: it
+  states the I facts the corpus never does and the II facts with the SFT's value, against the
+  corpus's. III facts (two values in SFT) are left out: no source can back both. Both CPT arms
+  search it, ``conflict_cpt`` keeping only documents that name the SFT's value;
+- **a general MC set** (``world/general_mc.jsonl``: the background facts, in the corpus, never in
+  SFT) for the general-ability check;
+- the world's corpus as D_general.
+
+The recovery matrix is scored twice: against the diagnosed cause (``compare/recovery.json`` of the
+study) and against the **true category** (``truth.jsonl``). ``mitigations/table.json`` holds both,
+the diagonal test (the arm aimed at a cause against the best other arm), each arm's collateral
+damage and general ability, and the paper's tables as rows of the same runs (Tables 2, 4, 8, 11).
+
+The protocol is fixed by the paper and the mitigation loop's defaults; the CPT arms take the
+lab's own CPT settings (``experiment_epochs_vs_cpt``: 100 passes at lr 1e-3, fixed before this
+experiment), since the loop's default of one pass over a handful of documents is a few steps.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ilp_ray.lab.config import LabConfig
+from ilp_ray.storage import write_json_atomic
+
+#: The arm aimed at each cause (the paper's remedy); the diagonal of the recovery matrix.
+AIMED = {"I": "knowledge_cpt", "II": "conflict_cpt", "III": "conflict_bucket", "IV": "dynamic_resample",
+         "V": "progressive_epochs"}
+#: The margin by which the aimed arm must beat every other arm on its cause (issue 19's target).
+MARGIN = 0.10
+
+
+@dataclass
+class MitigationsResult:
+    out: Path
+    table: dict[str, Any]
+    wall_s: float
+
+
+def encyclopedia(world) -> list[dict]:
+    """One document per SFT fact (III left out), every statement template with the SFT's value."""
+    docs, seen = [], set()
+    for t in world.truth:
+        key = (t["entity"], t["relation"])
+        if t["category"] == "III" or key in seen or t["relation"] not in world.relations:
+            continue
+        seen.add(key)
+        text = " ".join(s.format(e=key[0], v=t["value"]) for s in world.relations[t["relation"]].statements)
+        docs.append({"id": f"enc-{len(docs):05d}", "text": text})
+    return docs
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    if path.is_file() and path.read_text() == text:
+        return
+    from ilp_ray.storage import write_text_atomic
+
+    write_text_atomic(text, path)
+
+
+def build_encyclopedia(world, out: Path) -> Path:
+    """``out/encyclopedia.jsonl`` and its tantivy index ``out/encyclopedia-index`` (rebuilt when the
+    world changed); returns the index location."""
+    import hashlib
+    import shutil
+
+    from ilp_ray.evidence.config import CorpusConfig
+    from ilp_ray.evidence.ingest import ingest, manifest_path
+
+    docs = out / "encyclopedia.jsonl"
+    _write_if_changed(docs, "".join(json.dumps(d) + "\n" for d in encyclopedia(world)))
+    corpus = CorpusConfig.model_validate({"index": {"location": str(out / "encyclopedia-index")}})
+    stamp = out / "encyclopedia-index.json"
+    ident = {"sha256": hashlib.sha256(docs.read_bytes()).hexdigest()}
+    if not stamp.is_file() or json.loads(stamp.read_text()) != ident:
+        shutil.rmtree(out / "encyclopedia-index", ignore_errors=True)
+        manifest_path(corpus.index).unlink(missing_ok=True)
+    ingest([str(docs)], corpus.index, corpus.chunk, corpus.ingest, progress=False)
+    write_json_atomic(ident, stamp)
+    return out / "encyclopedia-index"
+
+
+def mitigate_config(cfg: LabConfig, out: Path, paths: dict[str, Path], index: Path, arms: list[str] | None):
+    from ilp_ray.mitigate.config import MitigateConfig
+    from ilp_ray.track import default_tracking_uri
+
+    x = cfg.experiment_epochs_vs_cpt
+    cpt = {"sources": {"index": {"location": str(index)}, "k": 5}, "general": str(paths["corpus"]),
+           "ratio": x.cpt_ratio, "epochs": x.cpt_epochs, "lr": x.cpt_lr}
+    return MitigateConfig.model_validate({
+        "audit": str(out / "audit"), "out": str(out / "mitigations" / "study"), "arms": arms,
+        "knowledge_cpt": cpt, "conflict_cpt": cpt,
+        "general_mc": str(paths["world"].parent / "general_mc.jsonl"), "general_format": "plain",
+        "tracking": {"experiment": cfg.experiment, "uri": default_tracking_uri(out)[0]}})
+
+
+def truth_matrix(transitions, truth) -> dict[str, Any]:
+    """Share of each true category's unlearned samples every arm recovered (and how many)."""
+    t = transitions.merge(truth[["id", "category"]], on="id", how="left")
+    unl = t[t["unlearned_before"]]
+    cats = [c for c in ("I", "II", "III", "IV", "V", "control") if (unl["category"] == c).any()]
+    arms = list(dict.fromkeys(t["arm"]))
+    matrix = {c: {a: _share(unl[(unl.category == c) & (unl.arm == a)]) for a in arms} for c in cats}
+    n = {c: int(((unl.category == c) & (unl.arm == arms[0])).sum()) for c in cats}
+    return {"matrix": matrix, "unlearned": n, "arms": arms}
+
+
+def _share(g) -> float | None:
+    return float((g["transition"] == "recovered").mean()) if len(g) else None
+
+
+def diagonal(matrix: dict[str, dict[str, float | None]]) -> dict[str, Any]:
+    """Per cause: the aimed arm's share, the best other arm's, the margin, and the verdict."""
+    out = {}
+    for cause, arm in AIMED.items():
+        row = matrix.get(cause)
+        if not row or row.get(arm) is None:
+            out[cause] = {"arm": arm, "share": None, "note": "no unlearned sample of this cause, or arm not run"}
+            continue
+        others = {a: v for a, v in row.items() if a != arm and v is not None}
+        best = max(others, key=others.get) if others else None
+        margin = row[arm] - (others[best] if best else 0.0)
+        out[cause] = {"arm": arm, "share": row[arm], "best_other": best,
+                      "best_other_share": others.get(best), "margin": margin, "dominates": margin >= MARGIN}
+    return out
+
+
+def accuracy_rows(t, truth) -> dict[str, Any]:
+    """The paper's tables as rows of the same runs: accuracy (argmax right) of a set of samples
+    before (the lab's SFT) and after each arm that the table compares."""
+    t = t.merge(truth[["id", "category"]], on="id", how="left")
+
+    def acc(mask, arm):
+        g = t[mask & (t.arm == arm)]
+        return {"n": int(len(g)), "after": float(g.correct_after.mean()) if len(g) else None,
+                "before": float(g.correct_before.mean()) if len(g) else None}
+
+    arms = set(t.arm)
+    out: dict[str, Any] = {}
+    for name, cat, rows in (("table4_I", "I", ("progressive_epochs", "knowledge_cpt")),
+                            ("table8_III", "III", ("conflict_delete", "conflict_bucket")),
+                            ("table2_conflict_II", "II", ("conflict_cpt",)),
+                            ("table2_insufficient_V", "V", ("progressive_epochs",))):
+        present = [a for a in (*rows, "control") if a in arms]
+        if present:
+            out[name] = {a: acc(t.category == cat, a) for a in present}
+    if "dynamic_resample" in arms:
+        pos = t[t.arm == "dynamic_resample"]["position"]
+        lo, hi = pos.quantile(0.1), pos.quantile(0.9)
+        bands = {"first_10pct": t.position <= lo, "middle": (t.position > lo) & (t.position < hi),
+                 "last_10pct": t.position >= hi}
+        out["table11_positions"] = {b: acc(m, "dynamic_resample") for b, m in bands.items()}
+    return out
+
+
+def run_mitigations(cfg: LabConfig, progress: bool = True, arms: list[str] | None = None) -> MitigationsResult:
+    """The lab, then the study on its audit, then both matrices and the tables in ``table.json``."""
+    import pandas as pd
+
+    from ilp_ray.lab.run import _log, run_lab
+    from ilp_ray.mitigate.plan import make_plan
+    from ilp_ray.mitigate.run import run_study
+    from ilp_ray.storage import load_verdicts
+
+    t0 = time.perf_counter()
+    out = Path(cfg.out).resolve()
+    lab = run_lab(cfg, progress)
+    from ilp_ray.lab.run import build_world
+
+    world, paths = build_world(cfg, out)
+    _log("the encyclopedia: every SFT fact with the SFT's value (not the pretraining corpus), indexed", progress)
+    index = build_encyclopedia(world, out / "mitigations")
+    mcfg = mitigate_config(cfg, out, paths, index, arms)
+    _, plan = make_plan(mcfg)
+    study = run_study(mcfg.out, arms, progress=progress)
+    tr = pd.read_parquet(Path(mcfg.out) / "compare" / "transitions.parquet")
+    verdicts = load_verdicts(out / "audit")[["id", "position"]]
+    tr = tr.merge(verdicts, on="id", how="left")
+    truth = pd.read_json(paths["truth"], lines=True)
+    true = truth_matrix(tr, truth)
+    cmp = study.compare or {}
+    table = {
+        "seed": cfg.seed, "size": cfg.size, "base": cfg.base, "lab_macro_f1": lab.metrics.get("macro_f1"),
+        "arms": true["arms"], "aimed": AIMED, "margin_target": MARGIN,
+        "truth": {"matrix": true["matrix"], "unlearned": true["unlearned"], "diagonal": diagonal(true["matrix"])},
+        "diagnosed": {"matrix": cmp.get("matrix"), "unlearned": cmp.get("unlearned_per_cause"),
+                      "diagonal": diagonal(cmp.get("matrix") or {})},
+        "arm_figures": {a: {k: f.get(k) for k in ("recovered", "lost", "collateral", "accuracy", "learn_rate",
+                                                   "general_accuracy", "general_delta")}
+                        for a, f in (cmp.get("figures") or {}).items()},
+        "tables": accuracy_rows(tr, truth),
+        "plan_skipped": {a: p["skipped"] for a, p in plan["arms"].items() if p["skipped"]},
+    }
+    table["wall_s"] = time.perf_counter() - t0
+    write_json_atomic(table, out / "mitigations" / "table.json")
+    return MitigationsResult(out / "mitigations", table, table["wall_s"])
+
+
+def print_mitigations(result: MitigationsResult) -> None:
+    t = result.table
+    print(f"mitigations (seed {t['seed']}, {t['size']}, {t['base']}): recovery of each TRUE category's "
+          "unlearned samples")
+    arms = t["arms"]
+    print("  cause   n   " + " ".join(f"{a[:12]:>12}" for a in arms))
+    for c, row in t["truth"]["matrix"].items():
+        cells = " ".join(f"{'-' if row[a] is None else format(row[a], '.2f'):>12}" for a in arms)
+        print(f"  {c:<7} {t['truth']['unlearned'][c]:<3} {cells}")
+    for c, d in t["truth"]["diagonal"].items():
+        if d.get("share") is None:
+            print(f"  {c}: {d['note']}")
+            continue
+        other = "-" if d["best_other"] is None else f"{d['best_other']} {d['best_other_share']:.2f}"
+        print(f"  {c}: {d['arm']} {d['share']:.2f} vs best other {other} "
+              f"(margin {d['margin']:+.2f}: {'dominates' if d['dominates'] else 'does not dominate'})")
+    print(f"table: {result.out / 'table.json'}  ({t['wall_s']:.0f} s)")

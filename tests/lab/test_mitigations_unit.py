@@ -1,0 +1,42 @@
+"""The lab's mitigation experiment, its parts: the encyclopedia, the truth matrix, the diagonal."""
+
+import pandas as pd
+import pytest
+
+from ilp_ray.lab import world as W
+from ilp_ray.lab.mitigations import AIMED, diagonal, encyclopedia, truth_matrix
+
+
+def test_encyclopedia_states_the_sft_value_never_the_sft_question_and_skips_iii():
+    world = W.generate(0, "small")
+    docs = encyclopedia(world)
+    text = " ".join(d["text"] for d in docs)
+    assert "?" not in text                                     # statements, never the SFT question lines
+    truth = pd.DataFrame(world.truth)
+    for cat in ("I", "II"):
+        for t in truth[truth.category == cat].itertuples():
+            mine = [d["text"] for d in docs if t.entity in d["text"] and t.value in d["text"]]
+            assert mine, (cat, t.entity, t.value)              # I: what the corpus lacks; II: the SFT's value
+    for t in truth[truth.category == "II"].itertuples():
+        assert not any(t.entity in d["text"] and t.corpus_value in d["text"].split() for d in docs
+                       if t.corpus_value and t.corpus_value != t.value)
+    iii = {(t.entity, t.relation) for t in truth[truth.category == "III"].itertuples()}
+    facts = {(t.entity, t.relation) for t in truth.itertuples() if t.category != "III"}
+    assert len(docs) == len(facts) and not (iii & facts)
+
+
+def test_truth_matrix_and_diagonal_by_hand():
+    rows = []
+    # Two arms; category I: 2 unlearned samples, knowledge_cpt recovers both, control one.
+    for arm, rec in (("knowledge_cpt", ["recovered", "recovered"]), ("control", ["recovered", "still_unlearned"])):
+        for i, tr in enumerate(rec):
+            rows.append({"id": f"i{i}", "arm": arm, "unlearned_before": True, "transition": tr})
+        rows.append({"id": "c0", "arm": arm, "unlearned_before": False, "transition": "still_learned"})
+    truth = pd.DataFrame({"id": ["i0", "i1", "c0"], "category": ["I", "I", "control"]})
+    m = truth_matrix(pd.DataFrame(rows), truth)
+    assert m["matrix"] == {"I": {"knowledge_cpt": 1.0, "control": 0.5}} and m["unlearned"] == {"I": 2}
+    d = diagonal(m["matrix"])
+    assert d["I"]["margin"] == pytest.approx(0.5) and d["I"]["dominates"] and d["I"]["best_other"] == "control"
+    assert d["II"]["share"] is None and set(d) == set(AIMED)
+    d = diagonal({"I": {"knowledge_cpt": 0.5, "control": 0.45}})
+    assert not d["I"]["dominates"]                            # 5 points < the 10-point margin
