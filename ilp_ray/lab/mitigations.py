@@ -143,7 +143,7 @@ def accuracy_rows(t, truth) -> dict[str, Any]:
 
     def acc(mask, arm):
         g = t[mask & (t.arm == arm)]
-        return {"n": int(len(g)), "after": float(g.correct_after.mean()) if len(g) else None,
+        return {"n": len(g), "after": float(g.correct_after.mean()) if len(g) else None,
                 "before": float(g.correct_before.mean()) if len(g) else None}
 
     arms = set(t.arm)

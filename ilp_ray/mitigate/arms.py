@@ -107,7 +107,7 @@ class _KnowledgeCpt(Arm):
             raise ConfigError(f"the knowledge sources gave no document for any of the {len(triples)} "
                               f"{self.cause} triples ({counts['repeats_left_out']} repeated the SFT sample, "
                               f"{counts['without_object_left_out']} lacked its value)", field=f"{self.name}.sources")
-        dk = st.arm_dir(self.name) / "dk.jsonl"
+        dk = st.out / "data" / f"{self.name}-dk.jsonl"  # the plan's data: outlives a restarted arm
         write_corpus(docs, dk)
         sft = st.sft_training(self.name, model={"spec": CPT_CHECKPOINT})
         cpt = st.cpt_training(self.name, c, str(dk))

@@ -76,15 +76,31 @@ def run_(run: Path = _RUN, config: Path | None = _CONFIG, set_: list[str] = _SET
         from ilp_ray.mitigate.plan import PLAN, Study, make_plan
         from ilp_ray.mitigate.run import run_study
 
-        study = Path(cfg.out).expanduser().resolve() if cfg.out else Study.out_of(cfg)
+        study = Study.out_of(cfg)
         if replan or not (study / PLAN).is_file():
             path, p = make_plan(cfg)
             _print_plan(p, path)
+        else:
+            check_plan_settings(study / PLAN, cfg)
         result = run_study(study, cfg.arms, progress=progress)
     except _errors() as e:
         _fail(e)
         return
     _print_compare(result.compare)
+
+
+def check_plan_settings(path: Path, cfg) -> None:
+    """An existing plan.json made with other settings would silently ignore the new ones."""
+    import json
+
+    from ilp_ray.errors import ConfigError
+
+    made = json.loads(path.read_text()).get("config") or {}
+    now = cfg.model_dump(mode="json")
+    changed = sorted(k for k in set(made) | set(now) if k != "arms" and made.get(k) != now.get(k))
+    if changed:
+        raise ConfigError(f"{path} was planned with other settings ({', '.join(changed)}); pass --replan to "
+                          "plan again (an edited plan is then replaced), or run with its settings", file=str(path))
 
 
 def _print_compare(cmp: dict | None) -> None:

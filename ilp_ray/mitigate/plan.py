@@ -4,7 +4,7 @@ The study directory (``MitigateConfig.out``, default ``<audit>/mitigate``)::
 
     plan.json                 for each arm: targets, the data it adds/drops/reweights, its training
                               configs (CPT and SFT), or why it is skipped. Edit it before `run`.
-    arms/<arm>/dk.jsonl       a CPT arm's knowledge corpus, each document with its source and triple
+    data/<arm>-dk.jsonl       a CPT arm's knowledge corpus, each document with its source and triple
     arms/<arm>/train/         the arm's Ray Train runs (cpt/, sft/)
     arms/<arm>/audit/         the re-audit of the arm's model on the original MC items
     arms/<arm>/result.json    the arm's figures (``ilp_ray.mitigate.compare``); its presence = done

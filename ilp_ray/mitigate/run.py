@@ -80,7 +80,7 @@ def run_study(study_dir: str | Path, arms: list[str] | None = None, progress: bo
                           file=str(study / PLAN), field="arms")
     _check_general(plan)
     parent = _tracker(plan, study, study / STUDY_RUN, f"study-{Path(plan['audit']).name}",
-                      {"ilp.kind": "mitigation-study", "ilp.audit_dir": plan["audit"]})
+                      {"ilp.kind": "mitigation-study", "ilp.audit_dir": plan["audit"], **_audit_run(plan)})
     if not (study / ".params").is_file():
         parent.log_params(flatten({"audit": plan["audit"], "arms": ",".join(names), "base_model": plan["base_model"],
                                    "sft_model": plan["sft_model"]}))
@@ -123,9 +123,14 @@ def _check_general(plan: dict) -> None:
 
 
 def _general(plan: dict, model: str, out: Path) -> float | None:
-    """Accuracy of ``model`` on the general MC set (cached in ``out``), or None without one."""
+    """Accuracy of ``model`` on the general MC set (cached beside ``out``, keyed by the set's
+    content and format), or None without one."""
     if not plan.get("general_mc"):
         return None
+    import hashlib
+
+    key = hashlib.sha256(Path(plan["general_mc"]).read_bytes() + plan.get("general_format", "").encode()).hexdigest()
+    out = out.with_name(f"{out.stem}-{key[:12]}{out.suffix}")
     if not out.is_file():
         from ilp_ray.config import ScoringConfig
         from ilp_ray.score_cli import score_file
@@ -160,7 +165,7 @@ def run_arm(plan: dict, study: Path, name: str, parent, general_before: float | 
     write_json_atomic({"plan_fingerprint": fp, "arm": arm}, stamp)
     child = _tracker(plan, study, d / "ilp_arm_run.json", name,
                      {"mlflow.parentRunId": parent.run_id or "", "ilp.kind": "mitigation-arm", "ilp.arm": name,
-                      "ilp.cause": str(arm.get("cause") or "-"), "ilp.audit_dir": plan["audit"]})
+                      "ilp.cause": str(arm.get("cause") or "-"), "ilp.audit_dir": plan["audit"], **_audit_run(plan)})
     sub_tags = {"mlflow.parentRunId": child.run_id or "", "ilp.arm": name}
     try:
         cpt_ckpt = None
@@ -221,6 +226,14 @@ def run_arm(plan: dict, study: Path, name: str, parent, general_before: float | 
     child.end("FINISHED")
     _say(f"{tag} {name}: recovered {fig['recovered']}/{fig['unlearned_before']}, lost {fig['lost']}", progress)
     return result
+
+
+def _audit_run(plan: dict) -> dict:
+    """``ilp.source_audit_run_id``: the original audit's MLflow run (its ``ilp_run.json``), if any."""
+    try:
+        return {"ilp.source_audit_run_id": json.loads((Path(plan["audit"]) / "ilp_run.json").read_text())["mlflow_run_id"]}
+    except (FileNotFoundError, KeyError, json.JSONDecodeError):
+        return {}
 
 
 def _with_tags(cfg: dict, tags: dict) -> dict:

@@ -9,6 +9,7 @@ Run layout (``cfg.run_dir``)::
     verdicts/shard-*.parquet       the per-sample table (cheap; rewritten every run)
     summary.json                   the summary figures
     audit_config.json              the config, as run (a mitigation re-audits with it)
+    ilp_run.json                   the MLflow run of the latest run of the audit
     evidence/                      corpus evidence (evidence.enabled): evidence.parquet,
                                    corpus_evidence.parquet (the diagnosis reads it), summary.json
     diagnosis/                     the diagnosis (diagnose.enabled)
@@ -348,6 +349,9 @@ def run_audit(cfg: AuditConfig, progress: bool = True) -> AuditResult:
     with tracker.start(cfg.name or run_dir.name, tags={**_run_tags(cfg), **cfg.tracking.tags}):
         tracker.log_params(flatten(cfg.model_dump()))
         tracker.log_dataset(records_frame(records), cfg.data, "sft", "evaluation")
+        if tracker.run_id:  # a later job (a mitigation study) links its runs to this one
+            S.write_json_atomic({"mlflow_run_id": tracker.run_id, "tracking_uri": tracker.tracking_uri},
+                                run_dir / "ilp_run.json")
         tracker.log_metrics(_metric_view(summary))
         tracker.log_artifact(run_dir / "summary.json")
         tracker.log_artifact(run_dir / "verdicts", "verdicts")

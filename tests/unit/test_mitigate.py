@@ -244,3 +244,15 @@ def test_deep_update_splits_only_its_own_dotted_keys():
     out = deep_update(base, {"optim.lr": 3, "tracking": {"tags": {"mlflow.parentRunId": "x"}}})
     assert out == {"optim": {"lr": 3, "epochs": 2}, "tracking": {"tags": {"mlflow.parentRunId": "x"}}}
     assert base["optim"]["lr"] == 1  # the input is not changed
+
+
+def test_run_refuses_a_plan_made_with_other_settings(audit):
+    from typer.testing import CliRunner
+
+    from ilp_ray.cli import app
+
+    common = ["--run", str(audit["run"]), "--set", f"train_config={audit['train']}", "--set", "tracking.enabled=false"]
+    assert CliRunner().invoke(app, ["mitigate", "plan", *common]).exit_code == 0
+    r = CliRunner().invoke(app, ["mitigate", "run", *common, "--set", "dynamic_resample.delta=0.2", "--no-progress"])
+    assert r.exit_code == 2 and "planned with other settings (dynamic_resample)" in r.output and "--replan" in r.output
+    assert not (audit["run"] / "mitigate" / "arms").exists()  # nothing trained
