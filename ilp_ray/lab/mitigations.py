@@ -16,7 +16,8 @@ plan`` and ``run`` on its audit with every arm. The lab supplies what a real tea
 The recovery matrix is scored twice: against the diagnosed cause (``compare/recovery.json`` of the
 study) and against the **true category** (``truth.jsonl``). ``mitigations/table.json`` holds both,
 the diagonal test (the arm aimed at a cause against the best other arm), each arm's collateral
-damage and general ability, and the paper's tables as rows of the same runs (Tables 2, 4, 8, 11).
+damage and general ability, the paper's tables as rows of the same runs (Tables 2, 4, 8, 11), and
+the field's single-signal baselines beside the diagnosis (``ilp_ray.lab.baselines``).
 
 The protocol is fixed by the paper and the mitigation loop's defaults; the CPT arms take the
 lab's own CPT settings (``experiment_epochs_vs_cpt``: 100 passes at lr 1e-3, fixed before this
@@ -164,6 +165,17 @@ def accuracy_rows(t, truth) -> dict[str, Any]:
     return out
 
 
+def _baselines(out: Path, truth, metrics: dict) -> dict[str, Any]:
+    """The single-signal baselines (``ilp_ray.lab.baselines``) on the same lab run, beside ours."""
+    import pandas as pd
+
+    from ilp_ray.lab.baselines import score
+    from ilp_ray.storage import load_verdicts
+
+    traj = out / "sft" / "trajectory.parquet"
+    return score(load_verdicts(out / "audit"), pd.read_parquet(traj) if traj.is_file() else None, truth, metrics)
+
+
 def run_mitigations(cfg: LabConfig, progress: bool = True, arms: list[str] | None = None) -> MitigationsResult:
     """The lab, then the study on its audit, then both matrices and the tables in ``table.json``."""
     import pandas as pd
@@ -201,6 +213,7 @@ def run_mitigations(cfg: LabConfig, progress: bool = True, arms: list[str] | Non
                         for a, f in (cmp.get("figures") or {}).items()},
         "tables": accuracy_rows(tr, truth),
         "plan_skipped": {a: p["skipped"] for a, p in plan["arms"].items() if p["skipped"]},
+        "baselines": _baselines(out, truth, lab.metrics),
     }
     table["wall_s"] = time.perf_counter() - t0
     write_json_atomic(table, out / "mitigations" / "table.json")
@@ -223,4 +236,9 @@ def print_mitigations(result: MitigationsResult) -> None:
         other = "-" if d["best_other"] is None else f"{d['best_other']} {d['best_other_share']:.2f}"
         print(f"  {c}: {d['arm']} {d['share']:.2f} vs best other {other} "
               f"(margin {d['margin']:+.2f}: {'dominates' if d['dominates'] else 'does not dominate'})")
+    print("  single-signal baselines on the same run (precision / recall on the true category; ours beside):")
+    for key, b in t.get("baselines", {}).items():
+        f = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+        print(f"    {key:<26} {f(b['precision'])} / {f(b['recall'])}   ours {f(b['ours_precision'])} / "
+              f"{f(b['ours_recall'])}")
     print(f"table: {result.out / 'table.json'}  ({t['wall_s']:.0f} s)")

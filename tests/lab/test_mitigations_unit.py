@@ -40,3 +40,21 @@ def test_truth_matrix_and_diagonal_by_hand():
     assert d["II"]["share"] is None and set(d) == set(AIMED)
     d = diagonal({"I": {"knowledge_cpt": 0.5, "control": 0.45}})
     assert not d["I"]["dominates"]                            # 5 points < the 10-point margin
+
+
+def test_baselines_by_hand():
+    from ilp_ray.lab.baselines import attribute, cartography, forgetting_events
+
+    rows = []
+    for step, (a, b) in enumerate([(1, 0), (0, 0), (1, 1), (0, 1)]):  # a: right, wrong, right, wrong
+        rows.append({"id": "a", "step": step, "correct": bool(a), "p_correct": 0.9 if a else 0.1, "trained_step": 0})
+        rows.append({"id": "b", "step": step, "correct": bool(b), "p_correct": 0.6 if b else 0.4, "trained_step": 2})
+    tr = pd.DataFrame(rows)
+    assert forgetting_events(tr) == {"a": 2, "b": 0}         # b counts from its training step (2) only
+    conf, var = cartography(tr)
+    assert conf["a"] == pytest.approx(0.5) and var["a"] == pytest.approx(0.4)
+    assert conf["b"] == pytest.approx(0.6) and var["b"] == pytest.approx(0.0)
+    v = pd.DataFrame({"id": ["a", "b"], "unlearned": [True, True], "answer": [0, 0],
+                      "base_probs": [[0.01, 0.99], [0.5, 0.5]], "base_correct": [False, True]})
+    got = attribute(v, tr)
+    assert got["IV:forgetting_events"] == {"a"} and got["I:slick_unknown"] == {"a"}  # (1-0.01)^16 = 0.85
