@@ -23,8 +23,9 @@ class Tracker:
     def log_params(self, params: dict[str, Any]) -> None:
         pass
 
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        pass
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None, keep_nan: bool = False) -> None:
+        """Log ``metrics`` at ``step``; NaN values are dropped unless ``keep_nan`` (a figure that
+        does not apply, logged so every run of a comparison carries the same names)."""
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         pass
@@ -85,13 +86,13 @@ class MLflowTracker(Tracker):
         for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
             self._client.log_batch(self.run_id, params=items[i:i + 100])
 
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None, keep_nan: bool = False) -> None:
         import time
 
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        ms = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items() if v == v]  # drop NaN
+        ms = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items() if keep_nan or v == v]
         for i in range(0, len(ms), 1000):
             self._client.log_batch(self.run_id, metrics=ms[i:i + 1000])
 

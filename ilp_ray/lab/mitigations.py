@@ -165,6 +165,62 @@ def accuracy_rows(t, truth) -> dict[str, Any]:
     return out
 
 
+def score_items(checkpoint: str, records) -> dict[str, float]:
+    """Accuracy, expected pass@10 and learn rate of ``checkpoint`` on the MC ``records``."""
+    import numpy as np
+
+    from ilp_ray.metrics import option_probs, pad_ragged, pass_expected
+    from ilp_ray.records import McItem
+    from ilp_ray.scoring.hf import TransformersEngine
+
+    items = [McItem(id=r.id, question=r.prompt, options=tuple(r.options), answer=int(r.answer), subset=r.subset)
+             for r in records]
+    scores = TransformersEngine(checkpoint, fmt="plain").score(items)
+    probs = option_probs(pad_ragged([s.logprob_sum for s in scores], -np.inf))
+    answers = np.array([it.answer for it in items])
+    p = pass_expected(probs, answers)
+    return {"items": len(items), "accuracy": float((probs.argmax(axis=1) == answers).mean()),
+            "pass_at_10": float(p.mean()), "learn_rate": float((p >= 0.5).mean())}
+
+
+def table4(cfg: LabConfig, out: Path, paths: dict[str, Path], world, lab, knowledge: dict | None,
+           progress: bool) -> dict[str, Any]:
+    """The paper's Table 4 (folded in from the former ``epochs-vs-cpt`` experiment) on the true
+    category I samples: the lab's SFT (its own epochs), the same SFT for ``long_epochs`` (10, the
+    paper's) from the same base, and ``knowledge_cpt`` (CPT on D_k, then the lab's SFT), with the
+    base and the base after CPT for reference. Every model is scored by one route, on the samples'
+    own options: accuracy, expected pass@10 and learn rate (p(correct) >= 0.5); deltas against the
+    lab's SFT."""
+    import pandas as pd
+
+    from ilp_ray.data import read_sft
+    from ilp_ray.lab.run import _log, sft_config, train_fresh
+    from ilp_ray.train.config import SftTrainConfig
+
+    x = cfg.experiment_epochs_vs_cpt
+    truth = pd.read_json(paths["truth"], lines=True)
+    gap_ids = set(truth.loc[truth.category == "I", "id"])
+    gap = [r for r in read_sft(paths["sft"]) if r.id in gap_ids]
+    if not gap:
+        return {"note": "no category I sample in this world"}
+    _log(f"Table 4: the lab's SFT for {x.long_epochs} epochs from the same base", progress)
+    c = sft_config(cfg, lab.base, paths["sft"], out / "mitigations" / "table4", len(world.sft))
+    c.update(name="sft_long_epochs", trajectory={"enabled": False})
+    c["optim"]["epochs"] = x.long_epochs
+    long_ = train_fresh(SftTrainConfig.model_validate(c), progress)
+    epochs = cfg.sft_settings().epochs
+    models = [("base", lab.base, "the base, no SFT"), ("sft", lab.sft, f"the lab's SFT ({epochs} epoch(s))"),
+              ("sft_long_epochs", str(long_.checkpoint), f"the same SFT for {x.long_epochs} epochs")]
+    if knowledge and knowledge.get("cpt_checkpoint"):
+        models += [("cpt_only", knowledge["cpt_checkpoint"], "the base after knowledge_cpt's CPT, no SFT"),
+                   ("knowledge_cpt", knowledge["sft_checkpoint"], "knowledge_cpt: CPT, then the lab's SFT")]
+    rows = [{"arm": arm, "what": what, **score_items(ckpt, gap)} for arm, ckpt, what in models]
+    ref = next(r for r in rows if r["arm"] == "sft")
+    for r in rows:
+        r.update({f"delta_{k}": r[k] - ref[k] for k in ("accuracy", "pass_at_10", "learn_rate")})
+    return {"items": len(gap), "rows": rows, "settings": {"epochs": epochs, "long_epochs": x.long_epochs}}
+
+
 def _baselines(out: Path, truth, metrics: dict) -> dict[str, Any]:
     """The single-signal baselines (``ilp_ray.lab.baselines``) on the same lab run, beside ours."""
     import pandas as pd
@@ -176,8 +232,12 @@ def _baselines(out: Path, truth, metrics: dict) -> dict[str, Any]:
     return score(load_verdicts(out / "audit"), pd.read_parquet(traj) if traj.is_file() else None, truth, metrics)
 
 
-def run_mitigations(cfg: LabConfig, progress: bool = True, arms: list[str] | None = None) -> MitigationsResult:
-    """The lab, then the study on its audit, then both matrices and the tables in ``table.json``."""
+def run_mitigations(cfg: LabConfig, progress: bool = True, arms: list[str] | None = None,
+                    table4_long: bool = True) -> MitigationsResult:
+    """The lab, then the study on its audit, then both matrices and the tables in ``table.json``.
+
+    With ``knowledge_cpt`` among the arms and ``table4_long``, Table 4's extra model (the lab's SFT
+    for ``long_epochs``) is trained and every Table 4 model scored (``table["table4"]``)."""
     import pandas as pd
 
     from ilp_ray.lab.run import _log, run_lab
@@ -215,6 +275,9 @@ def run_mitigations(cfg: LabConfig, progress: bool = True, arms: list[str] | Non
         "plan_skipped": {a: p["skipped"] for a, p in plan["arms"].items() if p["skipped"]},
         "baselines": _baselines(out, truth, lab.metrics),
     }
+    if "knowledge_cpt" in true["arms"] and table4_long:
+        kc = json.loads((Path(mcfg.out) / "arms" / "knowledge_cpt" / "result.json").read_text())
+        table["table4"] = table4(cfg, out, paths, world, lab, kc, progress)
     table["wall_s"] = time.perf_counter() - t0
     write_json_atomic(table, out / "mitigations" / "table.json")
     return MitigationsResult(out / "mitigations", table, table["wall_s"])
@@ -241,4 +304,20 @@ def print_mitigations(result: MitigationsResult) -> None:
         f = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
         print(f"    {key:<26} {f(b['precision'])} / {f(b['recall'])}   ours {f(b['ours_precision'])} / "
               f"{f(b['ours_recall'])}")
+    if t.get("table4", {}).get("rows"):
+        print_table4(t["table4"])
     print(f"table: {result.out / 'table.json'}  ({t['wall_s']:.0f} s)")
+
+
+def print_table4(t4: dict[str, Any]) -> None:
+    """Table 4's layout: one row per model on the category I samples, deltas vs the lab's SFT."""
+    from rich.console import Console
+    from rich.table import Table
+
+    tab = Table(title=f"Table 4 on the category I samples ({t4['items']}): accuracy, pass@10, learn rate")
+    for col in ("model", "accuracy", "pass@10", "learn rate", "Δ learn rate vs the lab's SFT"):
+        tab.add_column(col, justify="left" if col == "model" else "right")
+    for r in t4["rows"]:
+        tab.add_row(r["what"], f"{r['accuracy']:.3f}", f"{r['pass_at_10']:.3f}", f"{r['learn_rate']:.3f}",
+                    f"{r['delta_learn_rate']:+.3f}")
+    Console().print(tab)

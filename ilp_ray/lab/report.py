@@ -41,20 +41,3 @@ def print_lab(result: Any) -> None:
         con.print(f"report:    {result.report}")
     if result.tracking_uri:
         con.print(f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {result.tracking_uri}  (then http://127.0.0.1:5000)")
-
-
-def print_experiment(result: Any) -> None:
-    """The epochs-vs-CPT table (the paper's Table 4 layout): one row per model, deltas vs 2 epochs."""
-    from rich.console import Console
-    from rich.table import Table
-
-    con = Console()
-    n = result.table[0]["items"] if result.table else 0
-    t = Table(title=f"Category I items ({n}): accuracy, pass@10 and learn rate per arm")
-    for col in ("arm", "accuracy", "pass@10", "learn rate", "Δ learn rate vs 2 epochs"):
-        t.add_column(col, justify="left" if col == "arm" else "right")
-    for r in result.table:
-        t.add_row(r["what"], f"{r['accuracy']:.3f}", f"{r['pass_at_10']:.3f}", f"{r['learn_rate']:.3f}",
-                  f"{r['delta_learn_rate']:+.3f}")
-    con.print(t)
-    con.print(f"table: {result.out / 'table.json'}  ·  wall {result.wall_s:.0f} s")

@@ -39,6 +39,8 @@ class LabResult:
     report: Path | None
     run_id: str | None
     tracking_uri: str | None
+    base: str | None = None  # the base model SFT started from (a checkpoint, or the bundled model)
+    sft: str | None = None   # the audited SFT checkpoint
 
 
 def _log(msg: str, progress: bool) -> None:
@@ -176,7 +178,7 @@ def run_lab(cfg: LabConfig, progress: bool = True) -> LabResult:
     write_json_atomic(metrics, out / "metrics.json")
     _log_mlflow(audit.run_id, audit.tracking_uri, cfg.experiment, metrics, out / "metrics.json")
     report = audit.diagnosis.report
-    return LabResult(out, metrics, report, audit.run_id, audit.tracking_uri)
+    return LabResult(out, metrics, report, audit.run_id, audit.tracking_uri, base, str(sft.checkpoint))
 
 
 def build_world(cfg: LabConfig, out: Path):

@@ -333,7 +333,7 @@ def general_mc(world: World) -> list[dict]:
     """The lab's general MC set: every background fact (in the corpus, never in SFT) as a ready MC
     item {id, question, options, answer}, asked with the relation's first question. What the base
     knows from pretraining alone; a mitigation that costs general ability loses some of it."""
-    taught = {(t["entity"], t["relation"]) for t in world.truth}
+    taught = {(t.get("entity"), t.get("relation")) for t in world.truth}
     rows = []
     for (entity, rel), value in sorted(world.facts.items()):
         if (entity, rel) in taught or rel not in world.relations:

@@ -101,11 +101,14 @@ def arm_figures(tr, general: dict | None = None) -> dict[str, Any]:
 
 
 def flat_metrics(fig: dict[str, Any]) -> dict[str, float]:
-    """An arm's figures under fixed MLflow metric names (``recovered.<cause>`` per cause)."""
-    out = {k: float(fig[k]) for k in ARM_METRICS if k in fig and fig[k] is not None}
+    """An arm's figures under fixed MLflow metric names (``recovered.<cause>`` per cause).
+
+    Every arm logs every name of ``ARM_METRICS`` (a figure that does not apply, such as the targets'
+    share of an arm without targets, is NaN), so the MLflow UI compares arms column by column."""
+    out = {k: float("nan") if fig.get(k) is None else float(fig[k]) for k in ARM_METRICS}
     for cause, c in fig.get("per_cause", {}).items():
         out[f"recovered.{cause}"] = c["share"]
-    return {k: v for k, v in out.items() if not math.isnan(v)}
+    return out
 
 
 def accuracy_of(verdicts) -> float:

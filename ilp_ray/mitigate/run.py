@@ -210,7 +210,7 @@ def run_arm(plan: dict, study: Path, name: str, parent, general_before: float | 
                                       "data": json.dumps(arm.get("data"), default=str)[:5000],
                                       "sft": scfg.model_dump(mode="json")}))
             (d / ".params").write_text("logged\n")
-        child.log_metrics(flat_metrics(fig))
+        child.log_metrics(flat_metrics(fig), keep_nan=True)
         child.set_tags({"ilp.audit_run_id": audit.run_id or "", "ilp.sft_run_id": sft.run_id or ""})
         from ilp_ray.data import read_sft
         from ilp_ray.records import records_frame

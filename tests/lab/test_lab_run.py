@@ -22,6 +22,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
+#: Floors of the mitigation experiment's two diagonal cells (share of the true category's unlearned
+#: samples the aimed arm recovered), from the seed sweep: see docs/benchmarks.md.
+FLOORS = {"I": 0.25, "V": 0.5}  # PROVISIONAL: set from the sweep
 
 
 def test_small_lab_run(tmp_path):
@@ -57,72 +60,53 @@ def test_small_lab_run(tmp_path):
     assert m2["stage_wall_s"]["pretrain"] < 5 and m2["stage_wall_s"]["sft"] < 5
     assert m2["base_checkpoint"] == m["base_checkpoint"] and m2["macro_f1"] == pytest.approx(m["macro_f1"])
 
-    # The epochs-vs-CPT experiment on the same folder reuses the world and the pretrained base;
-    # settings cut down to test the mechanics (the real arms are in docs/benchmarks.md).
+    # The mitigation experiment on the same folder (issue 19's floor test, and issue 18's loop end to
+    # end: nothing in ilp_ray/mitigate knows it is the lab). It reuses the lab's stages, then plans
+    # and runs knowledge_cpt (CPT on D_k from the lab's encyclopedia, mixed with the world's corpus)
+    # and progressive_epochs, re-audits both on the audit's MC items, prices each on the lab's
+    # general MC set, and trains Table 4's extra model (cut to 2 epochs here: mechanics only).
     done = out / "pretrain" / "ilp_done.json"  # rewritten whenever the base is trained
     stamp = done.stat().st_mtime_ns
-    x = subprocess.run([sys.executable, "-m", "ilp_ray.cli", "lab", "experiment", "epochs-vs-cpt", "--size", "small",
-                        "--seed", "0", "--out", str(out), "--no-progress",
-                        "--set", "experiment_epochs_vs_cpt.short_epochs=1",
-                        "--set", "experiment_epochs_vs_cpt.long_epochs=2",
-                        "--set", "experiment_epochs_vs_cpt.cpt_epochs=3"],
-                       cwd=ROOT, env=os.environ.copy(), capture_output=True, text=True, timeout=900)
-    assert x.returncode == 0, x.stdout[-3000:] + x.stderr[-3000:]
-    assert done.stat().st_mtime_ns == stamp  # the base was not trained again
-    table = json.loads((out / "experiment" / "table.json").read_text())
-    rows = {r["arm"]: r for r in table["rows"]}
-    assert list(rows) == ["base", "cpt_only", "sft_2_epochs", "sft_10_epochs", "cpt_then_sft"]
-    n_gap = m["samples"]["I"]
-    for r in rows.values():
-        assert r["items"] == n_gap and 0 <= r["accuracy"] <= 1 and 0 <= r["learn_rate"] <= 1
-    assert rows["sft_2_epochs"]["delta_learn_rate"] == 0
-    # The knowledge corpus states each I fact, and only I facts: nothing of the SFT's Q/A lines.
-    docs = [json.loads(line)["text"] for line in (out / "experiment" / "knowledge.jsonl").read_text().splitlines()]
-    assert docs and not any("?" in d for d in docs) and "Category I items" in x.stdout
 
-    # The mitigation loop on the lab's audit (nothing in ilp_ray/mitigate knows it is the lab): the
-    # control retrains as the audit's model was trained, conflict buckets with static groups,
-    # progressive epochs, and knowledge CPT on the experiment's knowledge corpus (the I facts) mixed
-    # with the world's corpus; the lab's general MC set prices each arm.
-    def mitigate(*extra):
+    def experiment():
         return subprocess.run(
-            [sys.executable, "-m", "ilp_ray.cli", "mitigate", "run", "--run", str(out / "audit"), "--no-progress",
-             "--arms", "control,conflict_bucket,progressive_epochs,knowledge_cpt",
-             "--set", "conflict_bucket.release_p=null", "--set", "progressive_epochs.max_epochs=3",
-             "--set", f"knowledge_cpt.sources.files=[{out / 'experiment' / 'knowledge.jsonl'}]",
-             "--set", f"knowledge_cpt.general={out / 'world' / 'corpus.jsonl'}",
-             "--set", f"general_mc={out / 'world' / 'general_mc.jsonl'}", "--set", "general_format=plain", *extra],
+            [sys.executable, "-m", "ilp_ray.cli", "lab", "experiment", "mitigations", "--size", "small", "--seed", "0",
+             "--out", str(out), "--no-progress", "--arms", "knowledge_cpt,progressive_epochs",
+             "--set", "experiment_epochs_vs_cpt.long_epochs=2"],
             cwd=ROOT, env=os.environ.copy(), capture_output=True, text=True, timeout=900)
 
-    mt = mitigate()
-    assert mt.returncode == 0, mt.stdout[-3000:] + mt.stderr[-3000:]
-    assert "recovery matrix" in mt.stdout
-    study = out / "audit" / "mitigate"
+    x = experiment()
+    assert x.returncode == 0, x.stdout[-3000:] + x.stderr[-3000:]
+    assert done.stat().st_mtime_ns == stamp  # the base was not trained again
+    assert "recovery of each TRUE category" in x.stdout and "Table 4" in x.stdout
+    table = json.loads((out / "mitigations" / "table.json").read_text())
+    # The diagonal cells against the truth, at floors from the sweep (FLOORS above).
+    d = table["truth"]["diagonal"]
+    assert d["I"]["share"] >= FLOORS["I"] and d["V"]["share"] >= FLOORS["V"]
+    # Table 4: one route for every model, on the true I samples.
+    t4 = table["table4"]
+    rows = {r["arm"]: r for r in t4["rows"]}
+    assert list(rows) == ["base", "sft", "sft_long_epochs", "cpt_only", "knowledge_cpt"]
+    for r in rows.values():
+        assert r["items"] == m["samples"]["I"] and 0 <= r["accuracy"] <= 1 and 0 <= r["learn_rate"] <= 1
+    assert rows["sft"]["delta_learn_rate"] == 0
+    # The lab's encyclopedia states facts, never the SFT's question lines.
+    docs = [json.loads(line)["text"] for line in (out / "mitigations" / "encyclopedia.jsonl").read_text().splitlines()]
+    assert docs and not any("?" in d for d in docs)
+
+    study = out / "mitigations" / "study"
     plan = json.loads((study / "plan.json").read_text())
-    res = {a: json.loads((study / "arms" / a / "result.json").read_text()) for a in
-           ("control", "conflict_bucket", "progressive_epochs", "knowledge_cpt")}
-    # The control is the original training again: on the same MC items it moves (almost) nothing.
-    ctrl = res["control"]["figures"]
-    assert ctrl["recovered"] + ctrl["lost"] <= 2
+    res = {a: json.loads((study / "arms" / a / "result.json").read_text()) for a in ("knowledge_cpt", "progressive_epochs")}
     # Progressive epochs recover cause-V samples that were unlearned before it.
     pe = res["progressive_epochs"]["figures"]
-    assert pe["per_cause"]["V"]["recovered"] >= 1 and pe["recovered"] > ctrl["recovered"]
-    # Static buckets: over every batch of the arm's run, no two members of one conflict group.
-    groups = plan["arms"]["conflict_bucket"]["training"]["sft"]["order"]["options"]["groups"]
-    from ilp_ray.train.state import read_rows
-
-    batches = read_rows(study / "arms" / "conflict_bucket" / "train" / "sft" / "ilp_logs" / "batches")
-    assert len(batches) and groups
-    for ids in batches["ids"]:
-        for g in groups:
-            assert len(set(ids) & set(g)) <= 1
+    assert pe["per_cause"]["V"]["recovered"] >= 1
     # Knowledge CPT: D_k serves the I targets and its SFT starts from the CPT checkpoint.
     kc = res["knowledge_cpt"]
     assert kc["cpt_checkpoint"] and plan["arms"]["knowledge_cpt"]["targets"]
     sft_cfg = json.loads((study / "arms" / "knowledge_cpt" / "train" / "sft" / "ilp_config.json").read_text())
     assert sft_cfg["config"]["model"]["spec"] == kc["cpt_checkpoint"]
-    assert all(0 <= r["general"]["after"] <= 1 and r["general"]["before"] == res["control"]["general"]["before"]
-               for r in res.values())
+    assert all(0 <= r["general"]["after"] <= 1 for r in res.values())
+    assert res["knowledge_cpt"]["general"]["before"] == res["progressive_epochs"]["general"]["before"]
     # The comparison and its report.
     rec = json.loads((study / "compare" / "recovery.json").read_text())
     assert set(rec["arms"]) == set(res) and "V" in rec["matrix"]
@@ -130,8 +114,8 @@ def test_small_lab_run(tmp_path):
     # MLflow: one parent run, a child per arm with the same metric names, datasets logged.
     import mlflow
 
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{study / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("ilp-mitigate")
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("ilp-lab")
     runs = client.search_runs([exp.experiment_id])
     parent = [r for r in runs if r.data.tags.get("ilp.kind") == "mitigation-study"]
     assert len(parent) == 1
@@ -143,15 +127,14 @@ def test_small_lab_run(tmp_path):
     assert all(r.inputs.dataset_inputs for r in children)
     nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") in {c.info.run_id for c in children}]
     assert {r.data.tags.get("ilp.arm") for r in nested} == set(res)  # training and re-audit runs nest per arm
-    # A finished arm is never rerun.
-    stamps = {a: (study / "arms" / a / "result.json").stat().st_mtime_ns for a in res}
-    again = mitigate()
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert {a: (study / "arms" / a / "result.json").stat().st_mtime_ns for a in res} == stamps
-    # A killed arm (trained, not yet re-audited) resumes where it stopped: no training again.
-    (study / "arms" / "control" / "result.json").unlink()
-    trained = study / "arms" / "control" / "train" / "sft" / "ilp_done.json"
+    # A rerun: a finished arm is never rerun, and a killed arm (trained, not yet re-audited)
+    # resumes where it stopped, with no training again.
+    stamps = {"knowledge_cpt": (study / "arms" / "knowledge_cpt" / "result.json").stat().st_mtime_ns}
+    (study / "arms" / "progressive_epochs" / "result.json").unlink()
+    trained = study / "arms" / "progressive_epochs" / "train" / "sft" / "ilp_done.json"
     t0 = trained.stat().st_mtime_ns
-    third = mitigate()
-    assert third.returncode == 0, third.stderr[-3000:]
-    assert (study / "arms" / "control" / "result.json").is_file() and trained.stat().st_mtime_ns == t0
+    again = experiment()
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (study / "arms" / "knowledge_cpt" / "result.json").stat().st_mtime_ns == stamps["knowledge_cpt"]
+    assert (study / "arms" / "progressive_epochs" / "result.json").is_file() and trained.stat().st_mtime_ns == t0
+    assert json.loads((out / "mitigations" / "table.json").read_text())["truth"] == table["truth"]

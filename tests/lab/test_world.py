@@ -185,7 +185,7 @@ def test_each_country_has_its_own_mottos(small):
     (["--set", "experiment_epochs_vs_cpt.cpt_ratio=0"], "field 'experiment_epochs_vs_cpt.cpt_ratio'"),
     (["--set", "experiment_epochs_vs_cpt.long_epochs=0"], "field 'experiment_epochs_vs_cpt.long_epochs'"),
     (["--size", "tiny"], "field 'size'"),
-    (["--set", "base=smollm2"], "runs on the tiny base"),
+    (["--set", "experiment_epochs_vs_cpt.short_epochs=1"], "experiment_epochs_vs_cpt.short_epochs"),
 ])
 def test_experiment_cli_bad_input(tmp_path, args, message):
     from typer.testing import CliRunner
@@ -198,21 +198,6 @@ def test_experiment_cli_bad_input(tmp_path, args, message):
     assert res.exit_code == 2, res.output
     assert message in res.output
     assert not out.exists()
-
-
-def test_knowledge_corpus_states_the_gap_facts_only(small):
-    """The CPT arm's knowledge: every statement of each I fact, no question/answer line, no other fact."""
-    from ilp_ray.lab.experiment import knowledge_documents
-
-    gap = {t["id"]: t for t in small.truth if t["category"] == "I"}
-    docs = knowledge_documents(small, set(gap))
-    n_statements = len(small.relations["capital"].statements)
-    assert len(docs) == len(gap) * n_statements and len({d["id"] for d in docs}) == len(docs)
-    for t in gap.values():
-        said = [d["text"] for d in docs if t["entity"] in d["text"] and t["value"] in d["text"]]
-        assert len(said) == n_statements and not any("?" in s for s in said)
-    entities = {t["entity"] for t in gap.values()}
-    assert all(any(e in d["text"] for e in entities) for d in docs)
 
 
 def test_evidence_against_truth_by_hand():

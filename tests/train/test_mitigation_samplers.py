@@ -118,3 +118,32 @@ def test_sampler_ids_must_match_the_data():
         make_sampler("shuffled", ["a"] * 3, 0, None, {}, ids=["x"])
     with pytest.raises(ValueError, match="initial_epochs"):
         make_sampler("progressive_epochs", ["a"] * 3, 0, None, {"initial_epochs": 0})
+
+
+@pytest.mark.slow
+def test_conflict_bucket_over_every_batch_of_a_real_run(tmp_path, ray_session):
+    """A Ray Train run with 2 workers (global batch 8): over every logged global batch of 3 epochs,
+    no two members of one group, and every sample trained each epoch. The groups pair each entity's
+    spring and autumn question (the interference data's contradiction, III-like)."""
+    from ilp_ray.train.config import SftTrainConfig
+    from ilp_ray.train.run import run_training
+    from ilp_ray.train.state import read_rows
+    from tests.train.conftest import interference_rows, train_config, write_jsonl
+
+    rows = interference_rows(repeats=2)
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    groups = [[f"A{i}-0", f"B{i}-0", f"A{i}-1"] for i in range(8)]
+    cfg = SftTrainConfig.model_validate(train_config(
+        data, tmp_path / "runs", "bucket",
+        **{"order.sampler": "conflict_bucket", "order.options": {"groups": groups, "release_p": None},
+           "optim.epochs": 3, "optim.batch_size": 4, "scaling.num_workers": 2, "trajectory.enabled": False}))
+    result = run_training(cfg)
+    batches = read_rows(result.run_path / "ilp_logs" / "batches")
+    assert len(batches) == result.metrics["step"] == 3 * 4  # 32 samples, global batch 8: full batches
+    for ids in batches["ids"]:
+        assert len(ids) == 8
+        for g in groups:
+            assert len(set(ids) & set(g)) <= 1, (list(ids), g)
+    for epoch in range(3):
+        seen = {i for ids in batches[batches.epoch == epoch]["ids"] for i in ids}
+        assert seen == {r["id"] for r in rows}

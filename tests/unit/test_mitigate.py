@@ -256,3 +256,32 @@ def test_run_refuses_a_plan_made_with_other_settings(audit):
     r = CliRunner().invoke(app, ["mitigate", "run", *common, "--set", "dynamic_resample.delta=0.2", "--no-progress"])
     assert r.exit_code == 2 and "planned with other settings (dynamic_resample)" in r.output and "--replan" in r.output
     assert not (audit["run"] / "mitigate" / "arms").exists()  # nothing trained
+
+
+def test_every_arm_logs_the_same_metric_names_nan_where_a_figure_does_not_apply(tmp_path):
+    """An arm without targets has no targets' share; it is logged as NaN (kept by ``keep_nan``),
+    so the MLflow compare view lines the arms up column by column. Elsewhere NaN is dropped."""
+    import math
+
+    from ilp_ray.mitigate.compare import ARM_METRICS, arm_figures, flat_metrics, transitions
+    from ilp_ray.track import MLflowTracker
+
+    before = _verdicts([True, False], [0.1, 0.9])
+    after = _verdicts([False, False], [0.8, 0.9])
+    diag = pd.DataFrame({"id": ["q0", "q1"], "cause": ["base_knowledge_gap", None]})
+    fig = arm_figures(transitions(before, diag, after, set()), None)
+    flat = flat_metrics(fig)
+    assert set(ARM_METRICS) <= set(flat) and math.isnan(flat["targets_recovered_share"])
+    assert math.isnan(flat["general_accuracy"]) and flat["recovered.I"] == 1.0
+    tracker = MLflowTracker(f"sqlite:///{tmp_path / 'm.db'}", "t")
+    kept, dropped = tracker.start("kept"), None
+    kept.log_metrics(flat, keep_nan=True)
+    kept_id = kept.run_id
+    kept.end()
+    dropped = tracker.start("dropped")
+    dropped.log_metrics(flat)
+    client = tracker._client
+    got = client.get_run(kept_id).data.metrics
+    assert set(got) == set(flat) and math.isnan(got["targets_recovered_share"])
+    assert "targets_recovered_share" not in client.get_run(dropped.run_id).data.metrics
+    dropped.end()
