@@ -27,6 +27,72 @@ from ilp_ray.serve.scorer import Scorer
 log = logging.getLogger("ilp_ray.serve")
 api = FastAPI(title="ilp-ray scoring service", version=__version__,
               description="Score MC items with a checkpoint (pass@N, BoN-N) and start audits.")
+#: Paths any client may reach without the token. /docs and /openapi.json are not among them: the
+#: schema names every field and limit, so it is for authenticated clients (as the README says).
+PUBLIC_PATHS = frozenset({"/healthz"})
+
+
+def token_ok(header: str, token: str) -> bool:
+    scheme, _, given = header.partition(" ")
+    return scheme.lower() == "bearer" and bool(token) and hmac.compare_digest(given.encode(), token.encode())
+
+
+class Guard:
+    """ASGI middleware in front of FastAPI: the bearer token and the body size are checked before
+    a byte of the body is read or parsed, so an unauthenticated client gets a 401, never the
+    field-by-field 422s, and no body past ``limits.max_body_bytes`` is buffered (Content-Length
+    first, then a running count for chunked bodies). ``settings`` is set by the ``Api`` replica;
+    until then every request but /healthz gets a 503."""
+
+    settings: dict | None = None
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope.get("path") in PUBLIC_PATHS:
+            return await self.app(scope, receive, send)
+        s = Guard.settings
+        if s is None:
+            return await _reply(send, 503, {"error": "service starting; retry"})
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        if s["auth"] != "disabled" and not token_ok(headers.get("authorization", ""), s["token"]):
+            return await _reply(send, 401, {"error": "missing or wrong bearer token"},
+                                [(b"www-authenticate", b"Bearer")])
+        cap = s["max_body_bytes"]
+        declared = headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > cap):
+            return await _reply(send, 413, {"error": f"limit max_body_bytes={cap} exceeded"})
+        chunks, size, more = [], 0, True
+        while more:  # read the whole body here, bounded; the app gets it replayed
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return
+            body = msg.get("body", b"")
+            size += len(body)
+            if size > cap:
+                return await _reply(send, 413, {"error": f"limit max_body_bytes={cap} exceeded"})
+            chunks.append(body)
+            more = msg.get("more_body", False)
+        replay = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+        async def replayed():
+            return replay.pop() if replay else await receive()
+
+        return await self.app(scope, replayed, send)
+
+
+async def _reply(send, status: int, content: dict, headers: list | None = None) -> None:
+    import json
+
+    body = json.dumps(content).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *(headers or [])]})
+    await send({"type": "http.response.body", "body": body})
+
+
+api.add_middleware(Guard)
 
 
 @api.exception_handler(RequestValidationError)
@@ -59,13 +125,12 @@ class Api:
         if self.cfg.auth == "token" and not self.token:
             raise RuntimeError(f"auth is 'token' but ${self.cfg.token_env} is empty: set it, or set "
                                "auth: disabled explicitly for local use")
+        Guard.settings = {"auth": self.cfg.auth, "token": self.token, "max_body_bytes": self.cfg.limits.max_body_bytes}
 
     def _authorize(self, request: Request) -> None:
-        if self.cfg.auth == "disabled":
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), self.token.encode()):
+        """The same check as ``Guard`` (which already refused a bad token): defence in depth, should
+        a route ever be mounted past the middleware."""
+        if self.cfg.auth != "disabled" and not token_ok(request.headers.get("authorization", ""), self.token):
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
     @api.get("/healthz")

@@ -15,6 +15,9 @@ class Limits(BaseModel):
     max_item_chars: int = Field(20_000, ge=1, description="Characters of one item, question plus options (413).")
     max_request_chars: int = Field(1_000_000, ge=1, description="Characters of all items of a request (413).")
     max_n: int = Field(1000, ge=1, description="Largest N for pass@N / BoN-N (422).")
+    max_body_bytes: int = Field(16 * 2**20, ge=1024, description=(
+        "Largest request body, checked before it is read or parsed (Content-Length, and a running "
+        "count for chunked bodies): over it, 413."))
 
 
 class ServeConfig(BaseModel):
@@ -43,7 +46,12 @@ class ServeConfig(BaseModel):
     limits: Limits = Limits()
     audit_root: str = Field("runs/serve-audits", description="Run directories of audits started over HTTP.")
     data_roots: list[str] = Field(default_factory=list, description=(
-        "Local directories that /v1/audit may read data from (URIs with a scheme are allowed)."))
+        "Local directories that /v1/audit may read data from (a relative path is under the first; "
+        "URI schemes are refused). None: /v1/audit refuses every data path."))
+    audit_defaults: dict[str, Any] = Field(default_factory=dict, description=(
+        "The audit config every /v1/audit request starts from (tracking, Ray resources, the evidence "
+        "index, judges, Spark): the service's alone. A client may set only "
+        "ilp_ray.serve.validate.CLIENT_FIELDS over it."))
 
     @model_validator(mode="after")
     def _roots(self):

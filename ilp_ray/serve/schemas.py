@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class Turn(BaseModel):
@@ -17,7 +17,14 @@ class Turn(BaseModel):
 class Item(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    id: str | int = Field(..., description="Your id for the item; echoed back.")
+    @field_validator("id")
+    @classmethod
+    def _id_length(cls, v):
+        if len(str(v)) > 256:
+            raise ValueError("at most 256 characters")
+        return v
+
+    id: str | int = Field(..., description="Your id for the item; echoed back (at most 256 characters).")
     question: str = Field(..., description=(
         "The question (the prompt). Empty: the options are scored without one, their prior, as "
         "the audit's calibration and fairness check ask (ilp_ray/scoring/prior.py)."))

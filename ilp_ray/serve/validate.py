@@ -32,8 +32,51 @@ def check_limits(body: ScoreRequest, cfg: ServeConfig) -> None:
         raise HTTPException(413, f"limit max_request_chars={lim.max_request_chars} exceeded: {total}")
 
 
+#: What a client may set in ``POST /v1/audit``'s config, as dotted prefixes: the data and the
+#: models (confined below), and the detection, MC, scoring-format and diagnosis *settings*. Every
+#: URL, environment-variable name, credential, path, Spark master, index, plugin, Ray resource and
+#: tracking field comes from the service's own ``audit_defaults`` (finding 1 of issue 20: a client
+#: naming ``scoring.url`` or ``*_api_key_env`` would have the service send its secrets anywhere).
+CLIENT_FIELDS = (
+    "data", "data_format", "sft_model", "base_model", "name", "preset",
+    "mc.k", "mc.seed", "mc.near_dup", "mc.prefer_same_subset", "mc.distractors", "mc.length_ratio",
+    "mc.subject_check",
+    "scoring.format", "scoring.batch_size", "scoring.max_length", "scoring.length_norm", "scoring.temperature",
+    "scoring.calibration",
+    "detect",
+    "evidence.enabled", "evidence.scope", "evidence.retrieve.k", "evidence.match.enabled", "evidence.match.theta",
+    "diagnose.enabled", "diagnose.preset", "diagnose.causes", "diagnose.scope", "diagnose.relapse_to_base",
+    "diagnose.report_worst", "diagnose.base_conflict", "diagnose.corpus", "diagnose.knowledge_gap",
+    "diagnose.forgetting", "diagnose.insufficient",
+    *(f"diagnose.conflict.{k}" for k in ("theta", "same_question", "rare_df", "rare_min_prompts", "unit_pairs",
+                                          "unit_theta", "unit_max_group", "theta_response", "response_match", "k",
+                                          "judge_margin")),
+)
+
+
+def _leaves(raw: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in raw.items():
+        key = f"{prefix}{k}"
+        out.extend(_leaves(v, key + ".") if isinstance(v, dict) and v else [key])
+    return out
+
+
+def _allowed(path: str) -> bool:
+    return any(path == f or path.startswith(f + ".") for f in CLIENT_FIELDS)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 def audit_config(raw: dict, cfg: ServeConfig, job_id: str) -> dict:
-    """Validate an audit config from a client, confining its paths to the configured roots."""
+    """Validate an audit config from a client: only ``CLIENT_FIELDS`` may be set (anything else is
+    a 422 naming the field), merged over the service's ``audit_defaults``; the models resolved
+    under the checkpoint roots and the data under the data roots, and passed on resolved."""
     from pathlib import Path
 
     from pydantic import ValidationError
@@ -41,18 +84,27 @@ def audit_config(raw: dict, cfg: ServeConfig, job_id: str) -> dict:
     from ilp_ray.config import AuditConfig
     from ilp_ray.serve.checkpoints import CheckpointNotFound, resolve_checkpoint
 
-    raw = dict(raw, run_dir=str(Path(cfg.audit_root).resolve() / job_id))
+    refused = [f for f in _leaves(raw) if not _allowed(f)]
+    if refused:
+        raise HTTPException(422, f"config.{refused[0]}: not settable by a client; the service's own "
+                                 "config sets it" + (f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""))
+    raw = _merge(cfg.audit_defaults, raw)
+    raw["run_dir"] = str(Path(cfg.audit_root).resolve() / job_id)
     try:
         for key in ("sft_model", "base_model"):
             if raw.get(key):
                 raw[key] = resolve_checkpoint(str(raw[key]), cfg.checkpoint_roots, cfg.allow_bundled)
     except CheckpointNotFound as e:
         raise HTTPException(404, str(e)) from None
-    data = str(raw.get("data", ""))
-    if data and "://" not in data:
-        p = Path(data).resolve()
-        if not any(p.is_relative_to(Path(r).resolve()) for r in cfg.data_roots):
-            raise HTTPException(403, "config.data must lie under a configured data root")
+    data = raw.get("data")
+    if not isinstance(data, str) or not data:
+        raise HTTPException(422, "config.data: a path under a configured data root is required")
+    if "://" in data or data.startswith("~"):  # file://, s3://, hf://: none of them is confined by a root
+        raise HTTPException(403, "config.data must be a path under a configured data root (no URI schemes)")
+    p = (Path(cfg.data_roots[0]) / data if cfg.data_roots and not Path(data).is_absolute() else Path(data)).resolve()
+    if not any(p.is_relative_to(Path(r).resolve()) for r in cfg.data_roots):
+        raise HTTPException(403, "config.data must lie under a configured data root")
+    raw["data"] = str(p)
     try:
         return AuditConfig(**raw).model_dump()
     except ValidationError as e:

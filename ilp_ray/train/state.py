@@ -4,8 +4,11 @@ A checkpoint directory is a loadable Hugging Face checkpoint (config, safetensor
 the audit core scores directly, plus:
 
 - ``ilp_checkpoint.json``: the checkpoint's stable id, step, epoch and run (``checkpoint_id``);
-- ``train_state.pt``: step, epoch, position within the epoch's order, that order itself, the order
-  sampler's state and the RNG states;
+- ``train_state.json``: step, epoch, position within the epoch's order, that order itself, the
+  order sampler's state and the RNG states, as plain JSON: reading it back cannot run code (a
+  pickle could, and run directories sit on volumes every pod may write). Checkpoints of earlier
+  versions hold ``train_state.pt``; it is read with torch's restricted unpickler
+  (``weights_only=True``, numpy's RNG arrays allowed), never with full pickle;
 - ``engine/``: the optimizer state (DeepSpeed's ZeRO partitions, one file per rank, or DDP's
   optimizer ``state_dict``).
 
@@ -25,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 MARKER = "ilp_checkpoint.json"
-STATE = "train_state.pt"
+STATE = "train_state.json"
+LEGACY_STATE = "train_state.pt"
 ENGINE = "engine"
 
 
@@ -48,19 +52,44 @@ def checkpoint_id(path: str | os.PathLike) -> str:
 
 
 def rng_state() -> dict[str, Any]:
+    """The torch, numpy and Python RNG states as JSON values."""
     import numpy as np
     import torch
 
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {"torch": torch.get_rng_state().tolist(),
+            "numpy": {"kind": kind, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss),
+                      "cached_gaussian": float(cached)},
+            "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next}}
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore ``rng_state()``'s output (or a legacy checkpoint's tensors and tuples)."""
     import numpy as np
     import torch
 
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    t = state["torch"]
+    torch.set_rng_state(t if isinstance(t, torch.Tensor) else torch.tensor(t, dtype=torch.uint8))
+    n = state["numpy"]
+    if isinstance(n, dict):
+        n = (n["kind"], np.asarray(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    np.random.set_state(n)
+    p = state["python"]
+    if isinstance(p, dict):
+        p = (p["version"], tuple(p["internal"]), p["gauss_next"])
+    random.setstate(p)
+
+
+def _plain(value: Any) -> Any:
+    """JSON's fallback for numpy scalars and arrays in a train state."""
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"a train state holds a {type(value).__name__}, which JSON cannot store")
 
 
 def save_checkpoint(directory: Path, *, rank: int, module, tokenizer, strategy, train_state: dict,
@@ -78,14 +107,31 @@ def save_checkpoint(directory: Path, *, rank: int, module, tokenizer, strategy, 
         return
     module.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
-    torch.save({**train_state, "rng": rng_state()}, directory / STATE)
+    (directory / STATE).write_text(json.dumps({**train_state, "rng": rng_state()}, default=_plain))
     (directory / MARKER).write_text(json.dumps(marker, indent=1))
 
 
 def load_train_state(directory: Path) -> dict:
+    """The train state of checkpoint ``directory``. Never unpickles arbitrary objects: JSON, or a
+    legacy ``train_state.pt`` through torch's restricted unpickler.
+
+    Raises:
+        ValueError: a legacy state that holds anything but tensors, numbers, strings and numpy's
+            RNG arrays (it would need full pickle, which can run code).
+    """
+    directory = Path(directory)
+    if (directory / STATE).is_file() or not (directory / LEGACY_STATE).is_file():
+        return json.loads((directory / STATE).read_text())
+    import numpy as np
     import torch
 
-    return torch.load(directory / STATE, weights_only=False)
+    allowed = [np.core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(directory / LEGACY_STATE, weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError (or others) for a forbidden global
+        raise ValueError(f"{directory / LEGACY_STATE}: refused to load a train state that needs full "
+                         f"pickle (it could run code): {str(e).splitlines()[0]}") from None
 
 
 class RowLog:

@@ -111,10 +111,36 @@ class DeepSpeedStrategy(Strategy):
         self.engine.save_checkpoint(str(directory), tag="state", save_latest=False)
 
     def load(self, directory: Path) -> None:
+        _safe_deepspeed_loads(self.engine)
         path, _ = self.engine.load_checkpoint(str(directory), tag="state", load_optimizer_states=True,
                                               load_lr_scheduler_states=False)
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed state under {directory}")
+
+
+#: The only classes DeepSpeed's own checkpoint files hold besides tensors and containers (found by
+#: loading its ZeRO states with ``weights_only=True``); nothing else is unpickled.
+_DEEPSPEED_SAFE = ("deepspeed.runtime.fp16.loss_scaler.LossScaler", "deepspeed.runtime.zero.config.ZeroStageEnum",
+                   "deepspeed.utils.tensor_fragment.fragment_address")
+
+
+def _safe_deepspeed_loads(engine) -> None:
+    """Make DeepSpeed read its checkpoint files with torch's restricted unpickler (it calls
+    ``torch.load(weights_only=False)``, which runs any code a checkpoint on a shared volume holds)."""
+    import importlib
+
+    import torch
+
+    allowed = []
+    for dotted in _DEEPSPEED_SAFE:
+        mod, _, name = dotted.rpartition(".")
+        allowed.append(getattr(importlib.import_module(mod), name))
+
+    def load(path: str, map_location=None):
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location=map_location, weights_only=True)
+
+    engine.checkpoint_engine.load = load
 
 
 class DdpStrategy(Strategy):
@@ -154,7 +180,7 @@ class DdpStrategy(Strategy):
     def load(self, directory: Path) -> None:
         import torch
 
-        self.optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=False))
+        self.optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
 
 
 def make_strategy(model, optim: OptimConfig, engine: EngineConfig, use_gpu: bool, micro_batch: int,

@@ -25,9 +25,10 @@ def service(ray_session, tiny_checkpoints, tmp_path_factory):
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     app = build_app({"checkpoint_roots": [str(root)], "allow_bundled": False, "batch_size": 4,
-                     "limits": {"max_items": 8, "max_n": 50, "max_item_chars": 400},
+                     "limits": {"max_items": 8, "max_n": 50, "max_item_chars": 400, "max_body_bytes": 65536},
                      "audit_root": str(tmp_path_factory.mktemp("serve-audits")),
-                     "data_roots": [str(data_root)]})
+                     "data_roots": [str(data_root)],
+                     "audit_defaults": {"ray": {"cpus_per_actor": 0.5, "shard_size": 6}}})
     serve.run(app, name="ilp", route_prefix="/", blocking=False)
     base = f"http://127.0.0.1:{port}"
     wait_http(f"{base}/healthz")
@@ -129,10 +130,81 @@ def test_checkpoints_listing(service):
     assert status == 200 and {"sft", "base"} <= set(out["checkpoints"])
 
 
-def test_openapi_docs(service):
-    with urllib.request.urlopen(service["url"] + "/openapi.json", timeout=10) as r:
-        spec = json.loads(r.read())
+def test_openapi_docs_need_the_token(service):
+    status, spec = call(service["url"], "/openapi.json")
+    assert status == 200
     assert {"/v1/score", "/v1/audit", "/v1/audit/{job_id}", "/v1/checkpoints", "/healthz"} <= set(spec["paths"])
+    assert call(service["url"], "/openapi.json", token=None)[0] == 401
+    req = urllib.request.Request(service["url"] + "/docs")
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=10)
+    assert e.value.code == 401
+
+
+def test_auth_and_size_before_the_body_is_parsed(service):
+    """Issue 20, finding 3: no token, no parsing (a 401, never field-by-field 422s); a body over
+    max_body_bytes is refused from its Content-Length, or, chunked, by the running count."""
+    import http.client
+    from urllib.parse import urlparse
+
+    url = service["url"]
+    status, out = call(url, "/v1/score", {"checkpoint": "sft", "items": [{"id": "x"}]}, token=None)
+    assert status == 401 and "detail" not in out
+    status, out = call(url, "/v1/score", raw=b'{"checkpoint": ', token="wrong")
+    assert status == 401
+    big = json.dumps({"checkpoint": "sft", "items": ITEMS, "pad": "x" * 70_000}).encode()
+    status, out = call(url, "/v1/score", raw=big)
+    assert status == 413 and "max_body_bytes=65536" in out["error"]
+    u = urlparse(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    conn.putrequest("POST", "/v1/score")
+    conn.putheader("Authorization", f"Bearer {TOKEN}")
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Transfer-Encoding", "chunked")
+    conn.endheaders()
+    try:
+        for _ in range(10):
+            chunk = b"x" * 10_000
+            conn.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        conn.send(b"0\r\n\r\n")
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the server may answer and close before the last chunk
+    resp = conn.getresponse()
+    assert resp.status == 413 and b"max_body_bytes" in resp.read()
+    conn.close()
+    # A long id is a field error, not a 500.
+    status, out = call(url, "/v1/score", {"checkpoint": "sft", "items": [dict(ITEMS[0], id="i" * 300)]})
+    assert status == 422 and out["detail"][0]["field"] == "items.0.id"
+
+
+@pytest.mark.parametrize("field, value", [
+    ("scoring", {"engine": "http", "url": "http://attacker.example/"}),
+    ("evidence", {"judge": {"url": "http://attacker.example/", "api_key_env": "ILP_API_TOKEN"}}),
+    ("evidence", {"index": {"elasticsearch": {"credentials_file": "/etc/shadow"}}}),
+    ("tracking", {"uri": "sqlite:////tmp/elsewhere.db"}),
+    ("diagnose", {"conflict": {"spark_master": "spark://attacker:7077"}}),
+    ("diagnose", {"data": "/etc/passwd"}),
+    ("diagnose", {"plugins": ["os:system"]}),
+    ("ray", {"num_actors": 10_000}),
+    ("run_dir", "/tmp/anywhere"),
+])
+def test_audit_config_fields_a_client_may_not_set(service, field, value):
+    """Issue 20, finding 1: URLs, env-var names, credentials, tracking, Spark, paths and resources
+    are the service's; a client naming one gets a 422 that names it, and nothing starts."""
+    cfg = {"data": "facts.jsonl", "sft_model": "sft", field: value}
+    status, out = call(service["url"], "/v1/audit", {"config": cfg})
+    assert status == 422, out
+    assert out["error"].startswith(f"config.{field}") and "not settable by a client" in out["error"]
+
+
+@pytest.mark.parametrize("data", ["file:///etc/passwd", "s3://bucket/x.jsonl", "hdfs://nn/x", "../x.jsonl",
+                                  "~/x.jsonl"])
+def test_audit_data_outside_the_roots_is_refused(service, data):
+    """Issue 20, finding 2: URI schemes are not confined by a root, so they are refused; a relative
+    path is read under the first data root and may not climb out of it."""
+    status, out = call(service["url"], "/v1/audit", {"config": {"data": data, "sft_model": "sft"}})
+    assert status == 403, out
+    assert "data root" in out["error"] and str(service["data_root"]) not in out["error"]
 
 
 def test_32_concurrent_clients(service):
@@ -149,8 +221,8 @@ def test_audit_over_http(service, facts_jsonl):
 
     data = service["data_root"] / "facts.jsonl"
     shutil.copy(facts_jsonl, data)
-    cfg = {"data": str(data), "sft_model": "sft", "base_model": "base", "mc": {"k": 3},
-           "ray": {"cpus_per_actor": 0.5, "shard_size": 6}, "detect": {"stability_seeds": 2}}
+    cfg = {"data": "facts.jsonl", "sft_model": "sft", "base_model": "base", "mc": {"k": 3},
+           "detect": {"stability_seeds": 2}}  # Ray resources: the service's audit_defaults
     status, out = call(service["url"], "/v1/audit", {"config": cfg})
     assert status == 202, out
     job = out["id"]
