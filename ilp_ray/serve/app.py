@@ -27,6 +27,15 @@ from ilp_ray.serve.scorer import Scorer
 log = logging.getLogger("ilp_ray.serve")
 api = FastAPI(title="ilp-ray scoring service", version=__version__,
               description="Score MC items with a checkpoint (pass@N, BoN-N) and start audits.")
+def _unavailable() -> tuple[type[BaseException], ...]:
+    """The errors of a replica that is gone or busy (503: retry), and nothing else."""
+    import ray.exceptions as rx
+    import ray.serve.exceptions as sx
+
+    return (rx.RayActorError, sx.BackPressureError, sx.DeploymentUnavailableError, sx.ReplicaUnavailableError)
+
+
+UNAVAILABLE = _unavailable()
 #: Paths any client may reach without the token. /docs and /openapi.json are not among them: the
 #: schema names every field and limit, so it is for authenticated clients (as the README says).
 PUBLIC_PATHS = frozenset({"/healthz"})
@@ -158,9 +167,13 @@ class Api:
         handle = self.scorer.options(multiplexed_model_id=body.checkpoint)
         try:
             out = await handle.score.remote(body.model_dump())
-        except Exception as e:  # a replica died or is restarting: the client should retry
-            log.warning("scorer call failed: %s", type(e).__name__)
+        except UNAVAILABLE as e:  # a replica died, is restarting or is full: the client should retry
+            log.warning("scorer unavailable: %s", type(e).__name__)
             raise HTTPException(503, "scorer unavailable; retry the request") from None
+        except Exception:  # anything else (a corrupt checkpoint, a bug) is not cured by retrying
+            ref = uuid.uuid4().hex[:12]
+            log.exception("scorer failed %s", ref)
+            raise HTTPException(500, f"scoring failed (reference {ref}); retrying will not help") from None
         if "error" in out:
             raise HTTPException(out["status"], out["error"])
         return out

@@ -42,8 +42,9 @@ class ScoreRequest(BaseModel):
     items: list[Item] = Field(..., min_length=1)
     format: Literal["chat", "plain", "lm-eval"] = Field("lm-eval", description="Prompt format.")
     n: int = Field(5, ge=1, description="N of pass@N and BoN-N.")
-    temperature: float = Field(1.0, gt=0, description="Softmax temperature over option scores.")
-    seed: int = Field(0, description="Seed of the N draws.")
+    temperature: float = Field(1.0, ge=1e-3, le=1e3, allow_inf_nan=False, description=(
+        "Softmax temperature over option scores (0.001-1000: outside it the softmax over- or underflows)."))
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of the N draws (0 to 2^32 - 1).")
     length_norm: Literal["none", "chars", "tokens"] = Field("none", description="Option score normalisation.")
 
 

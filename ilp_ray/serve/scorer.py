@@ -84,7 +84,7 @@ def _score(loaded: LoadedModel, req: dict) -> dict:
 
     try:
         scores = loaded.engine(req["format"]).score(items)
-    except (DataError, ValueError) as e:  # e.g. an option longer than the context window
-        return {"error": str(e), "status": 422}
-    return {"checkpoint": loaded.model_id, "format": req["format"], "n": req["n"],
-            "items": item_results(items, scores, scoring, n=req["n"], seed=req["seed"])}
+        results = item_results(items, scores, scoring, n=req["n"], seed=req["seed"])
+    except (DataError, ValueError) as e:  # the request's own fault, e.g. an option longer than the context
+        return {"error": str(e).splitlines()[0][:500], "status": 422}
+    return {"checkpoint": loaded.model_id, "format": req["format"], "n": req["n"], "items": results}

@@ -15,6 +15,11 @@ def check_limits(body: ScoreRequest, cfg: ServeConfig) -> None:
         raise HTTPException(413, f"limit max_items={lim.max_items} exceeded: {len(body.items)} items")
     if body.n > lim.max_n:
         raise HTTPException(422, f"limit max_n={lim.max_n} exceeded: n={body.n}")
+    ids: dict[str, object] = {}
+    for it in body.items:  # ids are echoed as strings: 3 and "3" would be one item
+        if str(it.id) in ids:
+            raise HTTPException(422, f"items: duplicate id {it.id!r} (ids are compared as strings)")
+        ids[str(it.id)] = it.id
     total = 0
     for it in body.items:
         if len(it.options) > lim.max_options:

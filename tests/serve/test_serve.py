@@ -294,3 +294,37 @@ def test_http_engine_reports_errors(service):
         HttpEngine("nope", url=service["url"]).score([item])
     with pytest.raises(RuntimeError, match="answered 401"):
         HttpEngine("sft", url=service["url"], token="bad").score([item])
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"seed": -1}, "seed"), ({"seed": 2**40}, "seed"),
+    ({"temperature": 1e-320}, "temperature"), ({"temperature": 0}, "temperature"),
+])
+def test_request_bounds_are_422_not_503(service, change, field):
+    """Issue 20, finding 4: the client's own errors are 4xx, never 'retry' (503)."""
+    status, out = call(service["url"], "/v1/score", {"checkpoint": "sft", "items": ITEMS[:1], **change})
+    assert status == 422 and out["detail"][0]["field"] == field, out
+
+
+def test_infinite_temperature_and_duplicate_ids_are_422(service):
+    raw = json.dumps({"checkpoint": "sft", "items": ITEMS[:1]})[:-1] + ', "temperature": Infinity}'
+    status, out = call(service["url"], "/v1/score", raw=raw.encode())
+    assert status == 422, out
+    dup = [dict(ITEMS[2], id=3), dict(ITEMS[2], id="3")]
+    status, out = call(service["url"], "/v1/score", {"checkpoint": "sft", "items": dup})
+    assert status == 422 and "duplicate id" in out["error"]
+
+
+def test_a_corrupt_checkpoint_is_500_without_a_trace_not_retry(service, tiny_checkpoints):
+    import shutil
+
+    bad = service["root"] / "corrupt"
+    shutil.copytree(tiny_checkpoints["sft"], bad)
+    try:
+        for f in bad.glob("*.safetensors"):
+            f.write_bytes(b"not a safetensors file")
+        status, out = call(service["url"], "/v1/score", {"checkpoint": "corrupt", "items": ITEMS[:1]})
+        assert status == 500 and "retrying will not help" in out["error"], out
+        assert "Traceback" not in json.dumps(out) and "/tmp" not in json.dumps(out)
+    finally:
+        shutil.rmtree(bad)
