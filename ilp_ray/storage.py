@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ilp_ray.errors import IlpError
+
 SHARD_GLOB = "shard-*.parquet"
 
 
@@ -53,7 +55,8 @@ def write_text_atomic(text: str, path: Path) -> None:
 
 
 def clean_partial(folder: Path) -> int:
-    """Remove temporary files a killed writer left behind; returns how many."""
+    """Remove temporary files a killed writer left behind; returns how many. Call it only under
+    the run directory's ``run_lock``: no other writer can then be mid-write."""
     n = 0
     if folder.is_dir():
         for p in folder.glob(".tmp-*"):
@@ -106,21 +109,116 @@ def check_verdicts(columns, where: str) -> None:
                         file=where, field=missing[0])
 
 
+MANIFEST = "_manifest.json"
+
+
 def write_verdicts(df, folder: Path, size: int) -> None:
-    """Write the verdict table in shards of ``size`` rows (stale shards of a longer table removed)."""
+    """Write the verdict table in shards of ``size`` rows, as one new generation.
+
+    The shards get a fresh generation name (``shard-<gen>-<i>.parquet``) beside the old ones; then
+    ``_manifest.json`` (each shard's file, row count and sha256) replaces the old manifest in one
+    atomic rename; only then are files outside it deleted. A kill at any point leaves a folder
+    whose manifest names a complete table, the old or the new, never a mix of both.
+    """
     import math
+    import uuid
 
     import pyarrow as pa
 
     check_verdicts(df.columns, str(folder))
     folder.mkdir(parents=True, exist_ok=True)
-    clean_partial(folder)
+    gen = uuid.uuid4().hex[:8]
     n = max(1, math.ceil(len(df) / size))
+    shards = []
     for i in range(n):
-        write_table_atomic(pa.Table.from_pandas(df.iloc[i * size:(i + 1) * size], preserve_index=False),
-                           shard_path(folder, i))
-    for stale in complete_shards(folder) - set(range(n)):
-        shard_path(folder, stale).unlink()
+        part = df.iloc[i * size:(i + 1) * size]
+        path = folder / f"shard-{gen}-{i:05d}.parquet"
+        write_table_atomic(pa.Table.from_pandas(part, preserve_index=False), path)
+        shards.append({"file": path.name, "rows": len(part), "sha256": _sha256(path)})
+    write_json_atomic({"generation": gen, "rows": len(df), "shards": shards}, folder / MANIFEST)
+    keep = {s["file"] for s in shards} | {MANIFEST}
+    for stale in folder.iterdir():
+        if stale.name not in keep and not stale.name.startswith(".tmp-"):
+            stale.unlink(missing_ok=True)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_manifested(folder: Path):
+    """The table ``folder``'s manifest names, every shard checked against its row count and hash
+    (a folder written before manifests: its ``shard-*.parquet`` files, as before).
+
+    Raises:
+        DataError: a shard is missing, or its rows or hash differ from the manifest's.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ilp_ray.errors import DataError
+
+    man = folder / MANIFEST
+    if not man.is_file():
+        return read_shards(folder)
+    meta = json.loads(man.read_text())
+    parts = []
+    for sh in meta["shards"]:
+        path = folder / sh["file"]
+        if not path.is_file() or _sha256(path) != sh["sha256"]:
+            raise DataError("a verdict shard is missing or differs from the manifest (a partial or tampered "
+                            "write); rerun the audit", file=str(path))
+        t = pq.read_table(path)
+        if t.num_rows != sh["rows"]:
+            raise DataError(f"{t.num_rows} rows, the manifest says {sh['rows']}", file=str(path))
+        parts.append(t)
+    return pa.concat_tables(parts) if parts else None
+
+
+class RunDirBusy(IlpError, RuntimeError):
+    """Another process holds the run directory's lock."""
+
+
+class run_lock:
+    """An exclusive lock on a run directory (``.ilp.lock``, ``fcntl.flock``), held for the job:
+    a second job on the same directory is refused at once instead of mixing files with the first.
+    The kernel drops the lock when its holder dies, so a killed job never leaves it stuck."""
+
+    def __init__(self, run_dir: Path, what: str = "job"):
+        self.path, self.what = Path(run_dir) / ".ilp.lock", what
+        self._f = None
+
+    def __enter__(self):
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(self.path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise RunDirBusy(f"{self.path.parent}: in use by another {self.what} ({holder}); wait for it to "
+                             "finish or use another run directory") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}\n")
+        f.flush()
+        self._f = f
+        return self
+
+    def __exit__(self, *exc):
+        import fcntl
+
+        if self._f is not None:
+            fcntl.flock(self._f, fcntl.LOCK_UN)
+            self._f.close()
+            self._f = None
 
 
 def load_verdicts(run_dir: str | Path):
@@ -130,7 +228,7 @@ def load_verdicts(run_dir: str | Path):
         FileNotFoundError: no verdicts in ``run_dir``.
         DataError: the table lacks a column of ``VERDICT_COLUMNS`` (or some of the base model's).
     """
-    t = read_shards(Path(run_dir) / "verdicts")
+    t = read_manifested(Path(run_dir) / "verdicts")
     if t is None:
         raise FileNotFoundError(f"{run_dir}: no verdicts (has the audit finished?)")
     check_verdicts(t.column_names, str(Path(run_dir) / "verdicts"))

@@ -311,17 +311,24 @@ def run_audit(cfg: AuditConfig, progress: bool = True) -> AuditResult:
     """Run (or resume) an audit. Every stage reuses its finished output when the inputs match."""
 
     from ilp_ray.data import load_sft
-    from ilp_ray.detect import compute_verdicts, summarize
     from ilp_ray.env import apply_defaults
-    from ilp_ray.track import flatten, make_tracker
 
     apply_defaults(local_ray=cfg.ray.address is None)
     check_evidence_index(cfg)  # a config error, before any file is written
     t0 = time.perf_counter()
     loaded = load_sft(cfg.data, cfg.data_format)  # validates the whole file before anything is written
-    records = loaded.records
     run_dir = Path(cfg.run_dir).expanduser().resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
+    with S.run_lock(run_dir, "audit"):  # a second audit on this directory is refused, not mixed in
+        return _audit(cfg, progress, loaded, run_dir, t0)
+
+
+def _audit(cfg: AuditConfig, progress: bool, loaded, run_dir: Path, t0: float) -> AuditResult:
+    """``run_audit``'s stages, under the run directory's lock."""
+    from ilp_ray.detect import compute_verdicts, summarize
+    from ilp_ray.track import flatten, make_tracker
+
+    records = loaded.records
     # What a later job reuses (a mitigation re-audits on the same items with the same settings).
     S.write_json_atomic(cfg.model_dump(mode="json"), run_dir / CONFIG)
     items, mc_reused = mc_stage(records, cfg, run_dir)

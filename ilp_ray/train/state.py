@@ -99,7 +99,6 @@ def save_checkpoint(directory: Path, *, rank: int, module, tokenizer, strategy, 
     Rank 0 writes the HF model, tokenizer, train state and marker; every rank writes its engine
     state (DeepSpeed partitions have per-rank names, so Ray Train merges them into one folder).
     """
-    import torch
 
     directory.mkdir(parents=True, exist_ok=True)
     strategy.save(directory / ENGINE, rank)

@@ -276,3 +276,23 @@ def test_conversations_scored_off_their_chat_template_are_flagged(tmp_path, tiny
     print_summary(result)
     out = " ".join(capsys.readouterr().out.split())  # rich wraps at the terminal's width
     assert "12 samples are conversation turns, scored under scoring.format 'lm-eval'" in out
+
+
+def test_a_second_audit_on_a_busy_run_directory_is_refused(tmp_path, facts_jsonl, tiny_checkpoints):
+    """Issue 20, finding 8: while one audit holds the run directory, `ilp audit` on it exits with a
+    message naming the directory and the holder, and writes nothing there."""
+    from typer.testing import CliRunner
+
+    from ilp_ray import storage as S
+    from ilp_ray.cli import app
+
+    run_dir = tmp_path / "audit"
+    held = S.run_lock(run_dir, "audit").__enter__()
+    try:
+        res = CliRunner().invoke(app, ["audit", "--data", str(facts_jsonl), "--sft-model", str(tiny_checkpoints["sft"]),
+                                       "--run-dir", str(run_dir), "--no-progress"])
+    finally:
+        held.__exit__(None, None, None)
+    assert res.exit_code == 2, res.output
+    assert "in use by another audit (pid" in res.output and str(run_dir) in res.output.replace("\n", "")
+    assert sorted(p.name for p in run_dir.iterdir()) == [".ilp.lock"]

@@ -45,7 +45,7 @@ def test_a_planted_pickle_is_refused_and_never_runs(tmp_path, monkeypatch):
     ckpt.mkdir()
     with open(ckpt / S.LEGACY_STATE, "wb") as f:
         pickle.dump({"step": 1, "rng": _Planted()}, f)
-    with pytest.raises(ValueError, match="train_state.pt: refused to load"):
+    with pytest.raises(ValueError, match=r"train_state\.pt: refused to load"):
         S.load_train_state(ckpt)
     assert not marker.exists()
 
@@ -67,7 +67,7 @@ def test_deepspeed_files_load_only_through_the_restricted_unpickler(tmp_path, mo
     from ilp_ray.train.strategy import _safe_deepspeed_loads
 
     class Engine:
-        class checkpoint_engine:  # noqa: N801 - stands in for DeepSpeed's attribute
+        class checkpoint_engine:
             pass
 
     marker = tmp_path / "pwned"

@@ -38,3 +38,95 @@ def test_a_table_without_a_verdict_column_is_refused(tmp_path):
                          S.shard_path(folder, 0))
     with pytest.raises(DataError, match=r"old/verdicts: field 'n_options'"):
         S.load_verdicts(tmp_path / "old")
+
+
+def _rows(n, tag):
+    base = _table().iloc[0].to_dict()
+    return pd.DataFrame([{**base, "id": f"{tag}{i}", "position": i} for i in range(n)])
+
+
+def test_a_rewrite_killed_at_any_point_leaves_one_whole_table(tmp_path, monkeypatch):
+    """Issue 20, finding 8: the old table, or the new, never a mix; stale shards go on the next
+    write. Killed (an exception) after the new shards but before the manifest, then after it."""
+    folder = tmp_path / "verdicts"
+    old, new = _rows(7, "old"), _rows(3, "new")
+    S.write_verdicts(old, folder, size=2)
+    real = S.write_json_atomic
+
+    def die(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(S, "write_json_atomic", die)
+    with pytest.raises(KeyboardInterrupt):
+        S.write_verdicts(new, folder, size=2)
+    assert S.load_verdicts(tmp_path)["id"].tolist() == old["id"].tolist()  # new shards ignored
+    monkeypatch.setattr(S, "write_json_atomic", real)
+    original_unlink = type(folder).unlink
+    monkeypatch.setattr(type(folder), "unlink", lambda self, missing_ok=False: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        S.write_verdicts(new, folder, size=2)  # the manifest is new; cleaning up dies
+    monkeypatch.setattr(type(folder), "unlink", original_unlink)
+    assert S.load_verdicts(tmp_path)["id"].tolist() == new["id"].tolist()  # stale shards beside it, unread
+    S.write_verdicts(new, folder, size=2)
+    import json
+
+    named = {s["file"] for s in json.loads((folder / S.MANIFEST).read_text())["shards"]}
+    assert {p.name for p in folder.iterdir() if p.name != S.MANIFEST} == named
+
+
+def test_a_shard_that_differs_from_the_manifest_is_refused(tmp_path):
+    import json
+
+    import pyarrow as pa
+
+    folder = tmp_path / "verdicts"
+    S.write_verdicts(_rows(4, "a"), folder, size=2)
+    first = json.loads((folder / S.MANIFEST).read_text())["shards"][0]["file"]
+    S.write_table_atomic(pa.Table.from_pandas(_rows(1, "x"), preserve_index=False), folder / first)
+    with pytest.raises(DataError, match=rf"{first}: a verdict shard is missing or differs"):
+        S.load_verdicts(tmp_path)
+
+
+def test_sigkill_during_rewrites_never_leaves_a_mixed_table(tmp_path):
+    """A writer rewriting the table in a loop, SIGKILLed at five moments: each time the table read
+    back is one of the tables it wrote, whole."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path / "verdicts"
+    script = f"""
+import sys
+from pathlib import Path
+sys.path.insert(0, {os.getcwd()!r})
+from ilp_ray import storage as S
+from tests.unit.test_storage import _rows
+folder = Path({str(folder)!r})
+S.write_verdicts(_rows(5, "g0-"), folder, size=1)
+print("ready", flush=True)
+g = 1
+while True:
+    S.write_verdicts(_rows(5 + g % 3, f"g{{g}}-"), folder, size=1)
+    g += 1
+"""
+    for delay in (0.05, 0.1, 0.2, 0.3, 0.5):
+        p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        assert p.stdout.readline().strip() == "ready"
+        time.sleep(delay)
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+        ids = S.load_verdicts(tmp_path)["id"].tolist()
+        gen = ids[0].split("-")[0]
+        n = 5 + int(gen[1:]) % 3 if gen != "g0" else 5
+        assert ids == [f"{gen}-{i}" for i in range(n)], ids
+
+
+def test_a_second_job_on_a_locked_run_directory_is_refused(tmp_path):
+    held = S.run_lock(tmp_path, "audit").__enter__()
+    with pytest.raises(S.RunDirBusy, match=r"in use by another audit \(pid \d+\)"), S.run_lock(tmp_path, "audit"):
+        pass
+    held.__exit__(None, None, None)
+    with S.run_lock(tmp_path, "audit"):  # released: free again
+        pass
