@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ def write_table_atomic(table, path: Path) -> None:
     import pyarrow.parquet as pq
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".tmp-{path.name}-{os.getpid()}"
+    tmp = path.parent / f".tmp-{path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     pq.write_table(table, tmp)
     with open(tmp, "rb") as f:  # the rename must not overtake the data on a crash
         os.fsync(f.fileno())
@@ -49,7 +50,7 @@ def write_text_atomic(text: str, path: Path) -> None:
     """Write ``text`` to ``path`` through a temporary file: a reader never sees half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".tmp-{path.name}-{os.getpid()}"
+    tmp = path.parent / f".tmp-{path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.write_text(text)
     os.replace(tmp, path)
 
@@ -121,7 +122,6 @@ def write_verdicts(df, folder: Path, size: int) -> None:
     whose manifest names a complete table, the old or the new, never a mix of both.
     """
     import math
-    import uuid
 
     import pyarrow as pa
 

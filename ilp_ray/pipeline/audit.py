@@ -6,7 +6,8 @@ Run layout (``cfg.run_dir``)::
     mc/items-<fp>.parquet          MC items (fingerprint of the data and the MC config)
     scores/<tag>-<fp>/shard-*.parquet   option scores per model (fingerprint of the model, the
                                    scoring config and the items); complete shards are reused
-    verdicts/shard-*.parquet       the per-sample table (cheap; rewritten every run)
+    verdicts/_manifest.json, shard-<gen>-*.parquet   the per-sample table (rewritten every run as a
+                                   new generation, switched by the manifest)
     summary.json                   the summary figures
     audit_config.json              the config, as run (a mitigation re-audits with it)
     ilp_run.json                   the MLflow run of the latest run of the audit

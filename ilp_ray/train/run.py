@@ -123,7 +123,9 @@ def _start_tracking(cfg, run_path: Path, payload: dict):
         tracker.start(cfg.name, tags={"ilp.job": "train", **t.tags})
         tracker.log_params(flatten(cfg.model_dump(mode="json")))
         _log_datasets(tracker, cfg, payload)
-        marker.write_text(json.dumps({"mlflow_run_id": tracker.run_id}))
+        from ilp_ray.storage import write_json_atomic
+
+        write_json_atomic({"mlflow_run_id": tracker.run_id}, marker)
     return tracker, {"uri": tracker.tracking_uri, "experiment": t.experiment, "run_id": tracker.run_id}
 
 
@@ -263,15 +265,15 @@ def read_schedule(run_path: Path) -> dict | None:
 def write_trajectory(rows, path: Path, schedule: dict | None) -> None:
     """``trajectory.parquet``, with the resolved schedule as its ``ilp.schedule`` metadata."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
+    from ilp_ray.storage import write_table_atomic
     from ilp_ray.train.trajectory import SCHEDULE_KEY
 
     table = pa.Table.from_pandas(rows, preserve_index=False)
     if schedule is not None:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}),
                                                SCHEDULE_KEY: json.dumps(schedule).encode()})
-    pq.write_table(table, path)
+    write_table_atomic(table, path)  # a kill mid-write leaves the old file (or none), never half of one
 
 
 def with_trained_step(rows, batches):
