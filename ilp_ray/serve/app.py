@@ -12,6 +12,7 @@ import hmac
 import logging
 import os
 import uuid
+from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -124,6 +125,21 @@ async def _unexpected(request: Request, exc: Exception):
     return JSONResponse(status_code=500, content={"error": f"internal error (reference {ref})"})
 
 
+def _public(status: dict) -> dict:
+    """A job's status as a client sees it: the run directory by its name under ``audit_root`` (not
+    the service's absolute path), the tracking URI without userinfo (no credentials)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    out = dict(status)
+    if out.get("run_dir"):
+        out["run_dir"] = Path(out["run_dir"]).name
+    uri = out.get("tracking_uri")
+    if uri and "@" in uri:
+        parts = urlsplit(uri)
+        out["tracking_uri"] = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    return out
+
+
 @serve.deployment(name="Api", ray_actor_options={"num_cpus": 0})
 @serve.ingress(api)
 class Api:
@@ -186,18 +202,32 @@ class Api:
         self._authorize(request)
         job_id = uuid.uuid4().hex[:16]
         cfg = audit_config(body.config, self.cfg, job_id)
-        await registry().submit.remote(job_id, cfg)
-        return {"id": job_id, "state": "RUNNING", "run_dir": cfg["run_dir"]}
+        reg = registry()
+        cap = self.cfg.limits.max_concurrent_audits
+        try:
+            running = await reg.running.remote()
+        except UNAVAILABLE:
+            raise HTTPException(503, "audit registry restarting; retry the request") from None
+        if running >= cap:
+            raise HTTPException(429, f"limit max_concurrent_audits={cap} reached; retry when one finishes",
+                                headers={"Retry-After": "60"})
+        await reg.submit.remote(job_id, cfg)
+        return _public({"id": job_id, "state": "RUNNING", "run_dir": cfg["run_dir"]})
 
     @api.get("/v1/audit/{job_id}", response_model=AuditStatus)
     async def audit_status(self, job_id: str, request: Request) -> dict:
         from ilp_ray.serve.audits import registry
 
         self._authorize(request)
-        status = await registry().status.remote(job_id)
+        if not (len(job_id) == 16 and all(c in "0123456789abcdef" for c in job_id)):
+            raise HTTPException(404, f"unknown audit {job_id[:40]!r}")
+        try:
+            status = await registry().status.remote(job_id, str(Path(self.cfg.audit_root).resolve()))
+        except UNAVAILABLE:  # the registry is restarting (Ray restarts it): retry
+            raise HTTPException(503, "audit registry restarting; retry the request") from None
         if status is None:
             raise HTTPException(404, f"unknown audit {job_id!r}")
-        return status
+        return _public(status)
 
 
 def build_app(args: dict) -> serve.Application:

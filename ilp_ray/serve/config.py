@@ -6,6 +6,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+#: Default upper bounds of client-set audit settings (each multiplies the work of an audit).
+AUDIT_MAX = {"detect.n": 100, "detect.stability_seeds": 20, "detect.top_k": 100_000, "mc.k": 26,
+             "scoring.batch_size": 256, "scoring.max_length": 8192, "diagnose.knowledge_gap.n": 100,
+             "diagnose.knowledge_gap.bon_n": 100, "diagnose.knowledge_gap.seeds": 50, "evidence.retrieve.k": 100,
+             "diagnose.conflict.k": 64, "diagnose.conflict.unit_max_group": 256}
+
 
 class Limits(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -15,6 +21,10 @@ class Limits(BaseModel):
     max_item_chars: int = Field(20_000, ge=1, description="Characters of one item, question plus options (413).")
     max_request_chars: int = Field(1_000_000, ge=1, description="Characters of all items of a request (413).")
     max_n: int = Field(1000, ge=1, description="Largest N for pass@N / BoN-N (422).")
+    max_concurrent_audits: int = Field(2, ge=1, description=(
+        "Audits started over HTTP that may run at once (over it: 429 with Retry-After)."))
+    audit_max: dict[str, float] = Field(default_factory=lambda: dict(AUDIT_MAX), description=(
+        "Upper bounds of the audit settings a client may raise (dotted field: largest value; over it: 422)."))
     max_body_bytes: int = Field(16 * 2**20, ge=1024, description=(
         "Largest request body, checked before it is read or parsed (Content-Length, and a running "
         "count for chunked bodies): over it, 413."))

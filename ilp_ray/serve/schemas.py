@@ -84,7 +84,7 @@ class AuditRequest(BaseModel):
 class AuditStatus(BaseModel):
     id: str
     state: Literal["PENDING", "RUNNING", "SUCCEEDED", "FAILED"]
-    run_dir: str | None = None
+    run_dir: str | None = Field(None, description="The job's run directory, by its name under the service's audit_root.")
     mlflow_run_id: str | None = None
     tracking_uri: str | None = None
     summary: dict[str, Any] | None = None

@@ -93,6 +93,12 @@ def audit_config(raw: dict, cfg: ServeConfig, job_id: str) -> dict:
     if refused:
         raise HTTPException(422, f"config.{refused[0]}: not settable by a client; the service's own "
                                  "config sets it" + (f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""))
+    for field, top in cfg.limits.audit_max.items():
+        node: object = raw
+        for part in field.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, (int, float)) and not isinstance(node, bool) and node > top:
+            raise HTTPException(422, f"config.{field}: limit audit_max.{field}={top:g} exceeded: {node}")
     raw = _merge(cfg.audit_defaults, raw)
     raw["run_dir"] = str(Path(cfg.audit_root).resolve() / job_id)
     try:

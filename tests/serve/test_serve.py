@@ -25,7 +25,8 @@ def service(ray_session, tiny_checkpoints, tmp_path_factory):
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     app = build_app({"checkpoint_roots": [str(root)], "allow_bundled": False, "batch_size": 4,
-                     "limits": {"max_items": 8, "max_n": 50, "max_item_chars": 400, "max_body_bytes": 65536},
+                     "limits": {"max_items": 8, "max_n": 50, "max_item_chars": 400, "max_body_bytes": 65536,
+                                "max_concurrent_audits": 1},
                      "audit_root": str(tmp_path_factory.mktemp("serve-audits")),
                      "data_roots": [str(data_root)],
                      "audit_defaults": {"ray": {"cpus_per_actor": 0.5, "shard_size": 6}}})
@@ -226,6 +227,10 @@ def test_audit_over_http(service, facts_jsonl):
     status, out = call(service["url"], "/v1/audit", {"config": cfg})
     assert status == 202, out
     job = out["id"]
+    assert out["run_dir"] == job  # by its name: the service's paths stay the service's
+    # One audit at a time here (max_concurrent_audits=1): a second is told to come back later.
+    status, busy = call(service["url"], "/v1/audit", {"config": cfg})
+    assert status == 429 and "max_concurrent_audits=1" in busy["error"]
     deadline = time.time() + 240
     while out["state"] == "RUNNING":
         assert time.time() < deadline
@@ -233,6 +238,22 @@ def test_audit_over_http(service, facts_jsonl):
         status, out = call(service["url"], f"/v1/audit/{job}")
     assert out["state"] == "SUCCEEDED", out
     assert out["mlflow_run_id"] and out["summary"]["n"] == 12
+    # The registry dies and Ray restarts it: the finished job is still known, from its run directory.
+    import ray
+
+    from ilp_ray.serve.audits import NAMESPACE, REGISTRY_NAME
+
+    ray.kill(ray.get_actor(REGISTRY_NAME, namespace=NAMESPACE), no_restart=False)
+    deadline = time.time() + 60
+    status, again = call(service["url"], f"/v1/audit/{job}")
+    while status == 503:  # restarting: the client is told to retry
+        assert time.time() < deadline and "retry" in again["error"]
+        time.sleep(1)
+        status, again = call(service["url"], f"/v1/audit/{job}")
+    assert status == 200 and again["state"] == "SUCCEEDED" and again["mlflow_run_id"] == out["mlflow_run_id"]
+    # Settings a client may set, but not past their bounds.
+    status, big = call(service["url"], "/v1/audit", {"config": dict(cfg, detect={"n": 101})})
+    assert status == 422 and "config.detect.n: limit audit_max.detect.n=100 exceeded" in big["error"]
     # bad configs: a field error, a checkpoint outside the roots, data outside the data roots
     status, out = call(service["url"], "/v1/audit", {"config": dict(cfg, detect={"n": 0})})
     assert status == 422 and "config.detect.n" in out["error"]
