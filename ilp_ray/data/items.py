@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ilp_ray.data.sources import jsonl_rows, read_bytes
+from ilp_ray.data.sources import jsonl_rows
 from ilp_ray.errors import DataError
 from ilp_ray.records import McItem
 
@@ -21,7 +21,7 @@ def read_mc_items(path: str | Path) -> list[McItem]:
     items: list[McItem] = []
     errors: list[DataError] = []
     seen: dict[str, int] = {}
-    for line, row in jsonl_rows(name, read_bytes(name)):
+    for line, row in jsonl_rows(name):
         if isinstance(row, DataError):
             errors.append(row)
             continue

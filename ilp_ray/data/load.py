@@ -135,8 +135,7 @@ def load_sft(path: str | Path, data_format: str = "auto") -> LoadedSft:
     kind = kind_of(name)
     if kind == "parquet":
         return _validate(name, parquet_rows(name), data_format)
-    data = read_bytes(name)
-    rows = jsonl_rows(name, data) if kind == "jsonl" else csv_rows(name, data)
+    rows = jsonl_rows(name) if kind == "jsonl" else csv_rows(name, read_bytes(name))
     return _validate(name, ((name, loc, row) for loc, row in rows), data_format,
                      unit="line", csv_cells=(kind == "csv"))
 
@@ -146,7 +145,7 @@ def load_sft(path: str | Path, data_format: str = "auto") -> LoadedSft:
 def _validate(source: str, rows: Iterable[tuple[str, int, Any]], data_format: str, *, unit: str = "row",
               csv_cells: bool = False) -> LoadedSft:
     records: list[SftRecord] = []
-    errors: list[DataError] = []
+    errors = _Errors()
     first_id: dict[str, tuple[str, int]] = {}
     first_content: dict[str, tuple[str, int]] = {}
     repeats: Counter[str] = Counter()
@@ -235,6 +234,29 @@ def _validate(source: str, rows: Iterable[tuple[str, int, Any]], data_format: st
                         "none (then ids are content hashes)", file=without_id[0], line=without_id[1], field="id")
     return LoadedSft(records=records, format=layout, ids_generated=without_id is not None,
                      duplicates=duplicates, rows=n_rows)
+
+
+class _Errors:
+    """The first error and how many there were: a file with millions of bad lines costs no memory."""
+
+    def __init__(self):
+        self.first: DataError | None = None
+        self.n = 0
+
+    def append(self, e: DataError) -> None:
+        self.first = self.first or e
+        self.n += 1
+
+    def __bool__(self) -> bool:
+        return self.n > 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> DataError:
+        if i != 0 or self.first is None:
+            raise IndexError(i)
+        return self.first
 
 
 def _shares(row: list[str], layout: str) -> bool:

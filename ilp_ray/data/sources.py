@@ -26,6 +26,115 @@ _PARQUET = (".parquet", ".pq")
 _COMPRESSED = (".gz", ".bz2", ".zst")
 
 
+def _limit(env: str, default: int) -> int:
+    v = os.environ.get(env)
+    return int(v) if v and v.isdigit() else default
+
+
+#: Reading is bounded (issue 20, finding 7); each limit is named in its error and set by its
+#: environment variable. Bytes are counted after decompression, so a compressed bomb stops at
+#: MAX_INPUT_BYTES instead of filling memory.
+MAX_INPUT_BYTES = _limit("ILP_MAX_INPUT_BYTES", 64 * 2**30)   # a whole text file, decompressed
+MAX_LINE_BYTES = _limit("ILP_MAX_LINE_BYTES", 64 * 2**20)     # one JSONL line or CSV record
+MAX_JSON_DEPTH = 64                                              # nesting of one JSON value
+
+
+class _Counted(io.RawIOBase):
+    """A pyarrow input stream as a Python raw stream, refusing to read past ``MAX_INPUT_BYTES``."""
+
+    def __init__(self, stream, name: str):
+        self.stream, self.name, self.n = stream, name, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        chunk = self.stream.read(len(buf))
+        self.n += len(chunk)
+        if self.n > MAX_INPUT_BYTES:
+            raise DataError(f"limit max_input_bytes={MAX_INPUT_BYTES} exceeded (decompressed; set "
+                            "ILP_MAX_INPUT_BYTES to raise it)", file=self.name)
+        buf[:len(chunk)] = chunk
+        return len(chunk)
+
+
+def open_lines(name: str) -> Iterator[bytes]:
+    """The raw lines of a text file (local or URI, decompressed by extension), streamed: memory
+    holds one line at a time, at most ``MAX_LINE_BYTES``.
+
+    Raises:
+        DataError: the file cannot be opened or read, a line is longer than ``MAX_LINE_BYTES``, or
+            the file is longer than ``MAX_INPUT_BYTES``.
+    """
+    filesystem, p = open_fs(name)
+    try:
+        stream = filesystem.open_input_stream(p, compression="detect")
+    except FileNotFoundError as e:
+        raise DataError("file not found", file=name) from e
+    except OSError as e:
+        raise DataError(f"cannot read file: {e}", file=name) from e
+    with stream, io.BufferedReader(_Counted(stream, name), buffer_size=1 << 20) as f:
+        lineno = 0
+        while True:
+            try:
+                line = f.readline(MAX_LINE_BYTES + 1)
+            except OSError as e:
+                raise DataError(f"cannot read file: {e}", file=name, line=lineno + 1) from e
+            if not line:
+                return
+            lineno += 1
+            if len(line) > MAX_LINE_BYTES:
+                raise DataError(f"limit max_line_bytes={MAX_LINE_BYTES} exceeded (set ILP_MAX_LINE_BYTES to "
+                                "raise it)", file=name, line=lineno)
+            yield line[:-1] if line.endswith(b"\n") else line
+
+
+def _no_duplicate_keys(pairs):
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {k!r}")
+        out[k] = v
+    return out
+
+
+def _depth(text: str) -> int:
+    """Most nested brackets outside strings (cheap: no parse)."""
+    depth = top = 0
+    in_str = esc = False
+    for ch in text:
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch in "[{":
+            depth += 1
+            top = max(top, depth)
+        elif ch in "]}":
+            depth -= 1
+    return top
+
+
+def parse_json_line(text: str):
+    """One JSON value of a line, strictly: a duplicate key, nesting past ``MAX_JSON_DEPTH`` or an
+    integer past Python's digit limit is a ``ValueError`` with a message, never another exception."""
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _depth(text) > MAX_JSON_DEPTH:
+        raise ValueError(f"nesting deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"invalid JSON: {e.msg} (column {e.colno})") from None
+    except RecursionError:
+        raise ValueError(f"nesting deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as e:  # duplicate keys; an integer over sys.get_int_max_str_digits() digits
+        raise ValueError(f"invalid JSON: {str(e).splitlines()[0][:200]}") from None
+
+
 # --- opening -------------------------------------------------------------------------------------
 
 def kind_of(name: str) -> str:
@@ -62,11 +171,17 @@ def open_fs(name: str):
 
 
 def read_bytes(name: str) -> bytes:
+    """A whole file (CSV, whose quoted cells may span lines), decompressed by extension and
+    refused past ``MAX_INPUT_BYTES``."""
     filesystem, p = open_fs(name)
     try:
         # compression="detect" decompresses by extension (.gz, .bz2, .zst).
         with filesystem.open_input_stream(p, compression="detect") as f:
-            return f.read()
+            counted = _Counted(f, name)
+            chunks = []
+            while chunk := counted.read(1 << 20):
+                chunks.append(chunk)
+            return b"".join(chunks)
     except FileNotFoundError as e:
         raise DataError("file not found", file=name) from e
     except OSError as e:
@@ -78,12 +193,16 @@ def read_bytes(name: str) -> bytes:
 Row = tuple[int, "dict[str, Any] | DataError"]
 
 
-def jsonl_rows(name: str, data: bytes) -> Iterator[Row]:
+def jsonl_rows(name: str, data: bytes | None = None) -> Iterator[Row]:
+    """Rows of a JSON Lines file, streamed from ``name`` (or split from ``data``, when given)."""
+    lines = open_lines(name) if data is None else iter(data.split(b"\n"))
     offset = 0
-    for lineno, raw in enumerate(data.split(b"\n"), start=1):
+    for lineno, raw in enumerate(lines, start=1):
         start, offset = offset, offset + len(raw) + 1
         if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):  # UTF-8 BOM written by some editors
             raw, start = raw[3:], start + 3
+        if raw.endswith(b"\r"):
+            raw = raw[:-1]
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
@@ -97,9 +216,9 @@ def jsonl_rows(name: str, data: bytes) -> Iterator[Row]:
                                     "(one object per line)", file=name, line=lineno)
             return
         try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            yield lineno, DataError(f"invalid JSON: {e.msg} (column {e.colno})", file=name, line=lineno)
+            obj = parse_json_line(text)
+        except ValueError as e:
+            yield lineno, DataError(str(e), file=name, line=lineno)
             continue
         if not isinstance(obj, dict):
             yield lineno, DataError(f"expected a JSON object, got {_tname(obj)}", file=name, line=lineno)
@@ -150,29 +269,40 @@ def csv_rows(name: str, data: bytes) -> Iterator[Row]:
 
 
 def parquet_rows(name: str) -> Iterator[tuple[str, int, Any]]:
-    """(file, 1-based row, dict) of a Parquet file."""
+    """(file, 1-based row, dict) of a Parquet file: only the columns a layout or an optional field
+    names are read, a batch at a time."""
     import pyarrow.parquet as pq
 
     filesystem, p = open_fs(name)
     try:
-        table = pq.read_table(p, filesystem=filesystem)
+        f = pq.ParquetFile(filesystem.open_input_file(p))
     except FileNotFoundError as e:
         raise DataError("file not found", file=name) from e
     except Exception as e:  # ArrowInvalid for a corrupt or non-Parquet file
         raise DataError(f"cannot read Parquet file: {e}", file=name) from e
-    return _table_rows(name, table)
+    cols = f.schema_arrow.names
+    _check_columns(name, cols, "missing column")
+    wanted = [c for c in cols if c in OPTIONAL_FIELDS or c in LAYOUT_FIELDS]
+    return _batch_rows(name, f.iter_batches(batch_size=4096, columns=wanted), wanted)
+
+
+def _batch_rows(name: str, batches, wanted: list[str]) -> Iterator[tuple[str, int, Any]]:
+    base = 0
+    try:
+        for batch in batches:
+            data = batch.to_pydict()
+            for i in range(batch.num_rows):
+                yield name, base + i + 1, {c: data[c][i] for c in wanted}
+            base += batch.num_rows
+    except OSError as e:  # a corrupt page past the footer
+        raise DataError(f"cannot read Parquet file: {e}", file=name, line=base + 1) from e
 
 
 def _table_rows(name: str, table) -> Iterator[tuple[str, int, Any]]:
     cols = table.column_names
     _check_columns(name, cols, "missing column")
     wanted = [c for c in cols if c in OPTIONAL_FIELDS or c in LAYOUT_FIELDS]
-    base = 0
-    for batch in table.select(wanted).to_batches(max_chunksize=4096):
-        data = batch.to_pydict()
-        for i in range(batch.num_rows):
-            yield name, base + i + 1, {c: data[c][i] for c in wanted}
-        base += batch.num_rows
+    return _batch_rows(name, table.select(wanted).to_batches(max_chunksize=4096), wanted)
 
 
 def _check_columns(name: str, cols: list[str], missing: str, line: int | None = None) -> None:

@@ -240,3 +240,58 @@ def test_parquet_row_numbers_and_types(tmp_path):
     assert str(_err(p)) == f"{p}:2: field 'id': duplicate id 'a', first on row 1 (row 2)"
     p = _pq(tmp_path, {"id": ["a"], "prompt": ["Q"], "response": [""]})
     assert str(_err(p)) == f"{p}:1: field 'response': must not be empty (row 1)"
+
+
+# --- bounded loading (issue 20, finding 7): every hostile file is a DataError with its place ---
+
+@pytest.mark.parametrize("line, message", [
+    ('{"id": "a", "prompt": "Q?", "response": "A.", "prompt": "other"}', "duplicate key 'prompt'"),
+    ('{"id": "a", "prompt": "Q?", "response": "A.", "x": ' + "[" * 100_000 + "]" * 100_000 + "}",
+     "nesting deeper than 64 levels"),
+    ('{"id": "a", "prompt": "Q?", "response": "A.", "position": ' + "9" * 5000 + "}", "invalid JSON"),
+])
+def test_hostile_json_lines_are_located_errors(tmp_path, line, message):
+    e = _err(_jsonl(tmp_path, [_row(), line]))
+    assert e.line == 2 and message in e.message
+
+
+def test_a_line_past_the_cap_and_a_decompression_bomb_are_refused(tmp_path, monkeypatch):
+    from ilp_ray.data import sources
+
+    monkeypatch.setattr(sources, "MAX_LINE_BYTES", 1000)
+    e = _err(_jsonl(tmp_path, [_row(), _row(id="b", response="x" * 2000)]))
+    assert e.line == 2 and "limit max_line_bytes=1000 exceeded" in e.message
+    monkeypatch.setattr(sources, "MAX_INPUT_BYTES", 100_000)
+    bomb = tmp_path / "bomb.jsonl.gz"
+    with gzip.open(bomb, "wb") as f:  # 2 MB of rows in a few kB
+        for i in range(20_000):
+            f.write((_row(id=f"r{i}") + "\n").encode())
+    assert bomb.stat().st_size < 100_000
+    e = _err(str(bomb))
+    assert "limit max_input_bytes=100000 exceeded" in e.message and e.file == str(bomb)
+    csv_bomb = tmp_path / "bomb.csv.gz"
+    with gzip.open(csv_bomb, "wt") as f:
+        f.write("id,prompt,response\n" + "".join(f"r{i},Q?,A.\n" for i in range(20_000)))
+    assert "limit max_input_bytes=100000 exceeded" in _err(str(csv_bomb)).message
+
+
+def test_a_million_bad_lines_keep_one_error_and_a_count(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(_row() + "\n" + "not json\n" * 100_000)
+    e = _err(str(path))
+    assert e.line == 2 and "(and 99999 more errors)" in e.message
+
+
+def test_parquet_reads_only_the_columns_it_needs(tmp_path, monkeypatch):
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"id": ["a"], "prompt": ["Q?"], "response": ["A."], "blob": [b"x" * 1000]}), path)
+    seen = []
+    real = pq.ParquetFile.iter_batches
+
+    def spy(self, *a, **k):
+        seen.append(k.get("columns"))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", spy)
+    assert [r.id for r in read_sft(str(path))] == ["a"]
+    assert seen == [["id", "prompt", "response"]]
