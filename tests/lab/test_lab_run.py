@@ -22,9 +22,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
-#: Floors of the mitigation experiment's two diagonal cells (share of the true category's unlearned
-#: samples the aimed arm recovered), from the seed sweep: see docs/benchmarks.md.
-FLOORS = {"I": 0.25, "V": 0.5}  # PROVISIONAL: set from the sweep
+#: Floors of the mitigation experiment's diagonal cells (share of the true category's unlearned
+#: samples the aimed arm recovered), from the sweep over unseen seeds 20-24 (docs/benchmarks.md,
+#: "Mitigations as causal tests"): progressive_epochs on V 0.90, 0.72, 0.50, 1.00, 1.00 (seed 0:
+#: 1.00), floor 0.4 below the lowest; knowledge_cpt on I 0.00, 0.25, 0.20, 0.30, 0.50 (seed 0:
+#: 0.50): its lowest is 0, so no floor above 0 is justified and I is not asserted.
+FLOORS = {"V": 0.4}
 
 
 def test_small_lab_run(tmp_path):
@@ -82,7 +85,7 @@ def test_small_lab_run(tmp_path):
     table = json.loads((out / "mitigations" / "table.json").read_text())
     # The diagonal cells against the truth, at floors from the sweep (FLOORS above).
     d = table["truth"]["diagonal"]
-    assert d["I"]["share"] >= FLOORS["I"] and d["V"]["share"] >= FLOORS["V"]
+    assert d["V"]["share"] >= FLOORS["V"] and 0 <= d["I"]["share"] <= 1
     # Table 4: one route for every model, on the true I samples.
     t4 = table["table4"]
     rows = {r["arm"]: r for r in t4["rows"]}
