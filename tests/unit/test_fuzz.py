@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from ilp_ray.data import read_sft
 from ilp_ray.errors import ConfigError, DataError
 
-CASES = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+CASES = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FIELDS = ["id", "prompt", "response", "subset", "position", "options", "answer", "messages", "completion",
           "instruction", "input", "output", "conversations", "from", "value", "role", "content", "text"]
 json_values = st.recursive(
