@@ -223,9 +223,9 @@ def _validate(source: str, rows: Iterable[tuple[str, int, Any]], data_format: st
                 id=sid, prompt=part.prompt, response=part.response, subset=subset,
                 position=position if position is not None else len(records), options=options,
                 answer=answer, history=part.history, turn=part.turn))
-    if errors:
-        first = errors[0]
-        more = f" (and {len(errors) - 1} more errors)" if len(errors) > 1 else ""
+    if errors.first is not None:
+        first = errors.first
+        more = f" (and {errors.n - 1} more errors)" if errors.n > 1 else ""
         raise DataError(first.message + more, file=first.file, line=first.line, field=first.field)
     if not records:
         raise DataError("no records in file", file=source)
@@ -246,17 +246,6 @@ class _Errors:
     def append(self, e: DataError) -> None:
         self.first = self.first or e
         self.n += 1
-
-    def __bool__(self) -> bool:
-        return self.n > 0
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> DataError:
-        if i != 0 or self.first is None:
-            raise IndexError(i)
-        return self.first
 
 
 def _shares(row: list[str], layout: str) -> bool:

@@ -14,6 +14,8 @@ import os
 import uuid
 from pathlib import Path
 
+import ray.exceptions
+import ray.serve.exceptions
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -28,15 +30,9 @@ from ilp_ray.serve.scorer import Scorer
 log = logging.getLogger("ilp_ray.serve")
 api = FastAPI(title="ilp-ray scoring service", version=__version__,
               description="Score MC items with a checkpoint (pass@N, BoN-N) and start audits.")
-def _unavailable() -> tuple[type[BaseException], ...]:
-    """The errors of a replica that is gone or busy (503: retry), and nothing else."""
-    import ray.exceptions as rx
-    import ray.serve.exceptions as sx
-
-    return (rx.RayActorError, sx.BackPressureError, sx.DeploymentUnavailableError, sx.ReplicaUnavailableError)
-
-
-UNAVAILABLE = _unavailable()
+#: The errors of a replica that is gone or busy (503: retry), and nothing else.
+UNAVAILABLE = (ray.exceptions.RayActorError, ray.serve.exceptions.BackPressureError,
+               ray.serve.exceptions.DeploymentUnavailableError, ray.serve.exceptions.ReplicaUnavailableError)
 #: Paths any client may reach without the token. /docs and /openapi.json are not among them: the
 #: schema names every field and limit, so it is for authenticated clients (as the README says).
 PUBLIC_PATHS = frozenset({"/healthz"})
