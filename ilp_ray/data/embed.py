@@ -237,12 +237,16 @@ def _exported(path: str, st_model) -> Path:
     processes never read half a file). The cache key covers the model files and torch's version."""
     import torch
 
-    from ilp_ray.models import cache_dir
+    from ilp_ray.models import cache_dir, cached
 
     root = Path(path)
     stamp = sorted((f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in root.rglob("*") if f.is_file())
     digest = hashlib.sha256(json.dumps([_ONNX_FORMAT, str(root.resolve()), torch.__version__, stamp]).encode())
-    target = cache_dir() / "onnx" / digest.hexdigest()[:16] / "model.onnx"
+    relative = Path("onnx") / digest.hexdigest()[:16] / "model.onnx"
+    baked = cached(relative)
+    if baked is not None:
+        return baked
+    target = cache_dir() / relative
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

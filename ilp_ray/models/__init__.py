@@ -43,6 +43,22 @@ def cache_dir() -> Path:
     return Path(os.environ.get("ILP_CACHE_DIR") or Path.home() / ".cache" / "ilp-ray")
 
 
+def prebuilt_cache() -> Path | None:
+    """A read-only cache built ahead of time (``$ILP_PREBUILT_CACHE``; the container image bakes
+    the bundled models and the MiniLM ONNX export there). Read before ``cache_dir()``, never written."""
+    root = os.environ.get("ILP_PREBUILT_CACHE")
+    return Path(root) if root else None
+
+
+def cached(relative: str | os.PathLike, is_ready=Path.is_file) -> Path | None:
+    """``relative`` under the prebuilt cache when it is ready there, else None."""
+    root = prebuilt_cache()
+    if root is None:
+        return None
+    path = root / relative
+    return path if is_ready(path) else None
+
+
 def resolve_model(spec: str | os.PathLike) -> Path:
     """Turn a model spec into a loadable HF checkpoint directory.
 
@@ -94,6 +110,9 @@ def load_model(spec: str | os.PathLike, dtype=None):
 
 
 def _bundled_checkpoint(name: str) -> Path:
+    baked = cached(Path("models") / name, lambda d: _cache_marker(d).is_file())
+    if baked is not None:
+        return baked
     target = cache_dir() / "models" / name
     if _cache_marker(target).is_file():
         return target

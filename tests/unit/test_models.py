@@ -103,3 +103,27 @@ def test_smollm2_cache_is_a_plain_checkpoint():
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
     assert tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
                                    add_generation_prompt=True).endswith("<|im_start|>assistant\n")
+
+
+def test_a_prebuilt_cache_is_read_first_and_never_written(tmp_path, monkeypatch):
+    """The image's baked cache ($ILP_PREBUILT_CACHE, read-only in a pod): a bundled model found
+    there is used as it is; a half-written one (no marker) is not, and the writable cache is used."""
+    from ilp_ray.models import _cache_marker
+
+    baked, writable = tmp_path / "baked", tmp_path / "writable"
+    model = baked / "models" / "smollm2-135m"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    monkeypatch.setenv("ILP_PREBUILT_CACHE", str(baked))
+    monkeypatch.setenv("ILP_CACHE_DIR", str(writable))
+    # No marker: not ready there, so the model is built into the writable cache (here: a marker
+    # planted there stands in for the 20 s dequantisation).
+    target = writable / "models" / "smollm2-135m"
+    target.mkdir(parents=True)
+    _cache_marker(target).write_text("{}")
+    assert resolve_model("smollm2-135m") == target
+    _cache_marker(model).write_text("{}")
+    assert resolve_model("smollm2-135m") == model
+    before = sorted(p.name for p in baked.rglob("*"))
+    resolve_model("smollm2-135m")
+    assert sorted(p.name for p in baked.rglob("*")) == before
