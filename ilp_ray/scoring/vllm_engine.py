@@ -72,8 +72,10 @@ class VllmEngine(ScoringEngine):
         return LLM(model=path, **kwargs), AutoTokenizer.from_pretrained(path)
 
     @staticmethod
-    def close_shared(llm) -> None:
-        """Stop the engine's core (its process and KV cache) now; Serve's LRU eviction calls this."""
+    def close_shared(shared) -> None:
+        """Stop the engine's core (its process and KV cache) now; Serve's LRU eviction calls this
+        with what ``load_shared`` returned (an ``LLM`` alone is accepted too)."""
+        llm = shared[0] if isinstance(shared, tuple) else shared
         llm.llm_engine.engine_core.shutdown()
 
     def score(self, items: Sequence[McItem]) -> list[OptionScores]:

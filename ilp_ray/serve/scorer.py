@@ -28,6 +28,22 @@ class LoadedModel:
                                          max_length=self.cfg.max_length, tag=self.model_id)
         return self.engines[fmt]
 
+    def __del__(self):
+        """Free the checkpoint now. Serve calls this when its LRU evicts the model (and Python
+        calls it again at collection, hence the guard): a vLLM engine's core process and KV cache
+        would otherwise outlive the eviction until the garbage collector ran."""
+        handle, self.handle = getattr(self, "handle", None), None
+        if handle is None:
+            return
+        self.engines.clear()
+        close = getattr(self.cls, "close_shared", None)
+        if close is not None:
+            close(handle)
+        del handle
+        import gc
+
+        gc.collect()
+
 
 def _load_hf(spec: str):
     from ilp_ray.models import load_model

@@ -208,6 +208,25 @@ def test_audit_data_outside_the_roots_is_refused(service, data):
     assert "data root" in out["error"] and str(service["data_root"]) not in out["error"]
 
 
+def test_the_lru_evicts_and_reloads_checkpoints(service, tiny_checkpoints):
+    """Three checkpoints through a replica that holds two: each eviction frees one (LoadedModel's
+    __del__, which Serve calls), and an evicted checkpoint loads again with the same scores."""
+    import shutil
+
+    third = service["root"] / "third"
+    shutil.copytree(tiny_checkpoints["base"], third)
+    try:
+        body = {"items": ITEMS, "n": 3, "seed": 1}
+        first = {c: call(service["url"], "/v1/score", dict(body, checkpoint=c)) for c in ("sft", "base", "third")}
+        assert all(s == 200 for s, _ in first.values()), first
+        assert first["third"][1]["items"] == first["base"][1]["items"]  # the same weights
+        again = {c: call(service["url"], "/v1/score", dict(body, checkpoint=c)) for c in ("sft", "base")}
+        for c, (status, out) in again.items():
+            assert status == 200 and out["items"] == first[c][1]["items"], c
+    finally:
+        shutil.rmtree(third)
+
+
 def test_32_concurrent_clients(service):
     body = {"checkpoint": "sft", "items": ITEMS}
     with cf.ThreadPoolExecutor(32) as pool:

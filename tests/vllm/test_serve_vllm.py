@@ -1,0 +1,126 @@
+"""Serve's vLLM replicas (`engine: vllm`) on this CPU, over real HTTP: the transformers replicas'
+own tests (tests/serve/test_serve.py, imported below and run against this module's `service`),
+the scores against the in-process transformers engine, and the LRU's eviction freeing an LLM."""
+
+import time
+
+import numpy as np
+import pytest
+
+from tests.helpers import free_port, wait_http
+
+# The transformers replicas' tests, run here against a vLLM service: pytest collects the imported
+# functions, and their `service` and `tiny_checkpoints` fixtures resolve to this module's.
+from tests.serve.test_serve import (  # noqa: F401
+    ITEMS,
+    call,
+    test_32_concurrent_clients,
+    test_a_corrupt_checkpoint_is_500_without_a_trace_not_retry,
+    test_auth,
+    test_bad_json_and_fields_without_traces,
+    test_checkpoints_listing,
+    test_infinite_temperature_and_duplicate_ids_are_422,
+    test_limits_name_the_limit,
+    test_path_traversal_is_refused,
+    test_replica_killed_mid_load_recovers,
+    test_request_bounds_are_422_not_503,
+)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoints(tmp_path_factory):
+    """Tiny llamas vLLM's CPU attention accepts (head size 64; the main suite's use 16), under one
+    root, as ids "sft", "base" and "third" (the LRU test's third checkpoint)."""
+    from ilp_ray.models.tiny import save_tiny_checkpoint
+    from tests.conftest import FACTS
+
+    texts = [f"Question: {q}\nAnswer: {a}" for _, q, a in FACTS] * 4
+    root = tmp_path_factory.mktemp("vllm-ckpt")
+    return {name: save_tiny_checkpoint(root / name, texts, seed=seed, hidden_size=128, num_heads=2, num_kv_heads=1)
+            for name, seed in (("base", 1), ("sft", 2), ("third", 3))}
+
+
+@pytest.fixture(scope="module")
+def service(ray_session, tiny_checkpoints, tmp_path_factory):
+    from ray import serve
+
+    from ilp_ray.serve.app import build_app
+
+    root = tiny_checkpoints["sft"].parent
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    app = build_app({"engine": "vllm", "checkpoint_roots": [str(root)], "allow_bundled": False, "batch_size": 4,
+                     "max_models_per_replica": 2,
+                     "limits": {"max_items": 8, "max_n": 50, "max_item_chars": 400, "max_body_bytes": 65536,
+                                "max_concurrent_audits": 1},
+                     "audit_root": str(tmp_path_factory.mktemp("serve-audits")),
+                     "data_roots": [str(tmp_path_factory.mktemp("serve-data"))]})
+    serve.run(app, name="ilp", route_prefix="/", blocking=False)
+    base = f"http://127.0.0.1:{port}"
+    wait_http(f"{base}/healthz", timeout=300)
+    yield {"url": base, "root": root}
+    serve.shutdown()
+
+
+def test_vllm_replica_scores_as_the_transformers_engine(service, tiny_checkpoints):
+    from ilp_ray.config import ScoringConfig
+    from ilp_ray.detect import item_results
+    from ilp_ray.records import McItem
+    from ilp_ray.scoring.engines import make_engine
+
+    status, out = call(service["url"], "/v1/score", {"checkpoint": "sft", "items": ITEMS, "n": 7, "seed": 3})
+    assert status == 200, out
+    items = [McItem(id=str(i["id"]), question=i["question"], options=tuple(i["options"]), answer=i["answer"])
+             for i in ITEMS]
+    scoring = ScoringConfig(batch_size=2)
+    want = item_results(items, make_engine(scoring, str(tiny_checkpoints["sft"])).score(items), scoring, n=7, seed=3)
+    assert [r["id"] for r in out["items"]] == ["a", "b", "3"]
+    for got, exp in zip(out["items"], want, strict=True):
+        np.testing.assert_allclose(got["loglikelihoods"], exp["loglikelihoods"], atol=1e-3)
+        assert got["pred"] == exp["pred"] and got["correct"] == exp["correct"]
+
+
+def _engine_cores(replica_pid: int) -> list[int]:
+    """PIDs of the vLLM engine-core processes under a replica (one per loaded LLM)."""
+    import psutil
+
+    procs = psutil.Process(replica_pid).children(recursive=True)
+    return sorted(p.pid for p in procs if "EngineCore" in (p.name() + " ".join(p.cmdline())))
+
+
+def _scorer_pid() -> int:
+    """The scorer replica's PID, by the process title Ray gives it (no dashboard for the state API)."""
+    import psutil
+
+    pids = [p.pid for p in psutil.process_iter(["cmdline"])
+            if "ServeReplica:ilp:Scorer" in " ".join(p.info["cmdline"] or [])]
+    assert len(pids) == 1, pids
+    return pids[0]
+
+
+def test_each_checkpoint_its_own_llm_and_the_lru_frees_the_evicted_one(service):
+    """max_models_per_replica=2: a third checkpoint evicts the least recently used one, and that
+    LLM's engine-core process (its weights and KV cache) is gone, not waiting for the collector."""
+    import psutil
+
+    url = service["url"]
+    for ckpt in ("sft", "base"):  # both loaded (one may be loaded already by an earlier test)
+        assert call(url, "/v1/score", {"checkpoint": ckpt, "items": ITEMS[:1]})[0] == 200
+    pid = _scorer_pid()
+    before = _engine_cores(pid)
+    assert len(before) == 2, before
+    status, sft = call(url, "/v1/score", {"checkpoint": "sft", "items": ITEMS})  # sft most recent: base goes
+    assert status == 200
+    assert call(url, "/v1/score", {"checkpoint": "third", "items": ITEMS[:1]})[0] == 200
+    deadline = time.time() + 60
+    while len(after := _engine_cores(pid)) != 2 or set(after) >= set(before):
+        assert time.time() < deadline, (before, after)
+        time.sleep(0.5)
+    gone = set(before) - set(after)
+    assert len(gone) == 1 and not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in gone)
+    # The kept checkpoint was not reloaded, and scores as before; the evicted one loads again.
+    assert call(url, "/v1/score", {"checkpoint": "sft", "items": ITEMS})[1]["items"] == sft["items"]
+    assert call(url, "/v1/score", {"checkpoint": "base", "items": ITEMS[:1]})[0] == 200
+
