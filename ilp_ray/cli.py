@@ -67,14 +67,24 @@ def score(
     max_length: int | None = typer.Option(None, help="Token budget; prompts are left-truncated."),
     temperature: float = typer.Option(1.0, help="Softmax temperature for probs."),
     threads: int = typer.Option(0, help="torch threads (0: torch's default)."),
+    vllm_args: str = typer.Option("{}", "--vllm-args", help=(
+        "For --engine vllm: keyword arguments of vllm.LLM as a YAML mapping, e.g. '{enforce_eager: true}'.")),
 ) -> None:
     """Score ready MC items with one checkpoint: log-likelihoods, probabilities, acc and acc_norm argmax."""
+    import yaml
+
     from ilp_ray.config import ScoringConfig
     from ilp_ray.errors import IlpError
 
     try:
+        try:
+            extra = yaml.safe_load(vllm_args) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"--vllm-args: not a YAML mapping ({str(e).splitlines()[0]})") from None
+        if not isinstance(extra, dict):
+            raise ValueError(f"--vllm-args: expected a mapping such as '{{enforce_eager: true}}', got {vllm_args!r}")
         cfg = ScoringConfig(engine=engine, format=fmt, batch_size=batch_size, max_length=max_length,
-                            temperature=temperature)
+                            temperature=temperature, vllm_args=extra)
     except Exception as e:  # pydantic's message names the field
         _fail(ValueError(str(e).splitlines()[0] + ": " + " ".join(str(e).splitlines()[1:3])))
         return

@@ -52,6 +52,10 @@ class ScoringConfig(_Section):
         "CUDA vLLM from the [gpu] extra), naive (baseline), or http "
         "(the project's Serve endpoint at `url`). A URL here is shorthand for engine=http, url=<it>."))
     url: str | None = Field(None, description="Base URL of the Serve scoring endpoint, for engine=http.")
+    vllm_args: dict[str, Any] = Field(default_factory=dict, description=(
+        "For engine=vllm: keyword arguments of vllm.LLM, over the engine's own (prefix caching on; "
+        "float32 on CPU, the checkpoint's dtype on a GPU), e.g. enforce_eager, gpu_memory_utilization, "
+        "tensor_parallel_size, max_num_seqs."))
     format: Literal["chat", "plain", "lm-eval"] = Field("lm-eval", description=(
         "Prompt format: 'lm-eval' is 'Question: {q}\\nAnswer:' + ' {option}', as lm-eval scores MC."))
     batch_size: int = Field(16, ge=1, description="MC items per forward batch (all their options together).")

@@ -21,5 +21,7 @@ def make_engine(scoring: ScoringConfig, model: str, tag: str | None = None) -> S
     """Build the configured engine for ``model`` (a checkpoint dir or a bundled name)."""
     cls = ENGINES.get(scoring.engine)
     extra = {"url": scoring.url} if scoring.engine == "http" else {}
+    if scoring.engine == "vllm":
+        extra = dict(scoring.vllm_args)
     return cls(model, fmt=scoring.format, batch_size=scoring.batch_size,
                max_length=scoring.max_length, tag=tag or str(model), **extra)

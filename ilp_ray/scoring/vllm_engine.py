@@ -78,6 +78,10 @@ class VllmEngine(ScoringEngine):
         llm = shared[0] if isinstance(shared, tuple) else shared
         llm.llm_engine.engine_core.shutdown()
 
+    def close(self) -> None:
+        """Shut this engine's LLM down (when it owns it alone: ``ilp score`` does at the end)."""
+        self.close_shared(self.llm)
+
     def score(self, items: Sequence[McItem]) -> list[OptionScores]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt

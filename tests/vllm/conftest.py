@@ -32,7 +32,21 @@ def real_items():
 
 @pytest.fixture(scope="session")
 def vllm_model():
-    """SmolLM2-135M loaded once by vLLM (fp32 on CPU, as the transformers engine scores)."""
+    """SmolLM2-135M loaded once by vLLM (fp32 on CPU, as the transformers engine scores; eager,
+    which halves vLLM's start-up here: 18 s against 34 s with its compilation, on the tiny model)."""
     from ilp_ray.scoring.vllm_engine import VllmEngine
 
-    return VllmEngine.load_shared("smollm2-135m", dtype="float32")
+    return VllmEngine.load_shared("smollm2-135m", dtype="float32", enforce_eager=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory):
+    """Tiny llamas vLLM's CPU attention accepts (head size 64; the main suite's have 16), under one
+    root, as ids "sft", "base" and "third" (the LRU test's third checkpoint)."""
+    from ilp_ray.models.tiny import save_tiny_checkpoint
+    from tests.conftest import FACTS
+
+    texts = [f"Question: {q}\nAnswer: {a}" for _, q, a in FACTS] * 4
+    root = tmp_path_factory.mktemp("vllm-ckpt")
+    return {name: save_tiny_checkpoint(root / name, texts, seed=seed, hidden_size=128, num_heads=2, num_kv_heads=1)
+            for name, seed in (("base", 1), ("sft", 2), ("third", 3))}

@@ -30,19 +30,6 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoints(tmp_path_factory):
-    """Tiny llamas vLLM's CPU attention accepts (head size 64; the main suite's use 16), under one
-    root, as ids "sft", "base" and "third" (the LRU test's third checkpoint)."""
-    from ilp_ray.models.tiny import save_tiny_checkpoint
-    from tests.conftest import FACTS
-
-    texts = [f"Question: {q}\nAnswer: {a}" for _, q, a in FACTS] * 4
-    root = tmp_path_factory.mktemp("vllm-ckpt")
-    return {name: save_tiny_checkpoint(root / name, texts, seed=seed, hidden_size=128, num_heads=2, num_kv_heads=1)
-            for name, seed in (("base", 1), ("sft", 2), ("third", 3))}
-
-
-@pytest.fixture(scope="module")
 def service(ray_session, tiny_checkpoints, tmp_path_factory):
     from ray import serve
 
@@ -52,7 +39,7 @@ def service(ray_session, tiny_checkpoints, tmp_path_factory):
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     app = build_app({"engine": "vllm", "checkpoint_roots": [str(root)], "allow_bundled": False, "batch_size": 4,
-                     "max_models_per_replica": 2,
+                     "max_models_per_replica": 2, "vllm_args": {"enforce_eager": True},
                      "limits": {"max_items": 8, "max_n": 50, "max_item_chars": 400, "max_body_bytes": 65536,
                                 "max_concurrent_audits": 1},
                      "audit_root": str(tmp_path_factory.mktemp("serve-audits")),
@@ -120,7 +107,8 @@ def test_each_checkpoint_its_own_llm_and_the_lru_frees_the_evicted_one(service):
         time.sleep(0.5)
     gone = set(before) - set(after)
     assert len(gone) == 1 and not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in gone)
-    # The kept checkpoint was not reloaded, and scores as before; the evicted one loads again.
+    # The kept checkpoint was not reloaded, and scores as before (reloading an evicted one is
+    # tests/serve's LRU test, with the transformers engine).
     assert call(url, "/v1/score", {"checkpoint": "sft", "items": ITEMS})[1]["items"] == sft["items"]
-    assert call(url, "/v1/score", {"checkpoint": "base", "items": ITEMS[:1]})[0] == 200
+    assert _engine_cores(pid) == after
 

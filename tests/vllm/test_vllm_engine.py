@@ -20,8 +20,10 @@ def test_vllm_equals_transformers_on_real_items(real_items, vllm_model, fmt):
     from ilp_ray.scoring.vllm_engine import VllmEngine
 
     assert len(real_items) >= 50
-    ours = VllmEngine(vllm_model, fmt=fmt, batch_size=16, tag="smollm2").score(real_items)
-    ref = TransformersEngine("smollm2-135m", fmt=fmt, batch_size=8).score(real_items)
+    # All 60 in lm-eval's format; every other one in chat's (its template doubles each prompt).
+    items = real_items if fmt == "lm-eval" else real_items[::2]
+    ours = VllmEngine(vllm_model, fmt=fmt, batch_size=16, tag="smollm2").score(items)
+    ref = TransformersEngine("smollm2-135m", fmt=fmt, batch_size=8).score(items)
     worst = 0.0
     for a, b in zip(ours, ref, strict=True):
         assert a.id == b.id and a.n_tokens == b.n_tokens
@@ -36,7 +38,7 @@ def test_ilp_score_with_the_vllm_engine(tmp_path, real_items):
                                          "answer": it.answer}) + "\n" for it in real_items[:12]))
     out = tmp_path / "scores.jsonl"
     p = subprocess.run([sys.executable, "-m", "ilp_ray.cli", "score", "--model", "smollm2-135m", "--items", str(items),
-                        "--out", str(out), "--engine", "vllm"], cwd=ROOT, env=os.environ.copy(),
+                        "--out", str(out), "--engine", "vllm", "--vllm-args", "{enforce_eager: true}"], cwd=ROOT, env=os.environ.copy(),
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -45,7 +47,7 @@ def test_ilp_score_with_the_vllm_engine(tmp_path, real_items):
                for r, it in zip(rows, real_items, strict=False))
 
 
-def test_an_audit_scores_with_vllm_in_its_ray_data_actors(tmp_path):
+def test_an_audit_scores_with_vllm_in_its_ray_data_actors(tmp_path, tiny_checkpoints):
     """`ilp audit --set scoring.engine=vllm`: the Ray Data actors load vLLM and score every record."""
     data = tmp_path / "sft.jsonl"
     rows = [{"id": f"r{i}", "prompt": f"What is the capital of {c}?", "response": a}
@@ -53,8 +55,9 @@ def test_an_audit_scores_with_vllm_in_its_ray_data_actors(tmp_path):
                                         ("Japan", "Tokyo"), ("Egypt", "Cairo"), ("Peru", "Lima")])]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     run = tmp_path / "audit"
-    p = subprocess.run([sys.executable, "-m", "ilp_ray.cli", "audit", "--data", str(data), "--sft-model", "smollm2-135m",
-                        "--run-dir", str(run), "--set", "scoring.engine=vllm", "--set", "tracking.enabled=false"],
+    p = subprocess.run([sys.executable, "-m", "ilp_ray.cli", "audit", "--data", str(data), "--sft-model", str(tiny_checkpoints["sft"]),
+                        "--run-dir", str(run), "--set", "scoring.engine=vllm", "--set", "scoring.vllm_args={enforce_eager: true}",
+                        "--set", "tracking.enabled=false"],
                        cwd=ROOT, env=os.environ.copy(), capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
     from ilp_ray.storage import load_verdicts
@@ -62,7 +65,8 @@ def test_an_audit_scores_with_vllm_in_its_ray_data_actors(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["n"] == 6 and summary["shards_scored"] == summary["shards_total"] >= 1
     assert len(load_verdicts(run)) == 6
-    assert json.loads((run / "audit_config.json").read_text())["scoring"]["engine"] == "vllm"
+    scoring = json.loads((run / "audit_config.json").read_text())["scoring"]
+    assert scoring["engine"] == "vllm" and scoring["vllm_args"] == {"enforce_eager": True}
 
 
 def _long_items(real_items, engine, n=6):
