@@ -57,7 +57,8 @@ ITEMS = [
 ]
 
 
-def test_score_equals_in_process(service, tiny_checkpoints):
+def served_and_in_process(service, checkpoint) -> list[tuple[dict, dict]]:
+    """ITEMS scored by the service's "sft" and by the transformers engine in this process, paired."""
     from ilp_ray.config import ScoringConfig
     from ilp_ray.detect import item_results
     from ilp_ray.records import McItem
@@ -68,9 +69,13 @@ def test_score_equals_in_process(service, tiny_checkpoints):
     items = [McItem(id=str(i["id"]), question=i["question"], options=tuple(i["options"]), answer=i["answer"])
              for i in ITEMS]
     scoring = ScoringConfig(batch_size=2)
-    want = item_results(items, make_engine(scoring, str(tiny_checkpoints["sft"])).score(items), scoring, n=7, seed=3)
+    want = item_results(items, make_engine(scoring, str(checkpoint)).score(items), scoring, n=7, seed=3)
     assert [r["id"] for r in out["items"]] == ["a", "b", "3"]
-    for got, exp in zip(out["items"], want):
+    return list(zip(out["items"], want, strict=True))
+
+
+def test_score_equals_in_process(service, tiny_checkpoints):
+    for got, exp in served_and_in_process(service, tiny_checkpoints["sft"]):
         np.testing.assert_allclose(got["loglikelihoods"], exp["loglikelihoods"], atol=1e-5)
         np.testing.assert_allclose(got["probs"], exp["probs"], atol=1e-6)
         for k in ("pred", "pred_norm", "pass_at_n", "bon_correct", "correct"):

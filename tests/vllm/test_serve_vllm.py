@@ -10,10 +10,12 @@ import pytest
 from tests.helpers import free_port, wait_http
 
 # The transformers replicas' tests, run here against a vLLM service: pytest collects the imported
-# functions, and their `service` and `tiny_checkpoints` fixtures resolve to this module's.
+# functions, and their fixtures resolve here: `service` to this module's, `tiny_checkpoints` to
+# tests/vllm/conftest.py's.
 from tests.serve.test_serve import (  # noqa: F401
     ITEMS,
     call,
+    served_and_in_process,
     test_32_concurrent_clients,
     test_a_corrupt_checkpoint_is_500_without_a_trace_not_retry,
     test_auth,
@@ -52,19 +54,7 @@ def service(ray_session, tiny_checkpoints, tmp_path_factory):
 
 
 def test_vllm_replica_scores_as_the_transformers_engine(service, tiny_checkpoints):
-    from ilp_ray.config import ScoringConfig
-    from ilp_ray.detect import item_results
-    from ilp_ray.records import McItem
-    from ilp_ray.scoring.engines import make_engine
-
-    status, out = call(service["url"], "/v1/score", {"checkpoint": "sft", "items": ITEMS, "n": 7, "seed": 3})
-    assert status == 200, out
-    items = [McItem(id=str(i["id"]), question=i["question"], options=tuple(i["options"]), answer=i["answer"])
-             for i in ITEMS]
-    scoring = ScoringConfig(batch_size=2)
-    want = item_results(items, make_engine(scoring, str(tiny_checkpoints["sft"])).score(items), scoring, n=7, seed=3)
-    assert [r["id"] for r in out["items"]] == ["a", "b", "3"]
-    for got, exp in zip(out["items"], want, strict=True):
+    for got, exp in served_and_in_process(service, tiny_checkpoints["sft"]):
         np.testing.assert_allclose(got["loglikelihoods"], exp["loglikelihoods"], atol=1e-3)
         assert got["pred"] == exp["pred"] and got["correct"] == exp["correct"]
 

@@ -20,8 +20,8 @@ def test_vllm_equals_transformers_on_real_items(real_items, vllm_model, fmt):
     from ilp_ray.scoring.vllm_engine import VllmEngine
 
     assert len(real_items) >= 50
-    # All 60 in lm-eval's format; every other one in chat's (its template doubles each prompt).
-    items = real_items if fmt == "lm-eval" else real_items[::2]
+    # All 60 in lm-eval's format; every third in chat's (its template doubles each prompt).
+    items = real_items if fmt == "lm-eval" else real_items[::3]
     ours = VllmEngine(vllm_model, fmt=fmt, batch_size=16, tag="smollm2").score(items)
     ref = TransformersEngine("smollm2-135m", fmt=fmt, batch_size=8).score(items)
     worst = 0.0
@@ -32,19 +32,26 @@ def test_vllm_equals_transformers_on_real_items(real_items, vllm_model, fmt):
     assert worst <= 1e-3, worst
 
 
-def test_ilp_score_with_the_vllm_engine(tmp_path, real_items):
+def test_ilp_score_with_the_vllm_engine(tmp_path, real_items, tiny_checkpoints):
+    """`ilp score --engine vllm` on 12 real items (a tiny checkpoint: the real model's figures are
+    the parity test's), its rows equal to the transformers engine's in this process."""
+    from ilp_ray.scoring.hf import TransformersEngine
+
     items = tmp_path / "items.jsonl"
     items.write_text("".join(json.dumps({"id": it.id, "question": it.question, "options": list(it.options),
                                          "answer": it.answer}) + "\n" for it in real_items[:12]))
     out = tmp_path / "scores.jsonl"
-    p = subprocess.run([sys.executable, "-m", "ilp_ray.cli", "score", "--model", "smollm2-135m", "--items", str(items),
-                        "--out", str(out), "--engine", "vllm", "--vllm-args", "{enforce_eager: true}"], cwd=ROOT, env=os.environ.copy(),
-                       capture_output=True, text=True, timeout=600)
+    ckpt = str(tiny_checkpoints["sft"])
+    p = subprocess.run([sys.executable, "-m", "ilp_ray.cli", "score", "--model", ckpt, "--items", str(items),
+                        "--out", str(out), "--engine", "vllm", "--vllm-args", "{enforce_eager: true}"], cwd=ROOT,
+                       env=os.environ.copy(), capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in rows] == [it.id for it in real_items[:12]]
-    assert all(abs(sum(r["probs"]) - 1) < 1e-6 and len(r["loglikelihoods"]) == len(it.options)
-               for r, it in zip(rows, real_items, strict=False))
+    ref = TransformersEngine(ckpt, fmt="lm-eval", batch_size=4).score(real_items[:12])
+    for r, b in zip(rows, ref, strict=True):
+        np.testing.assert_allclose(r["loglikelihoods"], b.logprob_sum, atol=1e-3)
+        assert r["pred"] == int(np.argmax(b.logprob_sum)) and abs(sum(r["probs"]) - 1) < 1e-6
 
 
 def test_an_audit_scores_with_vllm_in_its_ray_data_actors(tmp_path, tiny_checkpoints):
