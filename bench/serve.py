@@ -69,8 +69,7 @@ def measure(url: str, model: str, engine_name: str, args) -> dict:
         item_results(mc, engine.score(mc), scoring)
         inproc.append(time.perf_counter() - t)
         http.append(post(url, body16))
-    if hasattr(engine, "llm"):  # free the in-process vLLM before the load test
-        engine.close_shared(engine.llm)
+    engine.close()  # free an in-process vLLM before the load test
     del engine
     overhead = statistics.median(http) / statistics.median(inproc) - 1
     print(f"[{engine_name}] batch 16: in-process {statistics.median(inproc) * 1e3:.0f} ms, "

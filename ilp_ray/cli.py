@@ -77,12 +77,13 @@ def score(
     from ilp_ray.errors import IlpError
 
     try:
-        try:
-            extra = yaml.safe_load(vllm_args) or {}
-        except yaml.YAMLError as e:
-            raise ValueError(f"--vllm-args: not a YAML mapping ({str(e).splitlines()[0]})") from None
-        if not isinstance(extra, dict):
-            raise ValueError(f"--vllm-args: expected a mapping such as '{{enforce_eager: true}}', got {vllm_args!r}")
+        extra = yaml.safe_load(vllm_args) or {}
+    except yaml.YAMLError:
+        extra = None
+    if not isinstance(extra, dict):
+        _fail(ValueError(f"--vllm-args: expected a YAML mapping such as '{{enforce_eager: true}}', got {vllm_args!r}"))
+        return
+    try:
         cfg = ScoringConfig(engine=engine, format=fmt, batch_size=batch_size, max_length=max_length,
                             temperature=temperature, vllm_args=extra)
     except Exception as e:  # pydantic's message names the field

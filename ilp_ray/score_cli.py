@@ -31,8 +31,7 @@ def score_file(model: str, items_path: Path, out: Path, scoring: ScoringConfig,
     try:
         rows = item_results(items, engine.score(items), scoring, n=n, seed=seed)
     finally:  # an engine with a process of its own (vLLM's core) is shut down here, not at exit
-        if hasattr(engine, "close"):
-            engine.close()
+        engine.close()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:

@@ -50,6 +50,11 @@ class ScoringEngine(abc.ABC):
                 model's context); the message names the item id.
         """
 
+    def close(self) -> None:
+        """Release what the engine holds beyond memory (vLLM: its engine-core process). A no-op
+        here; callers that own an engine call it when done rather than leave it to interpreter exit."""
+        return None
+
     @property
     def truncated_count(self) -> int:
         """How many items this engine has left-truncated so far, over all ``score`` calls."""

@@ -20,8 +20,6 @@ ENGINES.register("vllm", "ilp_ray.scoring.vllm_engine:VllmEngine")
 def make_engine(scoring: ScoringConfig, model: str, tag: str | None = None) -> ScoringEngine:
     """Build the configured engine for ``model`` (a checkpoint dir or a bundled name)."""
     cls = ENGINES.get(scoring.engine)
-    extra = {"url": scoring.url} if scoring.engine == "http" else {}
-    if scoring.engine == "vllm":
-        extra = dict(scoring.vllm_args)
+    extra = {"http": {"url": scoring.url}, "vllm": scoring.vllm_args}.get(scoring.engine, {})
     return cls(model, fmt=scoring.format, batch_size=scoring.batch_size,
                max_length=scoring.max_length, tag=tag or str(model), **extra)

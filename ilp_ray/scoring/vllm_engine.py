@@ -79,7 +79,7 @@ class VllmEngine(ScoringEngine):
         llm.llm_engine.engine_core.shutdown()
 
     def close(self) -> None:
-        """Shut this engine's LLM down (when it owns it alone: ``ilp score`` does at the end)."""
+        """Shut this engine's LLM down (an engine that shares its LLM leaves this to the owner)."""
         self.close_shared(self.llm)
 
     def score(self, items: Sequence[McItem]) -> list[OptionScores]:
