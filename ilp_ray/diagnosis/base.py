@@ -42,6 +42,8 @@ class DiagnosisContext:
         embedder: a ``TextEmbedder`` (MiniLM or the hashing twin).
         evidence: corpus evidence by id (see the module docstring), or None.
         run_dir: the audit run directory (outputs go under ``run_dir/diagnosis``), or None.
+        beliefs: what the base model answered when asked (``beliefs.probe``), one row per probed
+            sample, or None; ``belief_status`` says what was probed, or why nothing was.
     """
 
     verdicts: pd.DataFrame
@@ -51,6 +53,8 @@ class DiagnosisContext:
     embedder: Any = None
     evidence: pd.DataFrame | None = None
     run_dir: Any = None
+    beliefs: pd.DataFrame | None = None
+    belief_status: dict = field(default_factory=dict)
     _cache: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -122,8 +126,27 @@ class DiagnosisContext:
                "corpus": self.corpus_verdicts() == "contradicts", "pmi_tested": tested}
         out["supported"] = out["pmi"] | out["jsd"] | out["corpus"]
         out["belief"] = out["confident"] & (out["supported"] if cfg.require_support else True)
+        # Where the base was asked (beliefs.probe), its own answers decide: it holds another
+        # answer (II), or it produces the SFT answer (so it is no gap for I). The MC pick stays
+        # in the evidence; the corpus still supports II when the pick is confident.
+        probed = np.zeros(len(v), bool)
+        holds, knows = np.zeros(len(v), bool), np.zeros(len(v), bool)
+        if self.beliefs is not None and len(self.beliefs):
+            at = {i: k for k, i in enumerate(self.ids)}
+            for rid, h, kn in zip(self.beliefs["id"].astype(str), self.beliefs["holds"], self.beliefs["knows"],
+                                  strict=True):
+                k = at[rid]
+                probed[k], holds[k], knows[k] = True, bool(h), bool(kn)
+        out.update(probed=probed, holds=holds, knows=knows)
+        out["belief"] = np.where(probed, holds | (out["confident"] & out["corpus"]), out["belief"])
         self._cache["beliefs"] = out
         return out
+
+    def generated(self) -> dict[str, dict]:
+        """The probe's row of each probed sample, by id (empty without a probe)."""
+        if self.beliefs is None:
+            return {}
+        return {str(r["id"]): r for r in self.beliefs.to_dict("records")}
 
     def corpus_verdicts(self) -> np.ndarray:
         """Each row's corpus verdict, in row order; "" where the evidence has none."""

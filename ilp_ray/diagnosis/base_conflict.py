@@ -11,14 +11,21 @@ something beyond the pick says that this is a belief about *this* question:
   ``js_threshold`` (paper 0.3): SFT pushed against the belief;
 - ``corpus``: the pretraining corpus contradicts the SFT label.
 
-The evidence's ``fired_by`` lists which held. Without option priors (an audit with the fairness
+The evidence's ``fired_by`` lists which held.
+
+For the MC items the audit built from SFT data (``diagnose.beliefs``, on by default), the pick is
+not read at all: the options are other records' responses, so the value the base believes is
+rarely among them. The base is asked the prompt instead (``ilp_ray.diagnosis.beliefs``), and II
+fires when most of its own answers are one answer that is not the SFT's (``fired_by: asked``), or
+when its pick is confident and the corpus contradicts the label (``corpus``). Without option priors (an audit with the fairness
 check off) ``pmi`` cannot be tested and the evidence says so.
 
 With corpus evidence, II fires only where the corpus does not lack or support the SFT value
 (``corpus.veto``): a confident wrong answer to something the base never read is a guess (cause
 I), and one the corpus contradicts is the pretrained belief this cause is about.
 
-Score: the base model's confidence in its wrong option, plus 0.1 when the JSD supports it and
+Score: the base model's confidence in its wrong option (asked: the share of its answers that are
+its own), plus 0.1 when the JSD supports it and
 up to 0.2 × ``corpus_score`` when the pretraining corpus contradicts the SFT label. Rows whose
 base model prefers the right answer score 0. Silent without a base model, and says so.
 """
@@ -51,11 +58,14 @@ class BaseConflict(CauseDetector):
         bpred, bconf, wrong, js, gain = b["pred"], b["confidence"], b["wrong"], b["js"], b["pmi_gain"]
         js_support, pmi_support, corpus_support, supported = b["jsd"], b["pmi"], b["corpus"], b["supported"]
         has_pmi = b["pmi_tested"]
+        probed, holds, said = b["probed"], b["holds"], ctx.generated()
         corpus = ctx.corpus()
         guess = ctx.config.corpus.veto & np.isin(ctx.corpus_verdicts(), ["absent", "supports"])
         confident = b["confident"]
         fired = b["belief"] & ~guess
         score = np.where(wrong, bconf + 0.1 * js_support, 0.0)
+        share = np.array([said[i]["modal_share"] if i in said else 0.0 for i in v["id"].astype(str)], dtype=float)
+        score = np.where(probed, np.where(holds, share + 0.1 * js_support, 0.0), score)
         evidence = []
         for i, (vid, opts) in enumerate(zip(v["id"].astype(str), v["options"], strict=False)):
             ev = {"base_pred": int(bpred[i]), "base_choice": str(opts[bpred[i]]),
@@ -66,6 +76,12 @@ class BaseConflict(CauseDetector):
                   "js_threshold": cfg.js_threshold,
                   "fired_by": [n for n, ok in (("pmi", pmi_support[i]), ("jsd", js_support[i]),
                                                ("corpus", corpus_support[i])) if ok]}
+            if probed[i]:
+                g = said[vid]
+                ev.update(asked={"says": g["modal"], "share": r3(g["modal_share"]),
+                                 "sft_answer_share": r3(g["label_share"]), "answers": list(g["answers"])[:5]},
+                          fired_by=(["asked"] if holds[i] else []) + (["corpus"] if corpus_support[i]
+                                                                     and confident[i] else []))
             if not has_pmi[i]:
                 ev["pmi"] = "untested: the audit scored no option priors"
             if vid in corpus:
@@ -76,7 +92,10 @@ class BaseConflict(CauseDetector):
                 if guess[i] and confident[i]:
                     ev.update(vetoed=f"the corpus {'lacks' if verdict == 'absent' else 'supports'} this "
                                      "fact: the base model's answer is a guess, not a pretrained belief")
-            if confident[i] and not guess[i] and cfg.require_support and not supported[i]:
+            if probed[i] and not fired[i]:
+                ev["not_held"] = (f"asked {len(said[vid]['answers'])} times, the base gives no one answer "
+                                  "other than the SFT's most of the time: its MC pick is not a belief")
+            elif confident[i] and not guess[i] and cfg.require_support and not supported[i]:
                 ev["unsupported"] = ("a confident wrong pick that the question does not raise over its prior, "
                                      "SFT did not move, and no corpus contradicts: not a belief")
             evidence.append(ev)
@@ -85,7 +104,10 @@ class BaseConflict(CauseDetector):
                    "base_wrong": int(wrong.sum()), "confident_wrong": int(confident.sum()),
                    "vetoed_by_corpus": int((confident & guess).sum()),
                    "unsupported": int((confident & ~guess & ~supported).sum()) if cfg.require_support else 0,
-                   "fired_by": {"pmi": int((fired & pmi_support).sum()), "jsd": int((fired & js_support).sum()),
+                   "asked": ctx.belief_status, "asked_holds": int((probed & holds).sum()),
+                   "fired_by": {"asked": int((fired & probed & holds).sum()),
+                                "pmi": int((fired & ~probed & pmi_support).sum()),
+                                "jsd": int((fired & ~probed & js_support).sum()),
                                 "corpus": int((fired & corpus_support).sum())},
                    "js_supported": int((fired & js_support).sum())}
         return CauseResult(self.frame(fired, score, evidence), summary)

@@ -9,6 +9,8 @@ Blind when the base model fails under repeated sampling and is not confidently w
 - both on chance-corrected figures (``chance_corrected``, the default): ``(x - 1/k) / (1 - 1/k)``
   for an item of k options. The paper's thresholds are for free generation, where a model that
   lacks a fact almost never produces it; among k options a blind model is right 1/k of the time;
+- where the base was asked (``diagnose.beliefs``), it does not produce the SFT answer in
+  ``beliefs.knows_share`` of its answers: the paper's pass@N is about producing the answer;
 - not a wrong belief: no wrong option held the way cause II requires (confident, and with
   ``base_conflict.require_support`` raised by the question, moved by SFT or contradicted by the
   corpus: ``DiagnosisContext.base_beliefs``). A confident pick that beats no prior is a guess;
@@ -75,7 +77,9 @@ class BaseKnowledgeGap(CauseDetector):
         said = ctx.corpus_verdicts()
         guess, read = veto & (said == "absent"), veto & (said == "supports")
         confidently_wrong = ctx.base_beliefs()["belief"]
-        blind = (passes_c < cfg.pass_threshold) & (bon_c < cfg.bon_threshold)
+        b = ctx.base_beliefs()
+        blind = (passes_c < cfg.pass_threshold) & (bon_c < cfg.bon_threshold) & ~b["knows"]
+        said = ctx.generated()
         fired = ((blind & ~confidently_wrong) | guess) & ~read
         score = 1.0 - pc
         evidence = []
@@ -86,6 +90,10 @@ class BaseKnowledgeGap(CauseDetector):
                   f"base_pass_at_{cfg.n}_corrected": r3(passes_c[i]), f"base_bon{cfg.bon_n}_corrected": r3(bon_c[i]),
                   "bon_seeds": cfg.seeds, "base_p_correct": r3(pc[i]),
                   "base_confidently_wrong": bool(confidently_wrong[i])}
+            if b["probed"][i]:
+                ev["asked_sft_answer_share"] = r3(said[vid]["label_share"])
+                if b["knows"][i]:
+                    ev["knows"] = "asked, the base produces the SFT answer: the knowledge is there"
             if read[i]:
                 ev.update(vetoed="the corpus supports this fact: the base read it and did not learn it "
                                  "(a rare pattern, cause V)")

@@ -116,6 +116,56 @@ class BaseConflictConfig(_Section):
         "A pick the question does not raise is the prior's, not a belief about this question."))
 
 
+class BeliefConfig(_Section):
+    """What the base model answers when asked (``ilp_ray.diagnosis.beliefs``): II's belief and
+    I's knowledge for the items the audit built from SFT data."""
+
+    enabled: Literal["auto", "on", "off"] = Field("auto", description=(
+        "'auto': the base answers the prompt of every diagnosed sample whose MC item the audit built "
+        "(its options are other records' responses, so the value the base believes is rarely among "
+        "them); ready-made MC items keep the paper's confident-pick rule. 'on': every diagnosed "
+        "sample. 'off': the MC rules alone (preset lab). Needs a base model loadable here; without "
+        "one the summary says why the probe did not run."))
+    model: str | None = Field(None, description=(
+        "The base model to ask (a checkpoint directory or bundled name). None: the audit's base_model."))
+    format: Literal["chat", "plain", "lm-eval"] | None = Field(None, description=(
+        "How the prompt is rendered. None: the audit's scoring.format."))
+    n: int = Field(10, ge=1, le=100, description="Answers per sample (the paper's pass@10 of cause I).")
+    shots: int = Field(3, ge=0, le=16, description=(
+        "Other samples shown before the question, so the base answers in the data's form."))
+    pool: int = Field(8, ge=1, le=64, description=(
+        "The nearest prompts the shots are drawn from, afresh for every answer."))
+    temperature: float = Field(0.8, ge=0, description=(
+        "Sampling temperature; 0 = greedy (then n > 1 repeats one answer). 0.8 with top_p 0.95, "
+        "the usual pass@k sampling: at 1.0 with no truncation SmolLM2-135M's answers were mostly noise."))
+    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass.")
+    seed: int = 0
+    max_new_tokens: int = Field(64, ge=1, description=(
+        "Cap on an answer's tokens; each sample gets 2 x its response's tokens + 8 under it."))
+    short_words: int = Field(3, ge=1, description=(
+        "An answer of at most this many words matches another that contains it word for word; "
+        "longer answers match by MiniLM cosine."))
+    same_cosine: float = Field(0.85, gt=0, le=1, description=(
+        "Two longer answers are one at this cosine (the paper's theta for one question)."))
+    min_share: float = Field(0.5, gt=0, le=1, description=(
+        "The base holds an answer when at least this share of its answers are that one: half, "
+        "more than any rival together."))
+    knows_share: float = Field(0.2, gt=0, le=1, description=(
+        "The base knows the SFT answer when at least this share of its answers are it (cause I's "
+        "pass threshold, 0.2)."))
+    check_samples: int = Field(32, ge=1, description=(
+        "Samples the base recognises (MC p(correct) above detect.known_threshold) also asked, to "
+        "check that it produces what it recognises."))
+    min_recall: float = Field(0.5, ge=0, le=1, description=(
+        "The base's answers decide II and I only when it produces at least this share of the "
+        "answers it recognises (knows_share of its answers): a base that recognises facts it "
+        "cannot produce (SmolLM2-135M: measured in docs/benchmarks.md) shows no belief by answering. "
+        "Below it the probe's figures are reported and the MC rules decide."))
+    batch_size: int = Field(16, ge=1, description="Prompts per generate call.")
+    max_length: int = Field(2048, ge=16, description="Prompt tokens kept (left-truncated beyond).")
+    threads: int | None = Field(None, ge=1, description="torch threads while generating; None: diagnose.threads.")
+
+
 class CorpusRulesConfig(_Section):
     """How corpus evidence weighs in, shared by the causes that read it (I, II, IV)."""
 
@@ -240,6 +290,7 @@ class DiagnosisConfig(_Section):
     report_worst: int = Field(10, ge=1, description="Samples per cause in the report's tables.")
     conflict: ConflictConfig = ConflictConfig()
     base_conflict: BaseConflictConfig = BaseConflictConfig()
+    beliefs: BeliefConfig = BeliefConfig()
     corpus: CorpusRulesConfig = CorpusRulesConfig()
     knowledge_gap: KnowledgeGapConfig = KnowledgeGapConfig()
     forgetting: ForgettingConfig = ForgettingConfig()

@@ -132,8 +132,12 @@ def run_diagnosis(run_dir: str | Path, cfg: DiagnosisConfig, tracker=None) -> Di
     ctx = DiagnosisContext(verdicts=verdicts, config=cfg, records=records, trajectories=traj,
                            embedder=make_embedder(cfg), evidence=evidence, run_dir=run_dir)
     from ilp_ray.data.embed import torch_threads
+    from ilp_ray.diagnosis.beliefs import ask
 
     with torch_threads(diagnosis_threads(cfg)):  # the neighbour search runs on torch
+        t = time.perf_counter()
+        ctx.beliefs, ctx.belief_status = ask(ctx, cfg, run_dir)
+        ctx.belief_status["seconds"] = round(time.perf_counter() - t, 3)
         table, ct, results = diagnose(ctx)
     out = run_dir / "diagnosis"
     files = {"diagnosis": out / "diagnosis.parquet", "cause_table": out / "cause_table.json",

@@ -9,6 +9,7 @@ Run layout (``cfg.run_dir``)::
     verdicts/_manifest.json, shard-<gen>-*.parquet   the per-sample table (rewritten every run as a
                                    new generation, switched by the manifest)
     summary.json                   the summary figures
+    timings.json                   each stage's start (epoch seconds) and wall time, this run
     audit_config.json              the config, as run (a mitigation re-audits with it)
     ilp_run.json                   the MLflow run of the latest run of the audit
     evidence/                      corpus evidence (evidence.enabled): evidence.parquet,
@@ -50,6 +51,24 @@ class AuditResult:
     tracking_uri: str | None
     diagnosis: Any = None  # DiagnosisResult when diagnose.enabled
     evidence: dict[str, Any] | None = None  # the corpus-evidence summary when evidence.enabled
+    timings: dict[str, dict[str, float]] | None = None  # stage -> {"start": epoch s, "wall_s"} (timings.json)
+
+
+class _Stages:
+    """Each stage's start (epoch seconds, to line up with outside samplers) and wall time."""
+
+    def __init__(self):
+        self.marks: dict[str, dict[str, float]] = {}
+
+    def start(self, name: str) -> None:
+        self.marks[name] = {"start": round(time.time(), 3), "_t": time.perf_counter()}
+
+    def stop(self, name: str) -> None:
+        m = self.marks[name]
+        m["wall_s"] = round(time.perf_counter() - m.pop("_t"), 3)
+
+    def done(self) -> dict[str, dict[str, float]]:
+        return {k: v for k, v in self.marks.items() if "wall_s" in v}
 
 
 # --------------------------------------------------------------------------- stages
@@ -317,14 +336,20 @@ def run_audit(cfg: AuditConfig, progress: bool = True) -> AuditResult:
     apply_defaults(local_ray=cfg.ray.address is None)
     check_evidence_index(cfg)  # a config error, before any file is written
     t0 = time.perf_counter()
+    st = _Stages()
+    st.start("load")
     loaded = load_sft(cfg.data, cfg.data_format)  # validates the whole file before anything is written
+    st.stop("load")
     run_dir = Path(cfg.run_dir).expanduser().resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     with S.run_lock(run_dir, "audit"):  # a second audit on this directory is refused, not mixed in
-        return _audit(cfg, progress, loaded, run_dir, t0)
+        res = _audit(cfg, progress, loaded, run_dir, t0, st)
+    res.timings = st.done()
+    S.write_json_atomic(res.timings, run_dir / "timings.json")
+    return res
 
 
-def _audit(cfg: AuditConfig, progress: bool, loaded, run_dir: Path, t0: float) -> AuditResult:
+def _audit(cfg: AuditConfig, progress: bool, loaded, run_dir: Path, t0: float, st: _Stages) -> AuditResult:
     """``run_audit``'s stages, under the run directory's lock."""
     from ilp_ray.detect import compute_verdicts, summarize
     from ilp_ray.track import flatten, make_tracker
@@ -332,10 +357,15 @@ def _audit(cfg: AuditConfig, progress: bool, loaded, run_dir: Path, t0: float) -
     records = loaded.records
     # What a later job reuses (a mitigation re-audits on the same items with the same settings).
     S.write_json_atomic(cfg.model_dump(mode="json"), run_dir / CONFIG)
+    st.start("mc")
     items, mc_reused = mc_stage(records, cfg, run_dir)
+    st.stop("mc")
     models = {"sft": cfg.sft_model} | ({"base": cfg.base_model} if cfg.base_model else {})
     with_priors = needs_priors(cfg, items)
+    st.start("score")
     scores, stats = score_stage(with_prior_items(items) if with_priors else items, cfg, run_dir, models, progress)
+    st.stop("score")
+    st.start("verdicts")
     scores, priors = split_priors(items, scores) if with_priors else (scores, None)
 
     items_df = items.select(["id", "subset", "position", "answer", "distractor_ids"]).to_pandas()
@@ -351,6 +381,7 @@ def _audit(cfg: AuditConfig, progress: bool, loaded, run_dir: Path, t0: float) -
     summary.update(stats, mc_reused=mc_reused, wall_s=round(time.perf_counter() - t0, 3),
                    models=models, data=cfg.data, data_read=_data_read(loaded, cfg), run_dir=str(run_dir))
     S.write_json_atomic(summary, run_dir / "summary.json")
+    st.stop("verdicts")
 
     tracker = make_tracker(cfg.tracking.enabled, cfg.tracking.uri, cfg.tracking.experiment, run_dir.parent)
     diagnosis = evidence = None
@@ -364,11 +395,15 @@ def _audit(cfg: AuditConfig, progress: bool, loaded, run_dir: Path, t0: float) -
         tracker.log_artifact(run_dir / "summary.json")
         tracker.log_artifact(run_dir / "verdicts", "verdicts")
         if cfg.evidence.enabled:  # between detection and diagnosis, logged into the same MLflow run
+            st.start("evidence")
             evidence = evidence_stage(records, verdicts, cfg, run_dir, tracker, progress)
+            st.stop("evidence")
         if cfg.diagnose.enabled:  # the last stage, logged into the same MLflow run
             from ilp_ray.diagnosis.run import run_diagnosis
 
+            st.start("diagnosis")
             diagnosis = run_diagnosis(run_dir, diagnosis_config(cfg, evidence), tracker=tracker)
+            st.stop("diagnosis")
     return AuditResult(run_dir, summary, verdicts, tracker.run_id, tracker.tracking_uri, diagnosis, evidence)
 
 
