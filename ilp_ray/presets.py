@@ -28,9 +28,9 @@ config does not set: anything in the YAML file or on the command line wins over 
   BoN-5 < 0.1) the lab was scored with. Among k options they ask for a base below chance, which
   the lab's tiny base, confidently wrong about what it never read, is; the general default
   corrects for chance.
-- ``diagnose.beliefs.enabled: off``: II and I read the MC item alone. The lab's items carry the
-  world's own alternatives (six values of one relation), so the value the tiny base believes is
-  among the options, and the lab was scored that way; a user's built items rarely hold it.
+- ``diagnose.beliefs.enabled: off`` (also the default, for cost): II and I read the MC item alone.
+  The lab's items carry the world's own alternatives (six values of one relation), so the value the
+  tiny base believes is among the options, and the lab was scored that way.
 """
 
 from __future__ import annotations

@@ -150,9 +150,13 @@ class Generator:
     """Samples answers from one causal LM (transformers ``generate``), batched, left-padded."""
 
     def __init__(self, spec: str, batch_size: int, max_length: int):
+        import torch
+
         from ilp_ray.models import load_model
 
         self.model, self.tok = load_model(spec)
+        if torch.cuda.is_available():
+            self.model.to("cuda")
         self.tok.padding_side = "left"
         if self.tok.pad_token_id is None:
             self.tok.pad_token = self.tok.eos_token
@@ -169,7 +173,7 @@ class Generator:
         for b, start in enumerate(range(0, len(order), self.batch_size)):
             idx = order[start:start + self.batch_size]
             enc = self.tok([texts[i] for i in idx], return_tensors="pt", padding=True, truncation=True,
-                           max_length=self.max_length, add_special_tokens=False)
+                           max_length=self.max_length, add_special_tokens=False).to(self.model.device)
             torch.manual_seed(seed + b)
             with torch.inference_mode():
                 gen = self.model.generate(

@@ -120,12 +120,15 @@ class BeliefConfig(_Section):
     """What the base model answers when asked (``ilp_ray.diagnosis.beliefs``): II's belief and
     I's knowledge for the items the audit built from SFT data."""
 
-    enabled: Literal["auto", "on", "off"] = Field("auto", description=(
+    enabled: Literal["auto", "on", "off"] = Field("off", description=(
         "'auto': the base answers the prompt of every diagnosed sample whose MC item the audit built "
         "(its options are other records' responses, so the value the base believes is rarely among "
         "them); ready-made MC items keep the paper's confident-pick rule. 'on': every diagnosed "
-        "sample. 'off': the MC rules alone (preset lab). Needs a base model loadable here; without "
-        "one the summary says why the probe did not run."))
+        "sample. 'off' (the default): the MC rules alone. Off by default because it loads the base "
+        "model in the diagnosis's process (a GPU when there is one) and generates, and on the one "
+        "base measured (SmolLM2-135M, which produces 4% of what it recognises) its self-check keeps "
+        "it out anyway. Needs a base model loadable here; without one the summary says why it did "
+        "not run."))
     model: str | None = Field(None, description=(
         "The base model to ask (a checkpoint directory or bundled name). None: the audit's base_model."))
     format: Literal["chat", "plain", "lm-eval"] | None = Field(None, description=(

@@ -65,9 +65,16 @@ def test_each_rayjob_entrypoint_runs_locally(tmp_path):
         return subprocess.run([sys.executable, "-m", "ilp_ray.cli", *argv[1:]], cwd=tmp_path, env=os.environ.copy(),
                               capture_output=True, text=True, timeout=600)
 
-    for job in ("corpus-index", "evidence", "sft", "cpt"):
-        p = run(job)
-        assert p.returncode == 0, (job, p.stdout[-2000:], p.stderr[-3000:])
+    # Independent jobs run side by side, as an operator may: the index, then the evidence that
+    # reads it, beside SFT and beside CPT (each its own local Ray cluster).
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(3) as pool:
+        chains = {"index": pool.submit(lambda: [(j, run(j)) for j in ("corpus-index", "evidence")]),
+                  "sft": pool.submit(lambda: [("sft", run("sft"))]), "cpt": pool.submit(lambda: [("cpt", run("cpt"))])}
+        for chain in chains.values():
+            for job, p in chain.result():
+                assert p.returncode == 0, (job, p.stdout[-2000:], p.stderr[-3000:])
     assert (runs / "corpus-index").is_dir()  # the chart's tantivy default, on the runs volume
     assert any((runs / "evidence").iterdir())
     done = {j: json.loads((runs / "train" / j / "ilp_done.json").read_text()) for j in ("sft", "cpt")}

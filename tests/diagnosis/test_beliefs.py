@@ -111,12 +111,15 @@ def test_ask_says_why_it_did_not_run(ctx_factory, tmp_path):
 
     built = [verdict_row("a", base_probs=[0.1, 0.9, 0, 0])]
     given = [verdict_row("b", base_probs=[0.1, 0.9, 0, 0], distractor_ids=())]
-    cfg = load_config(DiagnosisConfig, None, {"embedder": "hashing"})
+    assert DiagnosisConfig().beliefs.enabled == "off"  # the default: the MC rules alone
+    assert "off" in B.ask(ctx_factory(built), DiagnosisConfig(embedder="hashing"), None)[1]["skipped"]
+    cfg = load_config(DiagnosisConfig, None, {"embedder": "hashing", "beliefs.enabled": "auto"})
     assert "no diagnosed sample has an MC item the audit built" in B.ask(ctx_factory(given), cfg, None)[1]["skipped"]
     off = load_config(DiagnosisConfig, None, {"embedder": "hashing", "beliefs.enabled": "off"})
     assert "off" in B.ask(ctx_factory(built), off, None)[1]["skipped"]
     assert "no base model to ask" in B.ask(ctx_factory(built), cfg, tmp_path)[1]["skipped"]
-    missing = load_config(DiagnosisConfig, None, {"embedder": "hashing", "beliefs.model": str(tmp_path / "nope")})
+    missing = load_config(DiagnosisConfig, None, {"embedder": "hashing", "beliefs.enabled": "auto",
+                                                  "beliefs.model": str(tmp_path / "nope")})
     assert "cannot be loaded here" in B.ask(ctx_factory(built), missing, tmp_path)[1]["skipped"]
     assert "no base model was scored" in B.ask(ctx_factory([verdict_row("c")]), cfg, None)[1]["skipped"]
     lab = load_config(DiagnosisConfig, None, {"preset": "lab"})
@@ -191,7 +194,8 @@ def test_ask_trusts_the_answers_only_of_a_base_that_produces_what_it_recognises(
                          base_probs=[0.9, 0.05, 0.03, 0.02]) for i, (_, q, a) in enumerate(FACTS[3:7])]
     ctx = ctx_factory(rows)
     assert ctx.verdicts["known_by_base"].tolist() == [False] * 3 + [True] * 4
-    over = {"embedder": "hashing", "beliefs.model": str(tiny_checkpoints["base"]), "beliefs.format": "lm-eval",
+    over = {"embedder": "hashing", "beliefs.enabled": "auto", "beliefs.model": str(tiny_checkpoints["base"]),
+            "beliefs.format": "lm-eval",
             "beliefs.n": 2, "beliefs.max_new_tokens": 4}
     table, status = B.ask(ctx, load_config(DiagnosisConfig, None, over), tmp_path)
     assert table is None and status["asked"] == 0 and status["recall_check"]["samples"] == 4

@@ -41,6 +41,32 @@ def test_audit_runs_diagnosis_as_its_last_stage(audited):
     assert cov["left_side_forgetting"]["testable"] is False and cov["base_knowledge_gap"]["testable"] is True
     names = {a.path for a in client.list_artifacts(audited.run_id, "diagnosis")}
     assert {"diagnosis/report.html", "diagnosis/figures", "diagnosis/cause_table.json"} <= names
+    # Each stage's wall time, in order, and the base was not asked (diagnose.beliefs is off by default).
+    timings = json.loads((audited.run_dir / "timings.json").read_text())
+    assert sorted(timings, key=lambda k: timings[k]["start"]) == ["load", "mc", "score", "verdicts", "diagnosis"]
+    assert audited.timings == timings
+    assert all(t["wall_s"] >= 0 for t in timings.values())
+    assert timings["score"]["start"] >= timings["mc"]["start"] + timings["mc"]["wall_s"] - 1e-3
+    asked = json.loads((out / "summary.json").read_text())["base_conflict"]["asked"]
+    assert "off" in asked["skipped"]
+
+
+def test_ilp_diagnose_asks_the_audits_base_model(audited, tmp_path):
+    """With beliefs on, the probe finds the audit's base model in its run directory and runs its
+    self-check first; the tiny random base recognises nothing, and the summary says so."""
+    import shutil
+
+    run = tmp_path / "audit"
+    shutil.copytree(audited.run_dir, run)
+    r = runner.invoke(app, ["diagnose", "--run", str(run), "--set", "embedder=hashing", "--set", "tracking.enabled=false",
+                            "--set", "beliefs.enabled=auto"])
+    assert r.exit_code == 0, r.output
+    asked = json.loads((run / "diagnosis" / "summary.json").read_text())["base_conflict"]["asked"]
+    audit_cfg = json.loads((run / "audit_config.json").read_text())
+    assert asked["model"] == audit_cfg["base_model"] and asked["format"] == audit_cfg["scoring"]["format"]
+    known = int(audited.verdicts["known_by_base"].sum())
+    assert asked["recall_check"]["samples"] == min(known, 32)
+    assert asked["asked"] == 0 and ("recognises" in asked["skipped"])
 
 
 def test_ilp_diagnose_with_a_trajectory(audited, tmp_path):
