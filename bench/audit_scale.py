@@ -44,12 +44,12 @@ class RssSampler(threading.Thread):
         import psutil
 
         self.me = psutil.Process()
-        self.period, self.samples, self._stop = period, [], threading.Event()
+        self.period, self.samples, self._halt = period, [], threading.Event()
 
     def run(self):
         import psutil
 
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             t = time.time()
             try:
                 driver = self.me.memory_info().rss
@@ -63,10 +63,10 @@ class RssSampler(threading.Thread):
                 self.samples.append((t, driver, max(workers, default=0), sum(workers)))
             except psutil.NoSuchProcess:
                 pass
-            self._stop.wait(self.period)
+            self._halt.wait(self.period)
 
     def stop(self):
-        self._stop.set()
+        self._halt.set()
         self.join()
 
     def peaks(self, start: float, end: float) -> dict[str, float]:
@@ -110,6 +110,9 @@ def run_one(n: int, out: Path) -> dict:
         "data": str(data), "sft_model": str(models["sft"]), "base_model": str(models["base"]),
         "run_dir": str(out / "audit"), "diagnose.enabled": True,
         "tracking.uri": f"sqlite:///{out / 'mlflow.db'}"})
+    import shutil
+
+    shutil.rmtree(out / "audit", ignore_errors=True)  # a fresh audit: nothing reused from a run before
     sampler = RssSampler()
     sampler.start()
     t0 = time.perf_counter()
