@@ -37,3 +37,8 @@ class DataError(IlpError, ValueError):
 
 class ConfigError(DataError):
     """A bad configuration value (YAML file or CLI override)."""
+
+
+class TrackingError(IlpError):
+    """The MLflow tracking server could not be reached or refused a call. The message names the
+    server (without userinfo) and what to do."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,7 @@ class MLflowTracker(Tracker):
         if artifact_location is None and uri.startswith("sqlite:///"):
             # Beside the database, never ./mlruns of whatever the working directory is.
             artifact_location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
-        self._client = mlflow.MlflowClient(tracking_uri=uri)
+        self._client = _Guarded(mlflow.MlflowClient(tracking_uri=uri), uri)
         exp = self._client.get_experiment_by_name(experiment)
         self.experiment_id = exp.experiment_id if exp else self._client.create_experiment(
             experiment, artifact_location=artifact_location)
@@ -118,6 +119,45 @@ class MLflowTracker(Tracker):
     def end(self, status: str = "FINISHED") -> None:
         if self.run_id:
             self._client.set_terminated(self.run_id, status=status)
+
+
+class _Guarded:
+    """An ``MlflowClient`` whose failures are ``TrackingError``s naming the server: a tracking
+    server that is down or refuses a call ends the job with one clear line, not a traceback.
+    MLflow's own bounded retries (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, ``_TIMEOUT``) run first."""
+
+    def __init__(self, client, uri: str):
+        self._c, self._uri = client, uri
+
+    def __getattr__(self, name: str):
+        fn = getattr(self._c, name)
+        if not callable(fn):
+            return fn
+
+        def call(*args, **kwargs):
+            from mlflow.exceptions import MlflowException
+
+            from ilp_ray.errors import TrackingError
+
+            try:
+                return fn(*args, **kwargs)
+            except (MlflowException, OSError) as e:
+                first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+                first = re.sub(r"://[^/@\s]+@", "://", first)  # MLflow's message repeats the URI, userinfo too
+                raise TrackingError(
+                    f"MLflow tracking at {public_uri(self._uri)} failed ({name}): {first}. Start the server, fix "
+                    "tracking.uri, or set tracking.enabled=false") from e
+        return call
+
+
+def public_uri(uri: str) -> str:
+    """``uri`` without userinfo (no credentials in messages)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    if "@" not in uri:
+        return uri
+    parts = urlsplit(uri)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def default_tracking_uri(run_root: str | Path) -> tuple[str, str]:

@@ -341,18 +341,22 @@ def run_audit(cfg: AuditConfig, progress: bool = True) -> AuditResult:
     loaded = load_sft(cfg.data, cfg.data_format)  # validates the whole file before anything is written
     st.stop("load")
     run_dir = Path(cfg.run_dir).expanduser().resolve()
+    from ilp_ray.track import make_tracker
+
+    # Reached now, before any output: a tracking server that is down fails the job here, clearly.
+    tracker = make_tracker(cfg.tracking.enabled, cfg.tracking.uri, cfg.tracking.experiment, run_dir.parent)
     run_dir.mkdir(parents=True, exist_ok=True)
     with S.run_lock(run_dir, "audit"):  # a second audit on this directory is refused, not mixed in
-        res = _audit(cfg, progress, loaded, run_dir, t0, st)
+        res = _audit(cfg, progress, loaded, run_dir, t0, st, tracker)
     res.timings = st.done()
     S.write_json_atomic(res.timings, run_dir / "timings.json")
     return res
 
 
-def _audit(cfg: AuditConfig, progress: bool, loaded, run_dir: Path, t0: float, st: _Stages) -> AuditResult:
+def _audit(cfg: AuditConfig, progress: bool, loaded, run_dir: Path, t0: float, st: _Stages, tracker) -> AuditResult:
     """``run_audit``'s stages, under the run directory's lock."""
     from ilp_ray.detect import compute_verdicts, summarize
-    from ilp_ray.track import flatten, make_tracker
+    from ilp_ray.track import flatten
 
     records = loaded.records
     # What a later job reuses (a mitigation re-audits on the same items with the same settings).
@@ -383,7 +387,6 @@ def _audit(cfg: AuditConfig, progress: bool, loaded, run_dir: Path, t0: float, s
     S.write_json_atomic(summary, run_dir / "summary.json")
     st.stop("verdicts")
 
-    tracker = make_tracker(cfg.tracking.enabled, cfg.tracking.uri, cfg.tracking.experiment, run_dir.parent)
     diagnosis = evidence = None
     with tracker.start(cfg.name or run_dir.name, tags={**_run_tags(cfg), **cfg.tracking.tags}):
         tracker.log_params(flatten(cfg.model_dump()))

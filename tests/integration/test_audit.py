@@ -296,3 +296,32 @@ def test_a_second_audit_on_a_busy_run_directory_is_refused(tmp_path, facts_jsonl
     assert res.exit_code == 2, res.output
     assert "in use by another audit (pid" in res.output and str(run_dir) in res.output.replace("\n", "")
     assert sorted(p.name for p in run_dir.iterdir()) == [".ilp.lock"]
+
+
+def test_a_tracking_server_that_is_down_fails_the_audit_first_and_clearly(tmp_path, facts_jsonl, tiny_checkpoints,
+                                                                           monkeypatch):
+    """Issue 20's fault scenario: the MLflow server is down. The audit stops before it writes
+    anything, with one error naming the server (no userinfo) and what to do; the CLI prints it
+    without a traceback."""
+    from typer.testing import CliRunner
+
+    from ilp_ray.cli import app
+    from ilp_ray.errors import TrackingError
+    from ilp_ray.pipeline.audit import run_audit
+    from tests.helpers import free_port
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+    port = free_port()  # nothing listens there
+    uri = f"http://user:secret@127.0.0.1:{port}"
+    run_dir = tmp_path / "audit"
+    cfg = make_cfg(facts_jsonl, tiny_checkpoints, run_dir, tracking=TrackingConfig(uri=uri))
+    with pytest.raises(TrackingError) as e:
+        run_audit(cfg, progress=False)
+    msg = str(e.value)
+    assert f"http://127.0.0.1:{port}" in msg and "secret" not in msg and "tracking.enabled=false" in msg
+    assert not run_dir.exists()  # nothing written: no lock, no items, no scores
+    cfg_path = tmp_path / "audit.yaml"
+    cfg_path.write_text(__import__("yaml").safe_dump(cfg.model_dump(mode="json")))
+    r = CliRunner().invoke(app, ["audit", "--config", str(cfg_path), "--no-progress"])
+    assert r.exit_code != 0 and "tracking" in r.output.lower() and "Traceback" not in r.output
