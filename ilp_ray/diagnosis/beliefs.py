@@ -158,6 +158,7 @@ class Generator:
         if torch.cuda.is_available():
             self.model.to("cuda")
         self.tok.padding_side = "left"
+        self.tok.truncation_side = "left"  # a prompt past max_length loses its oldest shots, never the question
         if self.tok.pad_token_id is None:
             self.tok.pad_token = self.tok.eos_token
         self.batch_size, self.max_length = batch_size, max_length
@@ -230,7 +231,8 @@ def _generate(ctx, rows: list[int], cfg, model: str, fmt: str, prompts, response
     from ilp_ray.data.embed import torch_threads
 
     _, nb = ctx.prompt_neighbours(min(len(prompts), cfg.pool * 2 + 2))
-    gen = Generator(model, cfg.batch_size, cfg.max_length)
+    key = ("belief_generator", model, cfg.batch_size, cfg.max_length)
+    gen = ctx._cache.get(key) or ctx._cache.setdefault(key, Generator(model, cfg.batch_size, cfg.max_length))
     texts, budgets, owner = [], [], []
     for r in rows:
         pool = shot_pool(nb, prompts, responses, r, cfg.pool)

@@ -172,6 +172,7 @@ def test_probe_matches_plain_generate_and_resumes_from_its_cache(ctx_factory, ti
 
     # Resume: the cache answers everything, the model is never loaded again.
     assert (tmp_path / "diagnosis" / "beliefs.parquet").is_file()
+    ctx._cache.clear()  # the loaded generator too: a rerun is a new diagnosis
     monkeypatch.setattr(B, "Generator", lambda *a, **k: (_ for _ in ()).throw(AssertionError("generated again")))
     again = B.probe(ctx, np.arange(6), cfg.beliefs, ckpt, "lm-eval", tmp_path / "diagnosis")
     assert again["answers"].tolist() == table["answers"].tolist()
@@ -202,3 +203,11 @@ def test_ask_trusts_the_answers_only_of_a_base_that_produces_what_it_recognises(
     assert status["recall_check"]["recall"] == 0.0 and "cannot show what it believes" in status["skipped"]
     table, status = B.ask(ctx, load_config(DiagnosisConfig, None, {**over, "beliefs.min_recall": 0.0}), tmp_path)
     assert "skipped" not in status and status["asked"] == 3 and table["id"].tolist() == ["u0", "u1", "u2"]
+
+
+def test_a_prompt_past_max_length_loses_its_oldest_shots_not_the_question(tiny_checkpoints):
+    g = B.Generator(str(tiny_checkpoints["base"]), batch_size=2, max_length=12)
+    text = B.render_prompt("What gas do plants absorb?", [("What is the largest planet?", "Jupiter")] * 6, "lm-eval", None)
+    ids = g.tok([text], truncation=True, max_length=12, add_special_tokens=False)["input_ids"][0]
+    tail = g.tok(text, add_special_tokens=False)["input_ids"][-12:]
+    assert len(ids) == 12 and ids == tail
