@@ -165,7 +165,7 @@ def train_loop_per_worker(config: dict) -> None:
     epochs, max_steps = cfg.optim.epochs, cfg.optim.max_steps or math.inf
     planned = min(max_steps, sum(math.ceil(len(task.order(e)) / G) for e in range(epochs)))
     step, epoch = st.step, st.epoch
-    timing = {"t0": None, "tokens": 0, "paused": 0.0, "steps": 0}
+    timing = {"t0": None, "tokens": 0, "paused": 0.0, "steps": 0, "eval": 0.0, "start": time.perf_counter()}
     win = {"t": time.perf_counter(), "tokens": 0, "loss": 0.0, "n": 0}
     last_eval_step = start_step if resume_dir is not None else -1
     trained_epoch = epoch
@@ -213,6 +213,7 @@ def train_loop_per_worker(config: dict) -> None:
                     plan = EpochPlan.of(w, plan.order[:pos * G] + new, epoch, plan.offset)
                 last_eval_step = step
                 timing["paused"] += time.perf_counter() - t
+                timing["eval"] += time.perf_counter() - t
                 if stopped:
                     break
             epoch_ckpt = bool(sampler and sampler.checkpoint_epochs) and pos == plan.n_steps
@@ -229,9 +230,13 @@ def train_loop_per_worker(config: dict) -> None:
 
     # The end: a final evaluation (unless this step was just evaluated) and the final checkpoint.
     if w.trajectories and last_eval_step != step and step > 0:
+        t = time.perf_counter()
         _evaluate(w, st, step, trained_epoch, ["final"], None, [], 0)
+        timing["eval"] += time.perf_counter() - t
     end = time.perf_counter()
     final = {**metrics, "step": step, "epoch": epoch, "done": 1}
+    if w.trajectories:  # what the trajectory cost this session of the loop (issue 22: its share of training)
+        final.update(trajectory_seconds=timing["eval"], trajectory_share=timing["eval"] / max(end - timing["start"], 1e-9))
     best = sampler.best_step() if sampler is not None else None
     if best is not None:
         final.update(best_step=int(best), stopped_early=int(stopped))

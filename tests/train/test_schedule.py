@@ -208,3 +208,6 @@ def test_a_default_sequential_run_records_and_follows_its_schedule(tmp_path, ray
     assert json.loads((result.run_path / "ilp_done.json").read_text())["trajectory_schedule"] == sched
     cov = schedule_coverage(load_trajectory(result.trajectory), held_evals=2)
     assert cov["per_subset"]["A"]["iv_possible"] and cov["per_subset"]["A"]["evals_after_min"] == 5
+    # What the 8 evaluations cost, as a share of the loop's wall time (issue 22's figure).
+    m = result.metrics
+    assert 0 < m["trajectory_seconds"] and 0 < m["trajectory_share"] < 1
