@@ -44,8 +44,14 @@ def calibrated_rows(items: pd.DataFrame, scoring: ScoringConfig) -> np.ndarray:
         return np.ones(n, bool)
     if scoring.calibration == "none":
         return np.zeros(n, bool)
+    return built_items(items)
+
+
+def built_items(items: pd.DataFrame) -> np.ndarray:
+    """Which items MC conversion built from SFT data (they have distractor ids); ready-made MC
+    items have none."""
     if "distractor_ids" not in items:
-        return np.zeros(n, bool)
+        return np.zeros(len(items), bool)
     return np.array([d is not None and len(d) > 0 for d in items["distractor_ids"]], dtype=bool)
 
 

@@ -129,14 +129,11 @@ class DiagnosisContext:
         # Where the base was asked (beliefs.probe), its own answers decide: it holds another
         # answer (II), or it produces the SFT answer (so it is no gap for I). The MC pick stays
         # in the evidence; the corpus still supports II when the pick is confident.
-        probed = np.zeros(len(v), bool)
-        holds, knows = np.zeros(len(v), bool), np.zeros(len(v), bool)
-        if self.beliefs is not None and len(self.beliefs):
-            at = {i: k for k, i in enumerate(self.ids)}
-            for rid, h, kn in zip(self.beliefs["id"].astype(str), self.beliefs["holds"], self.beliefs["knows"],
-                                  strict=True):
-                k = at[rid]
-                probed[k], holds[k], knows[k] = True, bool(h), bool(kn)
+        asked = (self.beliefs if self.beliefs is not None else pd.DataFrame(columns=["id", "holds", "knows"]))
+        asked = asked.assign(id=asked["id"].astype(str)).set_index("id").reindex(self.ids)
+        probed = asked["holds"].notna().to_numpy()
+        holds = asked["holds"].fillna(False).to_numpy(dtype=bool)
+        knows = asked["knows"].fillna(False).to_numpy(dtype=bool)
         out.update(probed=probed, holds=holds, knows=knows)
         out["belief"] = np.where(probed, holds | (out["confident"] & out["corpus"]), out["belief"])
         self._cache["beliefs"] = out

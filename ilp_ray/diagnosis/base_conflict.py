@@ -13,12 +13,14 @@ something beyond the pick says that this is a belief about *this* question:
 
 The evidence's ``fired_by`` lists which held.
 
-For the MC items the audit built from SFT data (``diagnose.beliefs``, on by default), the pick is
-not read at all: the options are other records' responses, so the value the base believes is
-rarely among them. The base is asked the prompt instead (``ilp_ray.diagnosis.beliefs``), and II
-fires when most of its own answers are one answer that is not the SFT's (``fired_by: asked``), or
-when its pick is confident and the corpus contradicts the label (``corpus``). Without option priors (an audit with the fairness
-check off) ``pmi`` cannot be tested and the evidence says so.
+Without option priors (an audit with the fairness check off) ``pmi`` cannot be tested and the
+evidence says so.
+
+Where the base was asked (``diagnose.beliefs: auto``, off by default, and only for a base that
+passes its self-check), the pick of a built MC item is not read: its options are other records'
+responses, so the value the base believes is rarely among them. II then fires when most of the
+base's own answers to the prompt are one answer that is not the SFT's (``fired_by: asked``), or
+when its pick is confident and the corpus contradicts the label (``corpus``).
 
 With corpus evidence, II fires only where the corpus does not lack or support the SFT value
 (``corpus.veto``): a confident wrong answer to something the base never read is a guess (cause

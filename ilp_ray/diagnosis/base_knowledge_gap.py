@@ -76,10 +76,10 @@ class BaseKnowledgeGap(CauseDetector):
         veto = ctx.config.corpus.veto
         said = ctx.corpus_verdicts()
         guess, read = veto & (said == "absent"), veto & (said == "supports")
-        confidently_wrong = ctx.base_beliefs()["belief"]
         b = ctx.base_beliefs()
+        confidently_wrong = b["belief"]
         blind = (passes_c < cfg.pass_threshold) & (bon_c < cfg.bon_threshold) & ~b["knows"]
-        said = ctx.generated()
+        asked = ctx.generated()
         fired = ((blind & ~confidently_wrong) | guess) & ~read
         score = 1.0 - pc
         evidence = []
@@ -91,7 +91,7 @@ class BaseKnowledgeGap(CauseDetector):
                   "bon_seeds": cfg.seeds, "base_p_correct": r3(pc[i]),
                   "base_confidently_wrong": bool(confidently_wrong[i])}
             if b["probed"][i]:
-                ev["asked_sft_answer_share"] = r3(said[vid]["label_share"])
+                ev["asked_sft_answer_share"] = r3(asked[vid]["label_share"])
                 if b["knows"][i]:
                     ev["knows"] = "asked, the base produces the SFT answer: the knowledge is there"
             if read[i]:

@@ -16,7 +16,7 @@ freely, ``n`` times:
   base answers in the data's own form (a code for a code, a definition for a definition), as
   lm-eval's generative tasks prompt few-shot; a fresh draw each time means an answer copied from
   a shot does not repeat as a belief would;
-- sampled at ``temperature`` (1.0: the model's own distribution), cut at the first line break;
+- sampled at ``temperature`` 0.8 with nucleus ``top_p`` 0.95, cut at the first line break;
 - two answers are the same when equal after normalising case, whitespace, quotes and end
   punctuation; when the shorter has at most ``short_words`` words and occurs, word for word,
   inside the other ("DK" in "The code is DK"); or when both are longer than that and their
@@ -40,7 +40,6 @@ sample's prompt and response: a rerun of the diagnosis generates only what is ne
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -142,8 +141,16 @@ def render_prompt(question: str, shots: Sequence[tuple[str, str]], fmt: str, tok
 
 
 def cache_key(settings: dict[str, Any], prompt: str, response: str) -> str:
-    blob = json.dumps([settings, prompt, response], sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+    from ilp_ray.storage import fingerprint
+
+    return fingerprint([settings, prompt, response])
+
+
+def shot_rng(seed: int, item_id: str) -> np.random.Generator:
+    """The shots' draws of one sample: seeded by (seed, its id), the same in every run."""
+    from ilp_ray.storage import fingerprint
+
+    return np.random.default_rng([seed, int(fingerprint(str(item_id)), 16)])
 
 
 class Generator:
@@ -236,7 +243,7 @@ def _generate(ctx, rows: list[int], cfg, model: str, fmt: str, prompts, response
     texts, budgets, owner = [], [], []
     for r in rows:
         pool = shot_pool(nb, prompts, responses, r, cfg.pool)
-        rng = np.random.default_rng([cfg.seed, int(hashlib.sha256(str(ctx.ids[r]).encode()).hexdigest()[:8], 16)])
+        rng = shot_rng(cfg.seed, ctx.ids[r])
         n_tok = len(gen.tok(responses[r], add_special_tokens=False)["input_ids"])
         budget = int(min(cfg.max_new_tokens, 2 * n_tok + 8))
         for _ in range(cfg.n):
@@ -274,9 +281,9 @@ def ask(ctx, cfg, run_dir: Path | None) -> tuple[pd.DataFrame | None, dict[str, 
     if cfg.scope == "top_k":
         scope &= v["in_top_k"].to_numpy(dtype=bool)
     if bc.enabled == "auto":
-        built = np.array([d is not None and len(d) > 0 for d in v["distractor_ids"]], dtype=bool) \
-            if "distractor_ids" in v else np.zeros(len(v), bool)
-        scope &= built
+        from ilp_ray.detect import built_items
+
+        scope &= built_items(v)
     rows = np.flatnonzero(scope)
     if not len(rows):
         return None, {"skipped": "no diagnosed sample has an MC item the audit built" if bc.enabled == "auto"

@@ -61,14 +61,9 @@ def _index_identity(index_cfg) -> tuple[str, str]:
     if index_cfg.backend == "tantivy":
         path = Path(loc).absolute()  # as open_index reads it: relative to the working directory
         return path.name, str(path)
-    return loc, f"{_without_userinfo(index_cfg.elasticsearch.url)}/{loc}"
+    from ilp_ray.track import public_uri
 
-
-def _without_userinfo(url: str) -> str:
-    from urllib.parse import urlsplit, urlunsplit
-
-    u = urlsplit(url)
-    return urlunsplit(u._replace(netloc=u.netloc.rpartition("@")[2]))
+    return loc, f"{public_uri(index_cfg.elasticsearch.url)}/{loc}"
 
 
 def _file_key(path: str) -> dict[str, int]:

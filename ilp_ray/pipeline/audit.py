@@ -23,6 +23,7 @@ job loses only the shards in flight, and the workers need no filesystem shared w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -60,15 +61,11 @@ class _Stages:
     def __init__(self):
         self.marks: dict[str, dict[str, float]] = {}
 
-    def start(self, name: str) -> None:
-        self.marks[name] = {"start": round(time.time(), 3), "_t": time.perf_counter()}
-
-    def stop(self, name: str) -> None:
-        m = self.marks[name]
-        m["wall_s"] = round(time.perf_counter() - m.pop("_t"), 3)
-
-    def done(self) -> dict[str, dict[str, float]]:
-        return {k: v for k, v in self.marks.items() if "wall_s" in v}
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        start, t = round(time.time(), 3), time.perf_counter()
+        yield
+        self.marks[name] = {"start": start, "wall_s": round(time.perf_counter() - t, 3)}
 
 
 # --------------------------------------------------------------------------- stages
@@ -337,9 +334,8 @@ def run_audit(cfg: AuditConfig, progress: bool = True) -> AuditResult:
     check_evidence_index(cfg)  # a config error, before any file is written
     t0 = time.perf_counter()
     st = _Stages()
-    st.start("load")
-    loaded = load_sft(cfg.data, cfg.data_format)  # validates the whole file before anything is written
-    st.stop("load")
+    with st("load"):
+        loaded = load_sft(cfg.data, cfg.data_format)  # validates the whole file before anything is written
     run_dir = Path(cfg.run_dir).expanduser().resolve()
     from ilp_ray.track import make_tracker
 
@@ -348,7 +344,7 @@ def run_audit(cfg: AuditConfig, progress: bool = True) -> AuditResult:
     run_dir.mkdir(parents=True, exist_ok=True)
     with S.run_lock(run_dir, "audit"):  # a second audit on this directory is refused, not mixed in
         res = _audit(cfg, progress, loaded, run_dir, t0, st, tracker)
-    res.timings = st.done()
+    res.timings = st.marks
     S.write_json_atomic(res.timings, run_dir / "timings.json")
     return res
 
@@ -361,31 +357,27 @@ def _audit(cfg: AuditConfig, progress: bool, loaded, run_dir: Path, t0: float, s
     records = loaded.records
     # What a later job reuses (a mitigation re-audits on the same items with the same settings).
     S.write_json_atomic(cfg.model_dump(mode="json"), run_dir / CONFIG)
-    st.start("mc")
-    items, mc_reused = mc_stage(records, cfg, run_dir)
-    st.stop("mc")
+    with st("mc"):
+        items, mc_reused = mc_stage(records, cfg, run_dir)
     models = {"sft": cfg.sft_model} | ({"base": cfg.base_model} if cfg.base_model else {})
     with_priors = needs_priors(cfg, items)
-    st.start("score")
-    scores, stats = score_stage(with_prior_items(items) if with_priors else items, cfg, run_dir, models, progress)
-    st.stop("score")
-    st.start("verdicts")
-    scores, priors = split_priors(items, scores) if with_priors else (scores, None)
+    with st("score"):
+        scores, stats = score_stage(with_prior_items(items) if with_priors else items, cfg, run_dir, models, progress)
+    with st("verdicts"):
+        scores, priors = split_priors(items, scores) if with_priors else (scores, None)
+        items_df = items.select(["id", "subset", "position", "answer", "distractor_ids"]).to_pandas()
+        sft_df = scores["sft"].to_pandas()
+        base_df = scores["base"].to_pandas() if "base" in scores else None
+        verdicts, stability = compute_verdicts(items_df, sft_df, base_df, cfg.scoring, cfg.detect, priors)
+        verdicts = verdicts.merge(items.select(["id", "question", "options", "distractor_ids", "fallback"]).to_pandas(),
+                                  on="id", how="left")
+        S.write_verdicts(verdicts, run_dir / "verdicts", cfg.ray.shard_size)
 
-    items_df = items.select(["id", "subset", "position", "answer", "distractor_ids"]).to_pandas()
-    sft_df = scores["sft"].to_pandas()
-    base_df = scores["base"].to_pandas() if "base" in scores else None
-    verdicts, stability = compute_verdicts(items_df, sft_df, base_df, cfg.scoring, cfg.detect, priors)
-    verdicts = verdicts.merge(items.select(["id", "question", "options", "distractor_ids", "fallback"]).to_pandas(),
-                              on="id", how="left")
-    S.write_verdicts(verdicts, run_dir / "verdicts", cfg.ray.shard_size)
-
-    summary = summarize(verdicts, cfg.detect)
-    summary["seed_stability"] = stability
-    summary.update(stats, mc_reused=mc_reused, wall_s=round(time.perf_counter() - t0, 3),
-                   models=models, data=cfg.data, data_read=_data_read(loaded, cfg), run_dir=str(run_dir))
-    S.write_json_atomic(summary, run_dir / "summary.json")
-    st.stop("verdicts")
+        summary = summarize(verdicts, cfg.detect)
+        summary["seed_stability"] = stability
+        summary.update(stats, mc_reused=mc_reused, wall_s=round(time.perf_counter() - t0, 3),
+                       models=models, data=cfg.data, data_read=_data_read(loaded, cfg), run_dir=str(run_dir))
+        S.write_json_atomic(summary, run_dir / "summary.json")
 
     diagnosis = evidence = None
     with tracker.start(cfg.name or run_dir.name, tags={**_run_tags(cfg), **cfg.tracking.tags}):
@@ -398,15 +390,13 @@ def _audit(cfg: AuditConfig, progress: bool, loaded, run_dir: Path, t0: float, s
         tracker.log_artifact(run_dir / "summary.json")
         tracker.log_artifact(run_dir / "verdicts", "verdicts")
         if cfg.evidence.enabled:  # between detection and diagnosis, logged into the same MLflow run
-            st.start("evidence")
-            evidence = evidence_stage(records, verdicts, cfg, run_dir, tracker, progress)
-            st.stop("evidence")
+            with st("evidence"):
+                evidence = evidence_stage(records, verdicts, cfg, run_dir, tracker, progress)
         if cfg.diagnose.enabled:  # the last stage, logged into the same MLflow run
             from ilp_ray.diagnosis.run import run_diagnosis
 
-            st.start("diagnosis")
-            diagnosis = run_diagnosis(run_dir, diagnosis_config(cfg, evidence), tracker=tracker)
-            st.stop("diagnosis")
+            with st("diagnosis"):
+                diagnosis = run_diagnosis(run_dir, diagnosis_config(cfg, evidence), tracker=tracker)
     return AuditResult(run_dir, summary, verdicts, tracker.run_id, tracker.tracking_uri, diagnosis, evidence)
 
 

@@ -124,15 +124,13 @@ async def _unexpected(request: Request, exc: Exception):
 def _public(status: dict) -> dict:
     """A job's status as a client sees it: the run directory by its name under ``audit_root`` (not
     the service's absolute path), the tracking URI without userinfo (no credentials)."""
-    from urllib.parse import urlsplit, urlunsplit
+    from ilp_ray.track import public_uri
 
     out = dict(status)
     if out.get("run_dir"):
         out["run_dir"] = Path(out["run_dir"]).name
-    uri = out.get("tracking_uri")
-    if uri and "@" in uri:
-        parts = urlsplit(uri)
-        out["tracking_uri"] = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    if out.get("tracking_uri"):
+        out["tracking_uri"] = public_uri(out["tracking_uri"])
     return out
 
 

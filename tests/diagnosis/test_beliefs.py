@@ -159,7 +159,7 @@ def test_probe_matches_plain_generate_and_resumes_from_its_cache(ctx_factory, ti
     _, nb = ctx.prompt_neighbours(min(len(prompts), cfg.beliefs.pool * 2 + 2))
     for r, answers in zip(range(6), table["answers"], strict=True):
         pool = B.shot_pool(nb, prompts, responses, r, cfg.beliefs.pool)
-        rng = np.random.default_rng([0, int(B.hashlib.sha256(ctx.ids[r].encode()).hexdigest()[:8], 16)])
+        rng = B.shot_rng(0, ctx.ids[r])
         budget = min(6, 2 * len(tok(responses[r], add_special_tokens=False)["input_ids"]) + 8)
         for j in range(2):
             pick = rng.choice(len(pool), size=1, replace=False)
