@@ -6,6 +6,9 @@ Every scenario runs the real parts on 127.0.0.1 with tiny models built in code, 
   Figures: shards finished at the kill, shards the rerun scored again (must be 0 of those), stray
   temp files after the rerun, and the verdicts against a clean run of the same config (rows,
   max |Δ p|).
+- ``actor-kill``: the Ray Data actor that scores (the ``ScoreShards`` pool's one actor) SIGKILLed
+  inside a running audit, the job itself left alone. Figures: the job's exit status, whether the
+  actor came back (a new pid), shards scored, temp files left, and the verdicts against a clean run.
 - ``two-audits``: a second audit started on a run directory the first still holds. Figures: how
   fast it is refused, its message, and whether the first finishes untouched.
 - ``replica``: the Serve scorer replica killed while 32 clients send ``/v1/score`` without pause,
@@ -119,6 +122,70 @@ def audit_kill(env: dict, tmp: Path) -> dict:
             "rows": len(a), "rows_clean": len(c), "same_ids": a["id"].tolist() == c["id"].tolist(),
             "max_abs_dp": float(np.abs(np.stack(a["probs"]) - np.stack(c["probs"])).max()),
             "same_unlearned": a["unlearned"].tolist() == c["unlearned"].tolist(), "rerun_s": round(rerun_s, 1)}
+
+
+def _session_procs(sid: int) -> list[tuple[int, str]]:
+    out = subprocess.run(["ps", "-eo", "pid=,sid=,stat=,args="], capture_output=True, text=True).stdout
+    rows = [r.split(None, 3) for r in out.splitlines() if r.strip()]
+    return [(int(r[0]), r[3] if len(r) > 3 else "") for r in rows if int(r[1]) == sid and "Z" not in r[2]]
+
+
+def _scoring_actors(sid: int) -> list[int]:
+    """The pids of the audit's Ray Data scoring actors (their process title names the actor class)."""
+    return [pid for pid, args in _session_procs(sid) if "MapWorker" in args or "ScoreShards" in args]
+
+
+def actor_kill(env: dict, tmp: Path) -> dict:
+    import numpy as np
+    import yaml
+
+    from ilp_ray.config import AuditConfig
+    from ilp_ray.pipeline.audit import run_audit
+
+    run_dir, clean_dir = tmp / "actor", tmp / "clean"
+    cfg = tmp / "actor.yaml"
+    cfg.write_text(audit_yaml(env, run_dir))
+    t0 = time.perf_counter()
+    proc = start_audit(cfg, tmp / "actor.log", slow_s=0.4)
+    deadline = time.time() + 300
+    while len(list(run_dir.glob("scores/*/shard-*.parquet"))) < 6:
+        if proc.poll() is not None or time.time() > deadline:
+            raise RuntimeError("the audit ended before the kill: " + (tmp / "actor.log").read_text()[-2000:])
+        time.sleep(0.1)
+    actors = _scoring_actors(proc.pid)
+    if not actors:
+        kill_group(proc)
+        raise RuntimeError("no scoring actor found among the job's processes: "
+                           + "; ".join(a[:80] for _, a in _session_procs(proc.pid)))
+    at_kill = len(list(run_dir.glob("scores/*/shard-*.parquet")))
+    for pid in actors:
+        os.kill(pid, signal.SIGKILL)
+    killed_at = time.perf_counter()
+    new_actor, t_back = None, None
+    while proc.poll() is None and time.perf_counter() - killed_at < 600:
+        if new_actor is None:
+            fresh = [p for p in _scoring_actors(proc.pid) if p not in actors]
+            if fresh:
+                new_actor, t_back = fresh[0], time.perf_counter() - killed_at
+        time.sleep(0.1)
+    if proc.poll() is None:
+        kill_group(proc)
+    rc = proc.wait()
+    wall = time.perf_counter() - t0
+    log = (tmp / "actor.log").read_text()
+    out = {"killed_actors": len(actors), "shards_at_kill": at_kill, "job_exit": rc, "job_wall_s": round(wall, 1),
+           "actor_restarted": new_actor is not None, "restart_s": None if t_back is None else round(t_back, 1),
+           "temp_files_after": len(list(run_dir.rglob(".tmp-*"))),
+           "error": next((ln for ln in reversed(log.splitlines()) if ln.startswith("error")), None)}
+    if rc == 0:
+        again = run_audit(AuditConfig.model_validate(yaml.safe_load(cfg.read_text())), progress=False)
+        clean = run_audit(AuditConfig.model_validate(yaml.safe_load(audit_yaml(env, clean_dir))), progress=False)
+        a, c = again.verdicts.sort_values("id"), clean.verdicts.sort_values("id")
+        out.update(shards_total=clean.summary["shards_total"], rerun_scored=again.summary["shards_scored"],
+                   rows=len(a), same_ids=a["id"].tolist() == c["id"].tolist(),
+                   max_abs_dp=float(np.abs(np.stack(a["probs"]) - np.stack(c["probs"])).max()),
+                   same_unlearned=a["unlearned"].tolist() == c["unlearned"].tolist())
+    return out
 
 
 def two_audits(env: dict, tmp: Path) -> dict:
@@ -244,7 +311,7 @@ def mlflow_down(env: dict, tmp: Path) -> dict:
             "ilp_run_json": (run_dir / "ilp_run.json").is_file()}
 
 
-SCENARIOS = {"audit-kill": audit_kill, "two-audits": two_audits, "replica": replica, "mlflow-down": mlflow_down}
+SCENARIOS = {"audit-kill": audit_kill, "actor-kill": actor_kill, "two-audits": two_audits, "replica": replica, "mlflow-down": mlflow_down}
 
 
 def main(argv: list[str] | None = None) -> int:

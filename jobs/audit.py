@@ -2,7 +2,7 @@
 
     ray job submit --working-dir . -- python jobs/audit.py --config audit.yaml [--set key=value ...]
 
-Takes the same flags as ``ilp audit``; all logic lives in ``ilp_ray.pipeline.audit``. The config's
+Takes the same flags as ``ilp audit``; all logic lives in ``ilp_ray.pipeline.audit`` (the stages themselves in ``ilp_ray.audit``). The config's
 ``evidence`` and ``diagnose`` sections add the corpus-evidence and diagnosis stages to the job.
 """
 

@@ -97,19 +97,20 @@ class DiagnosisContext:
         return hit[0][:, :m], hit[1][:, :m]
 
     def base_beliefs(self) -> dict[str, np.ndarray]:
-        """What the base model believes of each row, computed once for causes I and II.
+        """What the base model believes of each row, computed once for causes I and II from the
+        verdicts' ``base_*`` columns under the shared ``base_belief`` section.
 
         Keys: ``pred`` and ``confidence`` (its top option and that option's probability),
         ``wrong`` (the top option is not the answer), ``confident`` (wrong at confidence
-        ``>= base_conflict.tau_c``), ``pmi_gain`` (how much the question raised the top option
+        ``>= base_belief.tau_c``), ``pmi_gain`` (how much the question raised the top option
         over its question-free share, nats; NaN without option priors), ``pmi``, ``jsd`` and
-        ``corpus`` (the three supports of ``base_conflict.require_support``), ``supported`` (any of
+        ``corpus`` (the three supports of ``base_belief.require_support``), ``supported`` (any of
         them) and ``belief`` (confident, and supported where support is required): a wrong answer
         the base holds about this question. Requires a base model (``has_base``).
         """
         if "beliefs" in self._cache:
             return self._cache["beliefs"]
-        cfg = self.config.base_conflict
+        cfg = self.config.base_belief
         v = self.verdicts
         answer = v["answer"].to_numpy(dtype=np.int64)
         # the audit's own figures of the base (storage.BASE_VERDICT_COLUMNS), not recomputed here
@@ -180,6 +181,50 @@ def check_evidence_table(df: pd.DataFrame, source: str) -> pd.DataFrame:
 
 
 @dataclass
+class CoverageFacts:
+    """What a diagnosis had to test with, worked out once (``run.coverage``) for every detector's
+    ``coverage``. Arrays are per verdict row.
+
+    Attributes:
+        n: rows. diagnosed: rows the diagnosis attributes. pool: the rows "testable" is judged on
+            (the diagnosed, or all when none is). has_base: a base model was scored.
+        has_trajectory, n_evals, n_after: each row has a trajectory, its evaluations, and those at
+            or after its training step. schedule: ``trajectories.schedule_coverage`` (None without
+            a trajectory).
+    """
+
+    n: int
+    diagnosed: np.ndarray
+    pool: np.ndarray
+    has_base: bool
+    has_trajectory: np.ndarray
+    n_evals: np.ndarray
+    n_after: np.ndarray
+    schedule: dict | None = None
+
+
+@dataclass
+class CauseCoverage:
+    """What one cause could show on this run (``CauseDetector.coverage``).
+
+    Attributes:
+        rows: rows it had the inputs to test. fire: rows it can fire on (``rows`` unless a rule
+            rules some out). why: why it cannot fire, a sentence for when it is not testable.
+        extra: counts for the coverage block (``last_subset``...). warnings: sentences of its own
+            for the reader. without_trajectory / partial_trajectory: its clause in the shared
+            sentence about a missing or partial trajectory (``{rest}``: rows without one), or None.
+    """
+
+    rows: np.ndarray
+    why: str
+    fire: np.ndarray | None = None
+    extra: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    without_trajectory: str | None = None
+    partial_trajectory: str | None = None
+
+
+@dataclass
 class CauseResult:
     """One detector's output: the per-row frame, a summary, and extra tables (``info``)."""
 
@@ -196,6 +241,9 @@ class CauseDetector(ABC):
     (its config section, a ``DiagnosisConfig`` field, or for a detector registered from outside a
     key of ``diagnose.sections`` validated by its ``Config``) and ``color``, and implement
     ``detect``. Call ``run``, which checks the output shape. ``settings(ctx)`` is its section.
+    ``needs_base``: it cannot fire without a base model; ``data_only``: it tests the SFT data alone
+    (no model output), so a sample only it could test counts as untested. ``coverage`` says which
+    samples it had the inputs to test on a run; override it when it needs more than the verdicts.
     """
 
     name: ClassVar[str] = ""
@@ -206,6 +254,17 @@ class CauseDetector(ABC):
     section: ClassVar[str | None] = None
     color: ClassVar[str] = "#444444"
     Config: ClassVar[type | None] = None
+    needs_base: ClassVar[bool] = False
+    data_only: ClassVar[bool] = False
+
+    def coverage(self, ctx: DiagnosisContext, facts: CoverageFacts) -> CauseCoverage:
+        """The rows this cause had the inputs to test, and why not (the coverage block).
+
+        The default: every row, or none without a base model when ``needs_base``.
+        """
+        if self.needs_base and not facts.has_base:
+            return CauseCoverage(np.zeros(facts.n, bool), "no base model was scored")
+        return CauseCoverage(np.ones(facts.n, bool), "no sample to test")
 
     def settings(self, ctx: DiagnosisContext):
         """This detector's config section: ``ctx.config.<section>``, or for a detector from
@@ -234,6 +293,11 @@ class CauseDetector(ABC):
         if owner != qual:
             raise TypeError(f"cause detector name {name!r} is already used by {owner}")
         _NAMES[name] = qual
+
+    @classmethod
+    def named(cls) -> str:
+        """How a sentence names this cause: 'IV (left-side forgetting)'."""
+        return f"{cls.roman} ({cls.short})" if cls.roman else cls.short or cls.name
 
     @classmethod
     def columns(cls) -> tuple[str, str, str]:

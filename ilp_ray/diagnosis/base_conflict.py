@@ -1,6 +1,8 @@
 """II. Conflicts between SFT and the base model (paper 3.2.2, Eq. 6).
 
-Fires when the base model prefers a wrong option with confidence ``>= tau_c``:
+The belief is the shared ``base_belief`` section's (``DiagnosisContext.base_beliefs``, which cause I
+reads too); this detector's own section holds its score weights. Fires when the base model prefers
+a wrong option with confidence ``>= tau_c``:
 ``P_base(y'|x) >= tau_c`` with ``y' != y_SFT``, and (``require_support``, the default) when
 something beyond the pick says that this is a belief about *this* question:
 
@@ -27,8 +29,8 @@ With corpus evidence, II fires only where the corpus does not lack or support th
 I), and one the corpus contradicts is the pretrained belief this cause is about.
 
 Score: the base model's confidence in its wrong option (asked: the share of its answers that are
-its own), plus 0.1 when the JSD supports it and
-up to 0.2 × ``corpus_score`` when the pretraining corpus contradicts the SFT label. Rows whose
+its own), plus ``jsd_weight`` (0.1) when the JSD supports it and up to ``corpus_weight`` (0.2) ×
+``corpus_score`` when the pretraining corpus contradicts the SFT label. Rows whose
 base model prefers the right answer score 0. Silent without a base model, and says so.
 """
 
@@ -47,9 +49,10 @@ class BaseConflict(CauseDetector):
     order = 30  # a positive signal (a belief), tested before the negative one (no knowledge)
     section = "base_conflict"
     color = "#ff7f0e"
+    needs_base = True
 
     def detect(self, ctx: DiagnosisContext) -> CauseResult:
-        cfg = ctx.config.base_conflict
+        cfg, belief = ctx.config.base_conflict, ctx.config.base_belief
         v = ctx.verdicts
         if not ctx.has_base:
             return CauseResult(self.silent(len(v), {"base_model": "missing"}),
@@ -65,17 +68,17 @@ class BaseConflict(CauseDetector):
         guess = ctx.config.corpus.veto & np.isin(ctx.corpus_verdicts(), ["absent", "supports"])
         confident = b["confident"]
         fired = b["belief"] & ~guess
-        score = np.where(wrong, bconf + 0.1 * js_support, 0.0)
+        score = np.where(wrong, bconf + cfg.jsd_weight * js_support, 0.0)
         share = np.array([said[i]["modal_share"] if i in said else 0.0 for i in v["id"].astype(str)], dtype=float)
-        score = np.where(probed, np.where(holds, share + 0.1 * js_support, 0.0), score)
+        score = np.where(probed, np.where(holds, share + cfg.jsd_weight * js_support, 0.0), score)
         evidence = []
         for i, (vid, opts) in enumerate(zip(v["id"].astype(str), v["options"], strict=False)):
             ev = {"base_pred": int(bpred[i]), "base_choice": str(opts[bpred[i]]),
                   "answer_text": str(opts[answer[i]]), "base_confidence": r3(bconf[i]),
-                  "base_p_correct": r3(bprobs[i][answer[i]]), "tau_c": cfg.tau_c,
-                  "pmi_gain": r3(gain[i]), "pmi_margin": cfg.pmi_margin,
+                  "base_p_correct": r3(bprobs[i][answer[i]]), "tau_c": belief.tau_c,
+                  "pmi_gain": r3(gain[i]), "pmi_margin": belief.pmi_margin,
                   "js_base_sft": r3(js[i]), "js_supports": bool(js_support[i]),
-                  "js_threshold": cfg.js_threshold,
+                  "js_threshold": belief.js_threshold,
                   "fired_by": [n for n, ok in (("pmi", pmi_support[i]), ("jsd", js_support[i]),
                                                ("corpus", corpus_support[i])) if ok]}
             if probed[i]:
@@ -90,22 +93,22 @@ class BaseConflict(CauseDetector):
                 verdict, cs = corpus[vid]
                 ev.update(corpus_verdict=verdict, corpus_score=r3(cs))
                 if verdict == "contradicts" and wrong[i]:
-                    score[i] += 0.2 * cs
+                    score[i] += cfg.corpus_weight * cs
                 if guess[i] and confident[i]:
                     ev.update(vetoed=f"the corpus {'lacks' if verdict == 'absent' else 'supports'} this "
                                      "fact: the base model's answer is a guess, not a pretrained belief")
             if probed[i] and not fired[i]:
                 ev["not_held"] = (f"asked {len(said[vid]['answers'])} times, the base gives no one answer "
                                   "other than the SFT's most of the time: its MC pick is not a belief")
-            elif confident[i] and not guess[i] and cfg.require_support and not supported[i]:
+            elif confident[i] and not guess[i] and belief.require_support and not supported[i]:
                 ev["unsupported"] = ("a confident wrong pick that the question does not raise over its prior, "
                                      "SFT did not move, and no corpus contradicts: not a belief")
             evidence.append(ev)
-        summary = {"tau_c": cfg.tau_c, "js_threshold": cfg.js_threshold, "pmi_margin": cfg.pmi_margin,
-                   "require_support": cfg.require_support, "pmi_tested": int(has_pmi.sum()),
+        summary = {"tau_c": belief.tau_c, "js_threshold": belief.js_threshold, "pmi_margin": belief.pmi_margin,
+                   "require_support": belief.require_support, "pmi_tested": int(has_pmi.sum()),
                    "base_wrong": int(wrong.sum()), "confident_wrong": int(confident.sum()),
                    "vetoed_by_corpus": int((confident & guess).sum()),
-                   "unsupported": int((confident & ~guess & ~supported).sum()) if cfg.require_support else 0,
+                   "unsupported": int((confident & ~guess & ~supported).sum()) if belief.require_support else 0,
                    "asked": ctx.belief_status, "asked_holds": int((probed & holds).sum()),
                    "fired_by": {"asked": int((fired & probed & holds).sum()),
                                 "pmi": int((fired & ~probed & pmi_support).sum()),

@@ -11,17 +11,18 @@ Blind when the base model fails under repeated sampling and is not confidently w
   lacks a fact almost never produces it; among k options a blind model is right 1/k of the time;
 - where the base was asked (``diagnose.beliefs``), it does not produce the SFT answer in
   ``beliefs.knows_share`` of its answers: the paper's pass@N is about producing the answer;
-- not a wrong belief: no wrong option held the way cause II requires (confident, and with
-  ``base_conflict.require_support`` raised by the question, moved by SFT or contradicted by the
-  corpus: ``DiagnosisContext.base_beliefs``). A confident pick that beats no prior is a guess;
+- not a wrong belief: no wrong option held as the shared ``base_belief`` section defines it, the
+  rule cause II fires on (confident, and with ``require_support`` raised by the question, moved by
+  SFT or contradicted by the corpus: ``DiagnosisContext.base_beliefs``). A confident pick that beats
+  no prior is a guess;
 - with corpus evidence that the corpus lacks the fact (``corpus.veto``), the two
   tests above are lifted: the base never read it, so whatever it answers, right or confidently
   wrong, is a guess;
 - with corpus evidence, the corpus does not support the fact: a fact the base read and still
   does not know is a rare pattern that pretraining did not learn (cause V), not a gap.
 
-Score: ``1 - base p(correct)`` (how far the base is from knowing it), moved by up to 0.25 ×
-``corpus_score`` up when the corpus lacks the fact (``absent``) and down when it ``supports`` it
+Score: ``1 - base p(correct)`` (the verdicts' ``base_pass_expected``: how far the base is from
+knowing it), moved by up to ``corpus_weight`` (0.25) × ``corpus_score`` up when the corpus lacks the fact (``absent``) and down when it ``supports`` it
 (the base model saw the fact yet did not learn it). Silent without a base model, and says so.
 """
 
@@ -55,6 +56,7 @@ class BaseKnowledgeGap(CauseDetector):
     order = 40  # excludes II explicitly, so after it
     section = "knowledge_gap"
     color = "#1f77b4"
+    needs_base = True
 
     def detect(self, ctx: DiagnosisContext) -> CauseResult:
         cfg = ctx.config.knowledge_gap
@@ -66,7 +68,7 @@ class BaseKnowledgeGap(CauseDetector):
         answers = v["answer"].to_numpy(dtype=np.int64)
         probs = M.pad_ragged(list(v["base_probs"]), 0.0)
         passes, bon = base_pass_and_bon(ids, probs, answers, cfg.n, cfg.bon_n, cfg.seeds, cfg.seed)
-        pc = M.pass_expected(probs, answers)
+        pc = v["base_pass_expected"].to_numpy(dtype=float)  # the audit's figure, not recomputed
         chance = 1.0 / np.maximum(np.array([len(p) for p in v["base_probs"]], dtype=float), 2.0)
         if cfg.chance_corrected:
             passes_c, bon_c = (passes - chance) / (1 - chance), (bon - chance) / (1 - chance)
@@ -103,7 +105,7 @@ class BaseKnowledgeGap(CauseDetector):
             if vid in corpus:
                 verdict, cs = corpus[vid]
                 ev.update(corpus_verdict=verdict, corpus_score=r3(cs))
-                score[i] += {"absent": 0.25, "supports": -0.25}.get(verdict, 0.0) * cs
+                score[i] += {"absent": cfg.corpus_weight, "supports": -cfg.corpus_weight}.get(verdict, 0.0) * cs
             evidence.append(ev)
         summary = {"n": cfg.n, "bon_n": cfg.bon_n, "pass_threshold": cfg.pass_threshold,
                    "chance_corrected": cfg.chance_corrected,

@@ -97,8 +97,9 @@ class ConflictConfig(_Section):
         return self
 
 
-class BaseConflictConfig(_Section):
-    """II: the base model confidently believes a different answer."""
+class BaseBeliefConfig(_Section):
+    """When the base model's MC pick is a wrong belief about the question: shared by II (which
+    fires on it) and I (which a belief excludes). Was part of base_conflict, whose old keys are still read."""
 
     tau_c: float = Field(0.5, gt=0, le=1, description=(
         "Base confidence in a wrong option at or above which it is a conflict (paper: T, unnamed). "
@@ -114,6 +115,22 @@ class BaseConflictConfig(_Section):
         "The pmi support: the question raises the base's wrong pick by at least this many nats "
         "over its question-free share among the options (ln 2: the question at least doubles it). "
         "A pick the question does not raise is the prior's, not a belief about this question."))
+
+
+#: base_conflict keys that moved to base_belief (still read from base_conflict).
+MOVED_TO_BASE_BELIEF = tuple(BaseBeliefConfig.model_fields)
+
+
+class BaseConflictConfig(_Section):
+    """II: the base model confidently believes a different answer (the belief: ``base_belief``)."""
+
+    jsd_weight: float = Field(0.1, ge=0, le=1, description=(
+        "Added to the score (the base's confidence in its wrong option) when the JSD supports "
+        "it: SFT pushing against the belief makes the conflict surer. Small beside the confidence, "
+        "so it reorders close cases only."))
+    corpus_weight: float = Field(0.2, ge=0, le=1, description=(
+        "Up to this times corpus_score is added when the pretraining corpus contradicts the SFT "
+        "label: the corpus is independent evidence that the base learned the other value."))
 
 
 class BeliefConfig(_Section):
@@ -200,6 +217,10 @@ class KnowledgeGapConfig(_Section):
         "only because its tiny base is confidently wrong). Corrected, k = 4: pass@10 < 0.4 and "
         "BoN-5 accuracy < 0.325. False: the thresholds on the raw figures (preset lab)."))
     seed: int = Field(0, description="First seed of the base draws.")
+    corpus_weight: float = Field(0.25, ge=0, le=1, description=(
+        "The score (1 - base p(correct)) moves by up to this times corpus_score: up when the "
+        "corpus lacks the fact, down when it supports it (the base read it yet did not learn it). "
+        "A quarter: the corpus shifts the ranking without overturning the model's own figure."))
 
 
 class ForgettingConfig(_Section):
@@ -250,6 +271,10 @@ class InsufficientConfig(_Section):
         "neither flag is raised."))
     no_trajectory_weight: float = Field(0.5, ge=0, le=1, description=(
         "Without a trajectory, V may fire on rarity/length alone, its score multiplied by this."))
+    pattern_weight: float = Field(0.4, ge=0, le=1, description=(
+        "With a firing trajectory the score is 1 - pattern_weight + pattern_weight x pattern "
+        "strength: a still-rising trajectory alone scores 0.6, a rare or long one up to 1 (the "
+        "paper's typical case), always above a pattern without a trajectory (no_trajectory_weight)."))
 
 
 class DiagnosisConfig(_Section):
@@ -292,6 +317,7 @@ class DiagnosisConfig(_Section):
         "corpus_score in [0, 1]); None: none."))
     report_worst: int = Field(10, ge=1, description="Samples per cause in the report's tables.")
     conflict: ConflictConfig = ConflictConfig()
+    base_belief: BaseBeliefConfig = BaseBeliefConfig()
     base_conflict: BaseConflictConfig = BaseConflictConfig()
     beliefs: BeliefConfig = BeliefConfig()
     corpus: CorpusRulesConfig = CorpusRulesConfig()
@@ -306,11 +332,16 @@ class DiagnosisConfig(_Section):
     def _preset(cls, data):
         from ilp_ray.presets import DIAGNOSIS_PRESETS, apply_preset
 
-        if isinstance(data, dict) and isinstance(data.get("base_conflict"), dict) \
-                and "corpus_veto" in data["base_conflict"]:  # its old place: moved to corpus.veto
-            data = dict(data, base_conflict=dict(data["base_conflict"]))
-            veto = data["base_conflict"].pop("corpus_veto")
-            data["corpus"] = {"veto": veto, **(data.get("corpus") or {})}
+        if isinstance(data, dict) and isinstance(data.get("base_conflict"), dict):
+            # Keys' old places: base_conflict.corpus_veto is corpus.veto, and the belief's
+            # thresholds are base_belief's. A value at the new place wins.
+            bc = dict(data["base_conflict"])
+            data = dict(data, base_conflict=bc)
+            if "corpus_veto" in bc:
+                data["corpus"] = {"veto": bc.pop("corpus_veto"), **(data.get("corpus") or {})}
+            moved = {k: bc.pop(k) for k in MOVED_TO_BASE_BELIEF if k in bc}
+            if moved:
+                data["base_belief"] = {**moved, **(data.get("base_belief") or {})}
         return apply_preset(data, DIAGNOSIS_PRESETS)
 
     @field_validator("plugins")

@@ -17,7 +17,8 @@ Two kinds of evidence, combined by one rule:
   larger when both). Below ``min_population`` samples (20) neither flag is raised: a percentile
   of five samples says nothing.
 
-Score: with a firing trajectory, ``0.6 + 0.4 × pattern strength`` (a rare pattern that is still
+Score: with a firing trajectory, ``1 - pattern_weight + pattern_weight × pattern strength``
+(``pattern_weight`` 0.4: 0.6 + 0.4 × strength) (a rare pattern that is still
 rising is the paper's typical case). Without a trajectory, the sample may fire on the pattern
 alone, at ``no_trajectory_weight × pattern strength`` (0.5 by default, so never above a firing
 trajectory), and the evidence says ``trajectory: missing``.
@@ -28,7 +29,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ilp_ray.diagnosis.base import CauseDetector, CauseResult, DiagnosisContext, r3
+from ilp_ray.diagnosis.base import (
+    CauseCoverage,
+    CauseDetector,
+    CauseResult,
+    CoverageFacts,
+    DiagnosisContext,
+    r3,
+)
 from ilp_ray.diagnosis.trajectories import per_sample
 
 
@@ -54,6 +62,23 @@ class InsufficientTraining(CauseDetector):
     order = 50  # the weakest, most generic signal: the last resort
     section = "insufficient"
     color = "#2ca02c"
+
+    def coverage(self, ctx: DiagnosisContext, facts: CoverageFacts) -> CauseCoverage:
+        """Testable by a trajectory of two or more evaluations, or, with ``min_population``
+        samples, by the rarity and length percentiles alone."""
+        ic, diag = ctx.config.insufficient, facts.diagnosed
+        by_traj = facts.has_trajectory & (facts.n_evals >= 2)
+        rows = by_traj | (facts.n >= ic.min_population)
+        why = (f"no sample has a trajectory of two or more evaluations, and there are fewer than "
+               f"insufficient.min_population ({ic.min_population}) samples for the rarity/length percentiles")
+        out = CauseCoverage(rows, why, extra={"trajectory": int((by_traj & diag).sum()),
+                                              "pattern_only": int((rows & ~by_traj & diag).sum())},
+                            without_trajectory="V (insufficient training) rests on rarity and length alone, "
+                                               "at half score",
+                            partial_trajectory="V judges them on rarity and length alone")
+        if not (rows & facts.pool).any():
+            out.warnings.append(f"{self.named()} cannot fire: {why}.")
+        return out
 
     def detect(self, ctx: DiagnosisContext) -> CauseResult:
         cfg = ctx.config.insufficient
@@ -81,7 +106,7 @@ class InsufficientTraining(CauseDetector):
                 rising = bool(f["slope_p"] > cfg.min_slope)
                 falling = bool(f["slope_loss"] < -cfg.min_loss_drop)
                 fired[i] = (not f["reached_after"]) and (rising or falling)
-                score[i] = 0.6 + 0.4 * pattern[i] if fired[i] else 0.0
+                score[i] = 1.0 - cfg.pattern_weight + cfg.pattern_weight * pattern[i] if fired[i] else 0.0
                 ev.update(never_learned=not f["reached_after"], trained_step=f["trained_step"],
                           peak_p=r3(f["peak_after_p"]), final_p=r3(f["final_p"]),
                           slope_p=r3(f["slope_p"]), rising=rising, slope_loss=r3(f["slope_loss"]),

@@ -36,7 +36,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ilp_ray.diagnosis.base import CauseDetector, CauseResult, DiagnosisContext, r3
+from ilp_ray.diagnosis.base import (
+    CauseCoverage,
+    CauseDetector,
+    CauseResult,
+    CoverageFacts,
+    DiagnosisContext,
+    r3,
+)
 from ilp_ray.diagnosis.trajectories import (
     per_sample,
     position_deciles,
@@ -114,19 +121,58 @@ class LeftSideForgetting(CauseDetector):
                    "last_decile_accuracy": r3(eff["accuracy"].iloc[-1])}
         return CauseResult(self.frame(fired, score, evidence), summary, {"position": eff, "curves": curves})
 
+    def coverage(self, ctx: DiagnosisContext, facts: CoverageFacts) -> CauseCoverage:
+        """Testable where a sample has ``held_evals + 1`` evaluations at or after its training
+        step; under ``scope: subset`` it never fires in the last subset of a sequential run."""
+        cfg, n, sched = ctx.config.forgetting, facts.n, facts.schedule
+        held, has, pool, diag = cfg.held_evals, facts.has_trajectory, facts.pool, facts.diagnosed
+        rows = has & (facts.n_after >= held + 1)
+        last = sched["last_subset"] if sched else None
+        in_last = ctx.verdicts["subset"].astype(str).to_numpy() == last if last is not None else np.zeros(n, bool)
+        fire = rows & ~in_last
+        if ctx.trajectories is None:
+            why = "no training trajectory was given (diagnose.trajectory, --trajectory)"
+        elif not (has & pool).any():
+            why = (f"none of the {int(pool.sum())} samples diagnosed has a trajectory (it covers "
+                   f"{int(has.sum())} of {n} samples; trajectory.max_items)")
+        elif not (rows & pool).any():
+            why = (f"no sample has held_evals + 1 = {held + 1} evaluations at or after its training step "
+                   f"(the trajectory has {sched['evaluations']} in all)")
+        else:
+            why = (f"every sample it could test is in the last subset ({last}), the recent data, which is "
+                   "never IV under forgetting.scope: subset")
+        out = CauseCoverage(rows, why, fire, {"last_subset": int((in_last & diag).sum())},
+                            without_trajectory=f"{self.named()} cannot fire",
+                            partial_trajectory="IV cannot fire for the other {rest}")
+        if sched is None:
+            return out
+        per = sched["per_subset"]
+        blocked = [s for s, r in per.items() if s != sched["last_subset"] and r["samples"] and not r["iv_possible"]]
+        for s in blocked:
+            out.warnings.append(
+                f"IV cannot fire in subset {s}: its samples have at most {per[s]['evals_after_max']} "
+                f"evaluation(s) at or after their training step, and IV needs held_evals + 1 = {held + 1} "
+                f"(held at {held}, then lost). The trajectory has {sched['evaluations']} evaluation(s) "
+                f"over {len(per)} subset(s): record it with the default schedule (trajectory.every_steps: "
+                "null, trajectory.min_evals_per_subset) or a shorter interval.")
+        if not (fire & pool).any() and not blocked and (has & pool).any():
+            out.warnings.append(f"{self.named()} cannot fire: {why}.")
+        if out.extra["last_subset"]:
+            out.warnings.append(f"{out.extra['last_subset']} diagnosed sample(s) are in the last subset "
+                                f"({sched['last_subset']}), the recent data of this sequential run: they are "
+                                "never IV (forgetting.scope: subset).")
+        return out
+
     @staticmethod
     def base_known(ctx: DiagnosisContext, tau: float) -> np.ndarray:
         """Rows the base model already answered (p(correct) >= tau); none without a base model.
 
         Under ``corpus.veto``, a right answer about a fact the corpus lacks is a guess.
         """
-        from ilp_ray import metrics as M
-
         v = ctx.verdicts
         if not ctx.has_base:
             return np.zeros(len(v), bool)
-        probs = M.pad_ragged(list(v["base_probs"]), 0.0)
-        known = M.pass_expected(probs, v["answer"].to_numpy(dtype=np.int64)) >= tau
+        known = v["base_pass_expected"].to_numpy(dtype=float) >= tau  # the audit's figure
         if ctx.config.corpus.veto:
             known &= ctx.corpus_verdicts() != "absent"
         return known

@@ -185,25 +185,27 @@ def coverage(ctx, table, schedule: dict | None = None) -> dict[str, Any]:
 
     Per cause (every registered cause, in decision order): ``testable`` (it can fire for at least one
     diagnosed sample; for any sample when none is diagnosed), ``why`` (None when testable, else a
-    sentence), ``samples`` / ``of`` (diagnosed samples it had the inputs to test). A sample lacks
-    the inputs of I and II without a base model; of IV without a trajectory or with fewer than
-    ``forgetting.held_evals + 1`` evaluations at or after its training step; of V without a
-    trajectory of two or more evaluations when there are fewer samples than
-    ``insufficient.min_population`` (rarity and length are percentiles). IV also counts
-    ``last_subset``: diagnosed samples of the last subset of a sequential run, which it tests but
-    never calls IV (``forgetting.scope: subset``); V counts which rule judged them
-    (``trajectory``, ``pattern_only``).
+    sentence), ``samples`` / ``of`` (diagnosed samples it had the inputs to test), and the counts its
+    detector adds. Each detector says which rows it had the inputs to test
+    (``CauseDetector.coverage``): I and II none without a base model; IV those with
+    ``forgetting.held_evals + 1`` evaluations at or after their training step, counting
+    ``last_subset`` (diagnosed samples of the last subset of a sequential run, which it tests but
+    never calls IV under ``forgetting.scope: subset``); V those with a trajectory of two or more
+    evaluations, or all with ``insufficient.min_population`` samples (``trajectory``,
+    ``pattern_only``: which rule judged them); a detector registered from outside, every row unless
+    it says otherwise.
 
     ``trajectory``: ``given``; samples with a trajectory among all (``samples``, ``of``,
     ``share``), the unlearned (``unlearned``, ``unlearned_of``, ``unlearned_share``) and the
     diagnosed (``diagnosed``, ``diagnosed_of``); ``evaluations``, ``needed_for_iv`` and
     ``per_subset`` (``trajectories.schedule_coverage``); ``schedule``, the SFT job's resolved
     schedule when the trajectory file carries it. ``untested``: diagnosed samples that no cause
-    but III (a check of the data alone) had the inputs to test. ``warnings``: plain sentences.
+    but those testing the data alone (III) had the inputs to test. ``warnings``: plain sentences.
     """
     import numpy as np
 
-    from ilp_ray.diagnosis.registry import decision_order
+    from ilp_ray.diagnosis.base import CoverageFacts
+    from ilp_ray.diagnosis.registry import DETECTORS, decision_order
 
     cfg = ctx.config
     v, ids = ctx.verdicts, ctx.ids
@@ -238,103 +240,64 @@ def coverage(ctx, table, schedule: dict | None = None) -> dict[str, Any]:
     out["trajectory"] = tc
 
     # Per cause: the rows it had the inputs to test, the rows it can fire on, and why not.
-    can: dict[str, np.ndarray] = {}
-    order = decision_order()
-    for name in order:
-        extra: dict[str, Any] = {}
+    facts = CoverageFacts(n=n, diagnosed=diag, pool=pool, has_base=bool(ctx.has_base), has_trajectory=has,
+                          n_evals=n_evals, n_after=n_after, schedule=sched)
+    covs, can, data_only = {}, {}, []
+    for name in decision_order():
         if name not in cfg.causes:
-            rows, why = np.zeros(n, bool), "not tested: not in diagnose.causes"
-            fire = rows
-        elif name == "sft_internal_conflict":
-            rows, why = np.full(n, n >= 2), "fewer than two samples: no pair to compare"
-            fire = rows
-        elif name in ("base_conflict", "base_knowledge_gap"):
-            rows, why = np.full(n, bool(ctx.has_base)), "no base model was scored"
-            fire = rows
-        elif name == "left_side_forgetting":
-            rows = has & (n_after >= held + 1)
-            last = sched["last_subset"] if sched else None
-            in_last = v["subset"].astype(str).to_numpy() == last if last is not None else np.zeros(n, bool)
-            fire = rows & ~in_last
-            extra["last_subset"] = int((in_last & diag).sum())
-            if traj is None:
-                why = "no training trajectory was given (diagnose.trajectory, --trajectory)"
-            elif not (has & pool).any():
-                why = (f"none of the {int(pool.sum())} samples diagnosed has a trajectory (it covers "
-                       f"{int(has.sum())} of {n} samples; trajectory.max_items)")
-            elif not (rows & pool).any():
-                why = (f"no sample has held_evals + 1 = {held + 1} evaluations at or after its training step "
-                       f"(the trajectory has {sched['evaluations']} in all)")
-            else:
-                why = (f"every sample it could test is in the last subset ({last}), the recent data, which is "
-                       "never IV under forgetting.scope: subset")
-        elif name == "insufficient_training":
-            ic = cfg.insufficient
-            by_traj = has & (n_evals >= 2)
-            rows = by_traj | (n >= ic.min_population)
-            fire = rows
-            why = (f"no sample has a trajectory of two or more evaluations, and there are fewer than "
-                   f"insufficient.min_population ({ic.min_population}) samples for the rarity/length percentiles")
-            extra.update(trajectory=int((by_traj & diag).sum()), pattern_only=int((rows & ~by_traj & diag).sum()))
-        else:  # a detector registered from outside: its inputs are unknown here
-            rows = np.ones(n, bool)
-            fire, why = rows, "no sample to test"
+            out[name] = {"testable": False, "why": "not tested: not in diagnose.causes", "samples": 0, "of": n_diag}
+            can[name] = np.zeros(n, bool)
+            continue
+        det = DETECTORS.create(name)
+        c = covs[name] = det.coverage(ctx, facts)
+        fire = c.rows if c.fire is None else c.fire
         testable = bool((fire & pool).any())
-        out[name] = {"testable": testable, "why": None if testable else why,
-                     "samples": int((rows & diag).sum()), "of": n_diag, **extra}
-        can[name] = rows
+        out[name] = {"testable": testable, "why": None if testable else c.why,
+                     "samples": int((c.rows & diag).sum()), "of": n_diag, **c.extra}
+        can[name] = c.rows
+        if det.data_only:
+            data_only.append(name)
 
-    iii = "sft_internal_conflict" in cfg.causes
-    others = [c for c in order if c != "sft_internal_conflict"]
-    none = diag & ~np.any([can[c] for c in others], axis=0)
+    tested = [can[c] for c in can if c not in data_only]
+    none = diag & ~np.any(tested, axis=0) if tested else diag.copy()
+    only = " and ".join(DETECTORS.get(c).roman or c for c in data_only)
     out["untested"] = {"n": int(none.sum()), "of": n_diag, "ids": [ids[i] for i in np.flatnonzero(none)[:20]],
-                       "why": ("no cause but III (the data's own contradictions) had the inputs to test them"
-                               if iii else "no cause had the inputs to test them")}
-    out["warnings"] = _coverage_warnings(cfg, ctx.has_base, out, sched, has, pool, diag)
+                       "why": (f"no cause but {only} (a test of the data alone) had the inputs to test them"
+                               if only else "no cause had the inputs to test them")}
+    out["warnings"] = _coverage_warnings(cfg, ctx.has_base, out, covs, sched, has, pool, diag, data_only)
     return out
 
 
-def _coverage_warnings(cfg, has_base: bool, cov: dict, sched: dict | None, has, pool, diag) -> list[str]:
-    """The coverage block's warnings: plain sentences, the most general first."""
+def _coverage_warnings(cfg, has_base: bool, cov: dict, covs: dict, sched: dict | None, has, pool, diag,
+                       data_only: list[str]) -> list[str]:
+    """The coverage block's warnings: plain sentences, the most general first, then each cause's own."""
+    from ilp_ray.diagnosis.registry import DETECTORS, by_roman
+
     w: list[str] = []
-    held = cfg.forgetting.held_evals
-    base_off = [named(c) for c in ("base_knowledge_gap", "base_conflict") if c in cfg.causes and not has_base]
+    numbered = list(by_roman(list(covs)).values())  # I before II
+    base_off = [named(c) for c in numbered + [c for c in covs if c not in numbered]
+                if DETECTORS.get(c).needs_base and not has_base]
     if base_off:
         w.append(f"No base model was scored: {' and '.join(base_off)} cannot fire on this run.")
-    iv_on, v_on = "left_side_forgetting" in cfg.causes, "insufficient_training" in cfg.causes
-    if sched is None and (iv_on or v_on):
-        w.append(f"No training trajectory was given: {named('left_side_forgetting')} cannot fire, and V (insufficient "
-                 "training) rests on rarity and length alone, at half score.")
-    elif sched is not None:
+    if sched is None:
+        clauses = [c.without_trajectory for c in covs.values() if c.without_trajectory]
+        if clauses:
+            w.append(f"No training trajectory was given: {', and '.join(clauses)}.")
+    else:
         k, m = int((has & pool).sum()), int(pool.sum())
-        if k < m:
+        clauses = [c.partial_trajectory.format(rest=m - k) for c in covs.values() if c.partial_trajectory]
+        if k < m and clauses:
             who = "diagnosed samples" if diag.any() else "samples"
             w.append(f"Only {k} of {m} {who} ({_share(k, m):.0%}) have a trajectory (trajectory.max_items "
-                     f"samples the training set): IV cannot fire for the other {m - k}, and V judges them on "
-                     "rarity and length alone.")
-        per = sched["per_subset"]
-        blocked = [s for s, r in per.items() if s != sched["last_subset"] and r["samples"] and not r["iv_possible"]]
-        if iv_on:
-            for s in blocked:
-                w.append(f"IV cannot fire in subset {s}: its samples have at most {per[s]['evals_after_max']} "
-                         f"evaluation(s) at or after their training step, and IV needs held_evals + 1 = {held + 1} "
-                         f"(held at {held}, then lost). The trajectory has {sched['evaluations']} evaluation(s) "
-                         f"over {len(per)} subset(s): record it with the default schedule (trajectory.every_steps: "
-                         "null, trajectory.min_evals_per_subset) or a shorter interval.")
-            iv = cov["left_side_forgetting"]
-            if not iv["testable"] and not blocked and (has & pool).any():
-                w.append(f"{named('left_side_forgetting')} cannot fire: {iv['why']}.")
-            if iv["last_subset"]:
-                w.append(f"{iv['last_subset']} diagnosed sample(s) are in the last subset ({sched['last_subset']}), "
-                         "the recent data of this sequential run: they are never IV (forgetting.scope: subset).")
-    if v_on and not cov["insufficient_training"]["testable"]:
-        w.append(f"{named('insufficient_training')} cannot fire: {cov['insufficient_training']['why']}.")
+                     f"samples the training set): {', and '.join(clauses)}.")
+    for c in covs.values():
+        w.extend(c.warnings)
     u = cov["untested"]
     if u["n"]:
-        iii = "sft_internal_conflict" in cfg.causes
-        w.append(f"{u['n']} of {u['of']} diagnosed sample(s) could not be tested for any cause"
-                 f"{' but III' if iii else ''} for lack of inputs: they can only come out "
-                 f"{'III or ' if iii else ''}unattributed.")
+        only = [DETECTORS.get(c).roman or c for c in data_only]
+        but, outcome = (f" but {' and '.join(only)}", f"{' or '.join(only)} or ") if only else ("", "")
+        w.append(f"{u['n']} of {u['of']} diagnosed sample(s) could not be tested for any cause{but} for lack "
+                 f"of inputs: they can only come out {outcome}unattributed.")
     return w
 
 

@@ -32,7 +32,14 @@ import time
 import numpy as np
 import pandas as pd
 
-from ilp_ray.diagnosis.base import CauseDetector, CauseResult, DiagnosisContext, r3
+from ilp_ray.diagnosis.base import (
+    CauseCoverage,
+    CauseDetector,
+    CauseResult,
+    CoverageFacts,
+    DiagnosisContext,
+    r3,
+)
 from ilp_ray.diagnosis.judges import JUDGES, ConflictPair, judged_wrong
 from ilp_ray.diagnosis.pairs import (
     SameQuestion,
@@ -73,6 +80,10 @@ class SftInternalConflict(CauseDetector):
     order = 10  # the data contradicts itself: every other test is moot while the label is in dispute
     section = "conflict"
     color = "#d62728"
+    data_only = True  # the data's own contradictions: no model output needed
+
+    def coverage(self, ctx: DiagnosisContext, facts: CoverageFacts) -> CauseCoverage:
+        return CauseCoverage(np.full(facts.n, facts.n >= 2), "fewer than two samples: no pair to compare")
 
     def detect(self, ctx: DiagnosisContext) -> CauseResult:
         cfg = ctx.config.conflict

@@ -146,6 +146,52 @@ def test_two_evaluations_over_two_subsets_in_the_cli_and_the_report(tmp_path):
     assert "IV cannot fire in subset s1" in head and "evaluations after training" in head
 
 
+# ------------------------------------------------------------------- a cause registered from outside
+
+def test_a_registered_cause_declares_its_own_coverage(ctx_factory):
+    """Coverage comes from each detector: one registered from outside that needs a base model is
+    untestable without one, named in the base sentence; one with its own ``coverage`` is judged
+    by it, its warnings joining the block's; and the built-in rules are the built-in classes'."""
+    import numpy as np
+
+    from ilp_ray.diagnosis.base import CauseCoverage, CauseDetector, CauseResult
+    from ilp_ray.diagnosis.registry import DETECTORS
+
+    class NeedsBase(CauseDetector):
+        name, roman, short, order, needs_base = "needs_a_base", "VI", "base reader", 50, True
+
+        def detect(self, ctx):
+            return CauseResult(self.silent(len(ctx.verdicts), {}), {})
+
+    class FirstTwo(CauseDetector):
+        name, short, order = "first_two", "first two", 60
+
+        def coverage(self, ctx, facts):
+            rows = np.arange(facts.n) < 2
+            return CauseCoverage(rows, "only the first two rows", warnings=["first_two looks at two rows only."])
+
+        def detect(self, ctx):
+            return CauseResult(self.silent(len(ctx.verdicts), {}), {})
+
+    DETECTORS.register("needs_a_base", NeedsBase)
+    DETECTORS.register("first_two", FirstTwo)
+    try:
+        rows = [verdict_row(f"s{i}", question=f"question number {i}", position=i) for i in range(4)]
+        cov = cov_of(ctx_factory(rows, causes=["sft_internal_conflict", "needs_a_base", "first_two",
+                                               "base_conflict"]))
+        assert cov["needs_a_base"] == {"testable": False, "why": "no base model was scored", "samples": 0, "of": 4}
+        assert cov["first_two"] == {"testable": True, "why": None, "samples": 2, "of": 4}
+        assert "No base model was scored: II (base conflict) and VI (base reader) cannot fire on this run." \
+            in cov["warnings"]
+        assert "first_two looks at two rows only." in cov["warnings"]
+        # s2, s3: no cause but III had the inputs; s0, s1: first_two had them
+        assert cov["untested"]["ids"] == ["s2", "s3"]
+        assert cov["left_side_forgetting"]["why"] == "not tested: not in diagnose.causes"
+    finally:
+        DETECTORS._entries.pop("needs_a_base", None)
+        DETECTORS._entries.pop("first_two", None)
+
+
 # ------------------------------------------------------------------- partial trajectory coverage
 
 def test_partial_trajectory_coverage_is_reported_with_the_right_shares(ctx_factory):

@@ -138,6 +138,22 @@ def test_corpus_veto_moved_to_the_shared_corpus_section_and_is_read_from_its_old
 
     assert DiagnosisConfig(corpus={"veto": True}).corpus.veto
     assert DiagnosisConfig(base_conflict={"corpus_veto": True, "tau_c": 0.6}).corpus.veto
-    assert DiagnosisConfig(base_conflict={"corpus_veto": True}).base_conflict.tau_c == 0.5
+    assert DiagnosisConfig(base_conflict={"corpus_veto": True}).base_belief.tau_c == 0.5
     assert not DiagnosisConfig(preset="lab", base_conflict={"corpus_veto": False}).corpus.veto  # the user wins
     assert DiagnosisConfig(preset="lab").corpus.veto
+
+
+def test_the_belief_thresholds_moved_to_the_shared_base_belief_section_and_are_read_from_their_old_place():
+    """I and II read one belief rule (base_belief); II's own section keeps only its score weights."""
+    from ilp_ray.diagnosis.config import DiagnosisConfig
+    from ilp_ray.errors import ConfigError
+
+    old = DiagnosisConfig(base_conflict={"tau_c": 0.6, "pmi_margin": 1.0, "require_support": False,
+                                         "js_threshold": 0.2, "jsd_weight": 0.05})
+    b = old.base_belief
+    assert (b.tau_c, b.pmi_margin, b.require_support, b.js_threshold) == (0.6, 1.0, False, 0.2)
+    assert old.base_conflict.jsd_weight == 0.05 and not hasattr(old.base_conflict, "tau_c")
+    both = DiagnosisConfig(base_conflict={"tau_c": 0.6}, base_belief={"tau_c": 0.7})
+    assert both.base_belief.tau_c == 0.7  # the new place wins
+    with pytest.raises((ConfigError, ValueError), match="tau_c"):
+        DiagnosisConfig(base_belief={"tau_c": 1.5})
