@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import uuid
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 from ilp_ray.errors import IlpError
 
 SHARD_GLOB = "shard-*.parquet"
+log = logging.getLogger(__name__)
 
 
 def fingerprint(obj: Any) -> str:
@@ -66,11 +68,33 @@ def clean_partial(folder: Path) -> int:
     return n
 
 
-def complete_shards(folder: Path) -> set[int]:
-    """Indices of the shards already written in ``folder``."""
+def complete_shards(folder: Path, expected: dict[int, int] | None = None) -> set[int]:
+    """Indices of the shards already written in ``folder``.
+
+    With ``expected`` ({shard index: row count}), a shard counts only when its Parquet footer
+    reads and records that many rows; any other shard file (unreadable, cut short by a copy, of
+    another row count, or an index the run has no shard for) is removed, so that it is scored
+    again instead of trusted by its name. Call it only under the run directory's ``run_lock``.
+    """
     if not folder.is_dir():
         return set()
-    return {int(p.stem.split("-")[1]) for p in folder.glob(SHARD_GLOB)}
+    import pyarrow.parquet as pq
+
+    done = set()
+    for p in folder.glob(SHARD_GLOB):
+        idx = int(p.stem.split("-")[1])
+        if expected is not None:
+            try:
+                ok = idx in expected and pq.read_metadata(p).num_rows == expected[idx]
+            except (OSError, ValueError):  # pyarrow's ArrowInvalid is a ValueError
+                ok = False
+            if not ok:
+                log.warning("score shard %s is not whole (expected %s rows): scoring it again",
+                            p, expected.get(idx, "no"))
+                p.unlink(missing_ok=True)
+                continue
+        done.add(idx)
+    return done
 
 
 def read_shards(folder: Path):

@@ -160,7 +160,7 @@ def score_stage(items, cfg: AuditConfig, run_dir: Path, models: dict[str, str],
         folder = run_dir / "scores" / f"{tag}-{fp}"
         S.clean_partial(folder)
         folders[tag] = folder
-        done = S.complete_shards(folder)
+        done = S.complete_shards(folder, {s: min(size, n - s * size) for s in range(n_shards)})
         pending += [(s, tag) for s in range(n_shards) if s not in done]
     stats = {"shards_total": n_shards * len(models), "shards_scored": len(pending),
              "shards_reused": n_shards * len(models) - len(pending)}

@@ -127,6 +127,25 @@ def test_rerun_reuses_every_shard(first_run, facts_jsonl, tiny_checkpoints):
     assert again.verdicts["unlearned"].tolist() == first_run.verdicts["unlearned"].tolist()
 
 
+def test_a_cut_short_shard_is_scored_again_not_trusted(first_run, facts_jsonl, tiny_checkpoints, tmp_path):
+    """A shard whose file was cut short (a copy or a disk that stopped) is scored again on the
+    rerun: the rest are reused, and the verdicts equal the first run's."""
+    import shutil
+
+    from ilp_ray.pipeline.audit import run_audit
+
+    run_dir = tmp_path / "copy"
+    shutil.copytree(first_run.run_dir, run_dir)
+    victim = sorted((run_dir / "scores").rglob("shard-*.parquet"))[0]
+    whole = victim.read_bytes()
+    victim.write_bytes(whole[: len(whole) // 2])
+    again = run_audit(make_cfg(facts_jsonl, tiny_checkpoints, run_dir, tracking=TrackingConfig(enabled=False)),
+                      progress=False)
+    assert again.summary["shards_scored"] == 1 and again.summary["shards_reused"] == 5
+    assert victim.read_bytes() != whole[: len(whole) // 2]
+    np.testing.assert_allclose(np.stack(again.verdicts["probs"]), np.stack(first_run.verdicts["probs"]), atol=1e-6)
+
+
 def test_changed_detection_config_reuses_scores(first_run, facts_jsonl, tiny_checkpoints):
     """N, τ and the temperature act on cached scores: no model runs again."""
     from ilp_ray.pipeline.audit import run_audit

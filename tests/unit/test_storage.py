@@ -130,3 +130,23 @@ def test_a_second_job_on_a_locked_run_directory_is_refused(tmp_path):
     held.__exit__(None, None, None)
     with S.run_lock(tmp_path, "audit"):  # released: free again
         pass
+
+
+def test_a_score_shard_is_trusted_by_its_rows_not_its_name(tmp_path, caplog):
+    """A resumed audit reuses a shard only when its footer reads and holds the rows expected; a
+    shard cut short (a copy that stopped), of another row count, or beyond the run's shards is
+    removed, to be scored again."""
+    import pyarrow as pa
+
+    folder = tmp_path / "scores"
+    for i, n in enumerate((4, 4, 3, 4)):
+        S.write_table_atomic(pa.table({"id": [f"{i}-{k}" for k in range(n)]}), S.shard_path(folder, i))
+    S.write_table_atomic(pa.table({"id": ["x"]}), S.shard_path(folder, 9))
+    whole = S.shard_path(folder, 3).read_bytes()
+    S.shard_path(folder, 3).write_bytes(whole[: len(whole) // 2])  # cut short
+    expected = {0: 4, 1: 4, 2: 4, 3: 4}  # shard 2 should hold 4 rows, it holds 3
+    assert S.complete_shards(folder) == {0, 1, 2, 3, 9}  # by name: every file
+    assert S.complete_shards(folder, expected) == {0, 1}
+    assert sorted(p.name for p in folder.glob(S.SHARD_GLOB)) == ["shard-00000.parquet", "shard-00001.parquet"]
+    assert "shard-00002.parquet is not whole (expected 4 rows)" in caplog.text
+    assert S.read_shards(folder).num_rows == 8
