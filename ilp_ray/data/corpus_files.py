@@ -9,8 +9,12 @@ Input rules:
 - Parquet (``.parquet``, ``.pq``): a ``text`` column, optional ``id``; "line" in errors is the
   1-based row.
 - Text (``.txt``; optionally ``.gz``): one document per block of non-blank lines; blocks are
-  separated by one or more blank (whitespace-only) lines, and lines of a block are joined with
-  a space. This suits wiki-style dumps with one paragraph per block.
+  separated by one or more blank (whitespace-only) lines, and the lines of a block are kept as
+  written (CPT trains on them; the chunker splits on any whitespace). This suits wiki-style
+  dumps with one paragraph per block.
+
+Files are streamed (``read_documents``): one line, block or Parquet batch in memory, under the
+loader's limits (``ILP_MAX_LINE_BYTES``, ``ILP_MAX_INPUT_BYTES`` after decompression).
 
 A document without an ``id`` gets ``sha1(text)`` (16 hex digits) so a re-run gives it the same id.
 
@@ -86,33 +90,41 @@ def _doc_id(value, text: str, file: str, line: int) -> str:
     return str(value)
 
 
-def read_documents(path: str, data: bytes) -> Iterator[tuple[str, str]]:
-    """Yield ``(doc_id, text)`` for every document of one file, whose bytes are ``data``.
+def read_documents(path: str, data: bytes | None = None) -> Iterator[tuple[str, str]]:
+    """Yield ``(doc_id, text)`` for every document of one file.
+
+    Streamed from ``path`` (local or a URI; ``ilp_ray.data.sources.open_lines``): memory holds one
+    line, one text block or one Parquet batch at a time, a line is refused past
+    ``ILP_MAX_LINE_BYTES`` and the file past ``ILP_MAX_INPUT_BYTES`` counted after decompression
+    (a ``.gz`` bomb stops there). ``data``, when given, is the file's bytes instead (tests).
 
     Raises:
-        DataError: naming the file and line (row) of the first bad document.
+        DataError: naming the file and line (row) of the first bad document, or the limit passed.
     """
     kind = file_kind(path)
-    if path.lower().endswith(".gz"):
-        data = gzip.decompress(data)
     if kind == "parquet":
         yield from _parquet_docs(path, data)
         return
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DataError(f"invalid UTF-8 at byte offset {e.start}", file=path,
-                        line=data.count(b"\n", 0, e.start) + 1) from None
+    if data is None:
+        from ilp_ray.data.sources import open_lines
+
+        lines: Iterator[bytes] = open_lines(path)
+    else:
+        lines = iter((gzip.decompress(data) if path.lower().endswith(".gz") else data).split(b"\n"))
+    texts = _decoded(path, lines)
     if kind == "text":
-        yield from _text_docs(path, text)
+        yield from _text_docs(path, texts)
         return
-    for lineno, line in enumerate(text.split("\n"), start=1):
+    from ilp_ray.data.sources import parse_json_line
+
+    for lineno, line in texts:
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"invalid JSON: {e.msg} (column {e.colno})", file=path, line=lineno) from None
+            obj = parse_json_line(line)
+        except ValueError as e:  # json.JSONDecodeError, a duplicate key, nesting too deep
+            msg = f"invalid JSON: {e.msg} (column {e.colno})" if isinstance(e, json.JSONDecodeError) else str(e)
+            raise DataError(msg, file=path, line=lineno) from None
         if not isinstance(obj, dict):
             raise DataError("expected a JSON object", file=path, line=lineno)
         body = obj.get("text")
@@ -122,33 +134,54 @@ def read_documents(path: str, data: bytes) -> Iterator[tuple[str, str]]:
             yield _doc_id(obj.get("id"), body, path, lineno), body
 
 
-def _text_docs(path: str, text: str) -> Iterator[tuple[str, str]]:
+def _decoded(path: str, lines: Iterator[bytes]) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each line; a BOM on the first line is dropped, a CR at the end too."""
+    for lineno, raw in enumerate(lines, start=1):
+        if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        try:
+            yield lineno, raw.decode("utf-8").rstrip("\r")
+        except UnicodeDecodeError as e:
+            raise DataError(f"invalid UTF-8 at column {e.start + 1} of the line", file=path, line=lineno) from None
+
+
+def _text_docs(path: str, lines: Iterator[tuple[int, str]]) -> Iterator[tuple[str, str]]:
     block: list[str] = []
-    for line in [*text.split("\n"), ""]:
+    for _, line in _with_end(lines):
         if line.strip():
-            block.append(line.rstrip("\r"))  # lines kept: CPT trains on the text as written
+            block.append(line)  # lines kept: CPT trains on the text as written
         elif block:
             body = "\n".join(block)
             block = []
             yield _doc_id(None, body, path, 0), body
 
 
-def _parquet_docs(path: str, data: bytes) -> Iterator[tuple[str, str]]:
+def _with_end(lines: Iterator[tuple[int, str]]) -> Iterator[tuple[int, str]]:
+    yield from lines
+    yield 0, ""
+
+
+def _parquet_docs(path: str, data: bytes | None) -> Iterator[tuple[str, str]]:
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(io.BytesIO(data))
+        f = pq.ParquetFile(io.BytesIO(data) if data is not None else path)
     except Exception as e:  # ArrowInvalid for a corrupt or non-Parquet file
         raise DataError(f"cannot read Parquet file: {e}", file=path) from None
-    if "text" not in table.column_names:
-        raise DataError(f"missing column (found: {', '.join(table.column_names)})", file=path, field="text")
-    texts = table.column("text").to_pylist()
-    ids = table.column("id").to_pylist() if "id" in table.column_names else [None] * len(texts)
-    for row, (i, body) in enumerate(zip(ids, texts, strict=True), start=1):
-        if not isinstance(body, str):
-            raise DataError("expected a string", file=path, line=row, field="text")
-        if body.strip():
-            yield _doc_id(i, body, path, row), body
+    names = f.schema_arrow.names
+    if "text" not in names:
+        raise DataError(f"missing column (found: {', '.join(names)})", file=path, field="text")
+    cols = ["text"] + (["id"] if "id" in names else [])
+    row = 0
+    for batch in f.iter_batches(batch_size=1024, columns=cols):
+        texts = batch.column("text").to_pylist()
+        ids = batch.column("id").to_pylist() if "id" in cols else [None] * len(texts)
+        for i, body in zip(ids, texts, strict=True):
+            row += 1
+            if not isinstance(body, str):
+                raise DataError("expected a string", file=path, line=row, field="text")
+            if body.strip():
+                yield _doc_id(i, body, path, row), body
 
 
 def chunk_words(text: str, words: int, overlap: int) -> list[str]:

@@ -1,6 +1,6 @@
 """Build a corpus index from files with Ray Data: read, split into documents, chunk, bulk-add.
 
-Ray Data reads whole files (``read_binary_files``) and parses and chunks them in tasks; the driver
+Ray Data streams each file (``corpus_files.read_documents``) and parses and chunks it in a task; the driver
 holds the one index writer and adds the passages in bulk. Each file's task ends its output with
 a marker row carrying the file's passage count, so the driver knows a file is complete however
 Ray interleaves the blocks of different files.
@@ -87,7 +87,7 @@ def _chunker(words: int, overlap: int):
         path = row["path"]
         out, n_docs = [], 0
         try:
-            for doc_id, text in read_documents(path, row["bytes"]):
+            for doc_id, text in read_documents(path):
                 n_docs += 1
                 for c, piece in enumerate(chunk_words(text, words, overlap)):
                     out.append({"id": Passage.make(doc_id, piece, c).id, "doc_id": doc_id, "text": piece,
@@ -157,7 +157,8 @@ def ingest(inputs: list[str], index_cfg, chunk_cfg, ingest_cfg, progress: bool =
                                   "passages": 0, "manifest": str(mpath)}
         if todo:
             init_ray(None)
-            ds = ray.data.read_binary_files(todo, include_paths=True).flat_map(
+            # one task a file, which streams it (read_documents): no file is read whole
+            ds = ray.data.from_items([{"path": f} for f in todo], override_num_blocks=len(todo)).flat_map(
                 _chunker(chunk_cfg.words, chunk_cfg.overlap), num_cpus=ingest_cfg.read_cpus)
             expected: dict[str, tuple[int, int]] = {}
             got: dict[str, int] = {}

@@ -39,7 +39,7 @@ def read_documents(path: str | Path) -> list[str]:
         raise DataError("document file does not exist", file=name)
     if file_kind(name) is None:
         raise DataError("unsupported document file; use .jsonl, .parquet or .txt", file=name)
-    docs = [text for _, text in iter_documents(name, Path(name).read_bytes())]
+    docs = [text for _, text in iter_documents(name)]  # streamed, under the loader's limits
     if not docs:
         raise DataError("no documents", file=name)
     return docs

@@ -78,6 +78,54 @@ def test_bad_line_names_file_and_line(ray_session, tmp_path):
         run([bad], tmp_path / "idx")
 
 
+def test_corpus_files_are_streamed_under_the_loaders_limits(tmp_path, monkeypatch):
+    """A corpus (or CPT) file is read a line at a time: a gzip bomb stops at the decompressed cap,
+    a line past the line cap and a duplicate key are errors naming the file and line, a bad
+    UTF-8 byte names its line, and a Parquet file is read a batch at a time."""
+    import gzip
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ilp_ray.data import sources
+    from ilp_ray.train.cpt_data import read_documents as cpt_documents
+
+    monkeypatch.setattr(sources, "MAX_INPUT_BYTES", 100_000)
+    bomb = tmp_path / "bomb.jsonl.gz"
+    bomb.write_bytes(gzip.compress(b'{"text": "x"}\n' * 20_000))  # 280 kB decompressed from ~1 kB
+    assert bomb.stat().st_size < 5_000
+    with pytest.raises(DataError, match=r"bomb\.jsonl\.gz: limit max_input_bytes=100000 exceeded"):
+        list(read_documents(str(bomb)))
+    with pytest.raises(DataError, match="max_input_bytes"):
+        cpt_documents(bomb)
+    monkeypatch.setattr(sources, "MAX_LINE_BYTES", 1000)
+    long = tmp_path / "long.txt"
+    long.write_text("short\n\n" + "y" * 2000 + "\n")
+    with pytest.raises(DataError, match=r"long\.txt:3: limit max_line_bytes=1000"):
+        list(read_documents(str(long)))
+    dup = tmp_path / "dup.jsonl"
+    dup.write_text('{"text": "a"}\n{"text": "a", "text": "b"}\n')
+    with pytest.raises(DataError, match=r"dup\.jsonl:2: .*duplicate key"):
+        list(read_documents(str(dup)))
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"fine\n\nok \xff here\n")
+    with pytest.raises(DataError, match=r"bad\.txt:3: invalid UTF-8"):
+        list(read_documents(str(bad)))
+    pq.write_table(pa.table({"text": [f"doc {i}" for i in range(3000)], "other": ["z" * 100] * 3000}),
+                   tmp_path / "c.parquet", row_group_size=1000)
+    seen = []
+    real = pq.ParquetFile.iter_batches
+
+    def spy(self, *a, **kw):
+        seen.append(kw.get("columns"))
+        yield from real(self, *a, **kw)
+
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", spy)
+    docs = list(read_documents(str(tmp_path / "c.parquet")))
+    assert len(docs) == 3000 and docs[2999][1] == "doc 2999"
+    assert seen == [["text"]]  # only the columns the reader needs, a batch at a time
+
+
 def test_empty_corpus_and_missing_input(ray_session, tmp_path):
     (tmp_path / "empty.txt").write_text("\n\n   \n")
     with pytest.raises(DataError, match="empty corpus"):
