@@ -11,14 +11,15 @@ from pathlib import Path
 
 import typer
 
+from ilp_ray.errors import cli_fail
+
 app = typer.Typer(
     name="ilp", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
     help="Audit LLM supervised fine-tuning: which samples did the model fail to learn, and why.")
 
 
 def _fail(e: Exception) -> None:
-    typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
+    cli_fail(e)
 
 
 @app.command()

@@ -2,6 +2,26 @@
 
 from __future__ import annotations
 
+import re
+
+#: ``scheme://user:secret@`` in any text: the userinfo of a URL.
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]*@")
+
+
+def redact(text: str) -> str:
+    """``text`` with the userinfo (``user:password@``) of every URL in it removed: what goes to a
+    terminal, a log or an MLflow parameter never carries credentials."""
+    return _USERINFO.sub(r"\1", text) if "@" in text else text
+
+
+def cli_fail(e: BaseException, code: int = 2):
+    """The CLIs' one way out on a user's error: ``error: <message>`` in red on stderr, without a
+    URL's credentials, and exit ``code``."""
+    import typer
+
+    typer.secho(f"error: {redact(str(e))}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code) from None
+
 
 class IlpError(Exception):
     """Base class for errors the user can fix (bad data, bad config, bad arguments)."""

@@ -83,7 +83,9 @@ class MLflowTracker(Tracker):
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+        from ilp_ray.errors import redact
+
+        items = [Param(k, redact(str(v))[:6000]) for k, v in sorted(params.items())]
         for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
             self._client.log_batch(self.run_id, params=items[i:i + 100])
 

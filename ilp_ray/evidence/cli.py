@@ -10,12 +10,13 @@ from pathlib import Path
 
 import typer
 
+from ilp_ray.errors import cli_fail
+
 corpus_app = typer.Typer(no_args_is_help=True, help="Pretraining-corpus evidence: index, search, evidence.")
 
 
 def _fail(e: Exception) -> None:
-    typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
+    cli_fail(e)
 
 
 def _overrides(set_: list[str], index: str | None, backend: str | None) -> dict:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import typer
 
+from ilp_ray.errors import cli_fail
+
 lab_app = typer.Typer(no_args_is_help=True, help="The ILP lab: a generated world, the audit scored against its truth.")
 
 
@@ -23,8 +25,7 @@ def _run(job, config: Path | None, set_: list[str], options: dict, progress: boo
     try:
         return job(load_config(LabConfig, config, over), progress=progress)
     except (IlpError, ValueError, NotImplementedError) as e:
-        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+        cli_fail(e)
 
 
 @lab_app.command("run")

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import typer
 
+from ilp_ray.errors import cli_fail
+
 mitigate_app = typer.Typer(no_args_is_help=True, help=(
     "What fixed it: plan the remedies of a diagnosed audit, train each arm on Ray Train + DeepSpeed, "
     "re-audit it on the same MC items, and compare by sample id."))
@@ -21,8 +23,7 @@ _OUT = typer.Option(None, "--out", help="Study directory (default: <audit>/mitig
 
 
 def _fail(e: Exception) -> None:
-    typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
+    cli_fail(e)
 
 
 def _config(run: Path, config: Path | None, set_: list[str], arms: str | None, out: str | None):

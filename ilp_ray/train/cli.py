@@ -9,6 +9,8 @@ from pathlib import Path
 
 import typer
 
+from ilp_ray.errors import cli_fail
+
 train_app = typer.Typer(no_args_is_help=True, help="Train on Ray Train + DeepSpeed: SFT (with learning "
                         "trajectories) and continued pretraining.")
 
@@ -24,8 +26,7 @@ def _run(kind: str, config: Path, set_: list[str]) -> None:
 
         result = run_training(cfg)
     except (IlpError, ValueError, KeyError, FileNotFoundError) as e:
-        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+        cli_fail(e)
     m = result.metrics
     typer.echo(f"trained to step {m.get('step')} (loss {m.get('loss', float('nan')):.4f}); "
                f"checkpoint {result.checkpoint} (id {result.checkpoint_id})")
