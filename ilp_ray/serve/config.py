@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 #: Default upper bounds of client-set audit settings (each multiplies the work of an audit).
 AUDIT_MAX = {"detect.n": 100, "detect.stability_seeds": 20, "detect.top_k": 100_000, "mc.k": 26,
@@ -61,11 +61,28 @@ class ServeConfig(BaseModel):
     audit_root: str = Field("runs/serve-audits", description="Run directories of audits started over HTTP.")
     data_roots: list[str] = Field(default_factory=list, description=(
         "Local directories that /v1/audit may read data from (a relative path is under the first; "
-        "URI schemes are refused). None: /v1/audit refuses every data path."))
+        "URI schemes are refused unless under data_uri_prefixes). None: /v1/audit refuses every "
+        "local data path."))
+    data_uri_prefixes: list[str] = Field(default_factory=list, description=(
+        "URI prefixes that /v1/audit may read data from, each a scheme, a bucket or host and a "
+        "folder ending in '/', e.g. 's3://team-bucket/sft/'. A client's URI must start with one and "
+        "may carry no credentials, no '..' or '.' segment, no query or fragment. None: no URI."))
     audit_defaults: dict[str, Any] = Field(default_factory=dict, description=(
         "The audit config every /v1/audit request starts from (tracking, Ray resources, the evidence "
         "index, judges, Spark): the service's alone. A client may set only "
         "ilp_ray.serve.validate.CLIENT_FIELDS over it."))
+
+    @field_validator("data_uri_prefixes")
+    @classmethod
+    def _prefixes(cls, v: list[str]) -> list[str]:
+        from urllib.parse import urlsplit
+
+        for p in v:
+            u = urlsplit(p)
+            if not (u.scheme and u.netloc and p.endswith("/")) or "@" in u.netloc or u.query or u.fragment:
+                raise ValueError(f"{p!r}: a data URI prefix is scheme://bucket-or-host/folder/ (ending in '/', "
+                                 "no credentials, query or fragment)")
+        return v
 
     @model_validator(mode="after")
     def _roots(self):

@@ -84,9 +84,6 @@ def audit_config(raw: dict, cfg: ServeConfig, job_id: str) -> dict:
     under the checkpoint roots and the data under the data roots, and passed on resolved."""
     from pathlib import Path
 
-    from pydantic import ValidationError
-
-    from ilp_ray.config import AuditConfig
     from ilp_ray.serve.checkpoints import CheckpointNotFound, resolve_checkpoint
 
     refused = [f for f in _leaves(raw) if not _allowed(f)]
@@ -110,14 +107,42 @@ def audit_config(raw: dict, cfg: ServeConfig, job_id: str) -> dict:
     data = raw.get("data")
     if not isinstance(data, str) or not data:
         raise HTTPException(422, "config.data: a path under a configured data root is required")
-    if "://" in data or data.startswith("~"):  # file://, s3://, hf://: none of them is confined by a root
+    if "://" in data:
+        if not data_uri_allowed(data, cfg.data_uri_prefixes):
+            raise HTTPException(403, "config.data must be a path under a configured data root, or a URI under "
+                                     "a configured data URI prefix")
+        raw["data"] = data
+        return _validated(raw)
+    if data.startswith("~"):
         raise HTTPException(403, "config.data must be a path under a configured data root (no URI schemes)")
     p = (Path(cfg.data_roots[0]) / data if cfg.data_roots and not Path(data).is_absolute() else Path(data)).resolve()
     if not any(p.is_relative_to(Path(r).resolve()) for r in cfg.data_roots):
         raise HTTPException(403, "config.data must lie under a configured data root")
     raw["data"] = str(p)
+    return _validated(raw)
+
+
+def _validated(raw: dict) -> dict:
+    from pydantic import ValidationError
+
+    from ilp_ray.config import AuditConfig
+
     try:
         return AuditConfig(**raw).model_dump()
     except ValidationError as e:
         err = e.errors()[0]
         raise HTTPException(422, f"config.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}") from None
+
+
+def data_uri_allowed(uri: str, prefixes: list[str]) -> bool:
+    """Whether a client's data URI lies under one of ``prefixes`` (``ServeConfig.data_uri_prefixes``):
+    it starts with the prefix, and carries no credentials, no ``.``/``..`` segment (percent-encoded
+    or not), no backslash, query or fragment that could lead a reader elsewhere."""
+    from urllib.parse import unquote, urlsplit
+
+    u = urlsplit(uri)
+    if "@" in u.netloc or u.query or u.fragment or "\\" in uri or "?" in uri or "#" in uri:
+        return False
+    if any(seg in (".", "..") for seg in unquote(u.path).split("/")):
+        return False
+    return any(uri.startswith(p) and len(uri) > len(p) for p in prefixes)

@@ -50,3 +50,47 @@ def test_resolution(tmp_path):
     with pytest.raises(CheckpointNotFound):
         resolve_checkpoint("smollm2-135m", [str(tmp_path)], allow_bundled=False)
     assert list_checkpoints([str(tmp_path)], allow_bundled=False) == ["team/run1"]
+
+
+def _serve_cfg(tmp_path, **kw):
+    from ilp_ray.serve.config import ServeConfig
+
+    (tmp_path / "ck" / "sft").mkdir(parents=True)
+    (tmp_path / "ck" / "sft" / "config.json").write_text("{}")
+    (tmp_path / "data").mkdir()
+    return ServeConfig(checkpoint_roots=[str(tmp_path / "ck")], data_roots=[str(tmp_path / "data")],
+                       allow_bundled=False, audit_root=str(tmp_path / "audits"), **kw)
+
+
+def test_data_uris_only_under_a_configured_prefix(tmp_path):
+    """Issue 20, finding 2: a team may let /v1/audit read s3://bucket/folder/... by naming the
+    prefix; anything else with a scheme is still a 403, and no trick leaves the prefix."""
+    from fastapi import HTTPException
+
+    from ilp_ray.serve.validate import audit_config, data_uri_allowed
+
+    prefixes = ["s3://team/sft/"]
+    assert data_uri_allowed("s3://team/sft/run1/d.jsonl", prefixes)
+    for uri in ("s3://team/sft/", "s3://team/sft2/d.jsonl", "s3://team/other/d.jsonl", "gs://team/sft/d.jsonl",
+                "s3://team/sft/../hr/d.jsonl", "s3://team/sft/%2e%2e/hr/d.jsonl", "s3://team/sft/./d.jsonl",
+                "s3://key:secret@team/sft/d.jsonl", "s3://team/sft/d.jsonl?versionId=1", "s3://team/sft/d#x",
+                "s3://team/sft/a\\..\\b"):
+        assert not data_uri_allowed(uri, prefixes), uri
+    cfg = _serve_cfg(tmp_path, data_uri_prefixes=prefixes)
+    out = audit_config({"data": "s3://team/sft/run1/d.jsonl", "sft_model": "sft"}, cfg, "job1")
+    assert out["data"] == "s3://team/sft/run1/d.jsonl" and out["run_dir"].endswith("job1")
+    for data in ("s3://team/other/d.jsonl", "file:///etc/passwd"):
+        with pytest.raises(HTTPException) as e:
+            audit_config({"data": data, "sft_model": "sft"}, cfg, "job2")
+        assert e.value.status_code == 403 and "data URI prefix" in e.value.detail
+    with pytest.raises(HTTPException) as e:  # without prefixes, every URI is refused as before
+        audit_config({"data": "s3://team/sft/run1/d.jsonl", "sft_model": "sft"}, _serve_cfg(tmp_path / "b"), "j")
+    assert e.value.status_code == 403
+
+
+def test_a_bad_data_uri_prefix_is_refused(tmp_path):
+    from pydantic import ValidationError
+
+    for bad in ("s3://team/sft", "s3://key:secret@team/sft/", "/local/", "s3://team/sft/?x=1"):
+        with pytest.raises(ValidationError, match="data URI prefix"):
+            _serve_cfg(tmp_path / str(abs(hash(bad))), data_uri_prefixes=[bad])
