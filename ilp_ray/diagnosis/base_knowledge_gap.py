@@ -112,4 +112,4 @@ class BaseKnowledgeGap(CauseDetector):
                    "bon_threshold": cfg.bon_threshold, "blind": int(fired.sum()),
                    "base_pass_mean": float(passes.mean()) if len(passes) else float("nan")}
         return CauseResult(self.frame(fired, score, evidence), summary,
-                           {"base_pass": passes, "base_bon": bon})
+                           {"base_pass": passes, "base_bon": bon, "n": cfg.n})

@@ -47,6 +47,8 @@ class _Figures:
 
         self.plt, self.folder, self.items = plt, folder, []
         folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.glob("*.png"):  # a figure this diagnosis does not draw is not left from the last
+            old.unlink()
 
     def add(self, name: str, fig, caption: str) -> None:
         data = _fig_bytes(fig)
@@ -86,7 +88,7 @@ def _cause_figure(F: _Figures, ct: dict[str, Any]) -> None:
     F.add("cause_distribution", fig, "Primary cause of each diagnosed (unlearned) sample: the paper's Table 10.")
 
 
-def _pass_figure(F: _Figures, v: pd.DataFrame, base_pass: np.ndarray | None, base_n: int) -> None:
+def _pass_figure(F: _Figures, v: pd.DataFrame, base_pass: np.ndarray | None, base_n: int | None) -> None:
     plt = F.plt
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     bins = np.linspace(0, 1, 12)
@@ -320,20 +322,17 @@ def write_report(out: Path, ctx, table: pd.DataFrame, ct: dict[str, Any], result
         coverage = compute_coverage(ctx, table)
     F = _Figures(out / "figures")
     _cause_figure(F, ct)
+    # The figures read what the detectors computed (their ``info``), never their config sections:
+    # a detector that did not run draws nothing.
     kg = results.get("base_knowledge_gap")
-    base_pass = kg.info.get("base_pass") if kg is not None else None
-    _pass_figure(F, v, base_pass, ctx.config.knowledge_gap.n)
+    info = kg.info if kg is not None else {}
+    _pass_figure(F, v, info.get("base_pass"), info.get("n"))
     _calibration_figure(F, v)
     fg = results.get("left_side_forgetting")
     if fg is not None and "curves" in fg.info:
         _curves_figure(F, fg.info["curves"])
     if fg is not None and "position" in fg.info:
-        eff = fg.info["position"]
-    else:
-        from ilp_ray.diagnosis.left_side_forgetting import position_effect
-
-        eff = position_effect(v, np.zeros(len(v), bool), ctx.config.forgetting.deciles)
-    _position_figure(F, eff)
+        _position_figure(F, fg.info["position"])
 
     causes = list(results)
     rows = "".join(f'<tr><td><a href="#cause-{c}">{label(c)}</a></td><td class=num>{ct["counts"][c]}</td>'

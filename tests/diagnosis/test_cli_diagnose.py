@@ -119,3 +119,20 @@ def test_bad_trajectory_names_file_and_column(tmp_path, audited):
     r = runner.invoke(app, ["diagnose", "--run", str(audited.run_dir), "--trajectory", str(tpath),
                             "--set", "embedder=hashing"])
     assert r.exit_code == 2 and f"{tpath}: field 'p_correct': missing column" in r.output
+
+
+def test_the_report_draws_only_what_the_detectors_that_ran_computed(audited, tmp_path):
+    """The report reads the detectors' results, not their config sections: without the forgetting
+    and knowledge-gap detectors there is no position figure and no base pass@N histogram, and the
+    report is still whole."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(audited.run_dir, run)
+    r = runner.invoke(app, ["diagnose", "--run", str(run), "--set", "embedder=hashing", "--set", "tracking.enabled=false",
+                            "--set", "causes=[sft_internal_conflict,base_conflict,insufficient_training]"])
+    assert r.exit_code == 0, r.output
+    figs = {p.stem for p in (run / "diagnosis" / "figures").glob("*.png")}
+    assert "position" not in figs and {"cause_distribution", "pass_at_n", "confidence"} <= figs
+    html = (run / "diagnosis" / "report.html").read_text()
+    assert "Detector summaries" in html and "base pass@" not in html
