@@ -7,6 +7,8 @@ Every threshold's default comes from the paper where it gives one; ``description
 from __future__ import annotations
 
 import difflib
+import logging
+import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -14,8 +16,10 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from ilp_ray.config_base import DATA_FORMAT_HELP, DataFormat, TrackingConfig, _Section
 from ilp_ray.diagnosis.config import DiagnosisConfig
-from ilp_ray.errors import ConfigError
+from ilp_ray.errors import ConfigError, redact
 from ilp_ray.evidence.config import AuditEvidenceConfig
+
+log = logging.getLogger(__name__)
 
 __all__ = ["AuditConfig", "DetectConfig", "FairnessConfig", "McConfig", "RayConfig", "ScoringConfig", "TrackingConfig",
            "load_config", "parse_overrides"]
@@ -209,7 +213,7 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: dict[st
         cur[keys[-1]] = value
         from_cli.add(keys)
     try:
-        return cls.model_validate(data)
+        cfg = cls.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
         loc = tuple(str(p) for p in err["loc"])
@@ -224,6 +228,25 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: dict[st
             raise ConfigError(msg, file="--set", field=".".join(loc)) from None
         line = _closest_line(lines, loc)
         raise ConfigError(msg, file=src, line=line, field=".".join(loc)) from None
+    for field, value in _plain_http_credentials(cfg.model_dump(mode="json")):
+        keys = tuple(field.split("."))
+        line = None if keys in from_cli else _closest_line(lines, keys)
+        where = "--set" if keys in from_cli else (f"{src}:{line}" if line else src)
+        log.warning("%s: field '%s': %s carries credentials over plain http://, unencrypted; use https:// "
+                    "or a credentials file", where, field, redact(value))
+    return cfg
+
+
+_PLAIN_HTTP_CREDENTIALS = re.compile(r"(?i)\bhttp://[^/\s@]+@")
+
+
+def _plain_http_credentials(node: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """(dotted field, value) of every string in ``node`` that holds an ``http://user…@`` URL."""
+    if isinstance(node, dict):
+        return [hit for k, v in node.items() for hit in _plain_http_credentials(v, f"{prefix}{k}.")]
+    if isinstance(node, list):
+        return [hit for i, v in enumerate(node) for hit in _plain_http_credentials(v, f"{prefix}{i}.")]
+    return [(prefix[:-1], node)] if isinstance(node, str) and _PLAIN_HTTP_CREDENTIALS.search(node) else []
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:

@@ -157,3 +157,26 @@ def test_the_belief_thresholds_moved_to_the_shared_base_belief_section_and_are_r
     assert both.base_belief.tau_c == 0.7  # the new place wins
     with pytest.raises((ConfigError, ValueError), match="tau_c"):
         DiagnosisConfig(base_belief={"tau_c": 1.5})
+
+
+def test_credentials_over_plain_http_are_warned_of_without_the_secret(tmp_path, caplog):
+    """Issue 20, finding 9: a URL with userinfo over http:// is named (file:line or --set, and the
+    field) in a warning that does not repeat the password; https:// and plain URLs say nothing."""
+    import logging
+
+    from ilp_ray.config import AuditConfig, load_config
+
+    cfg = tmp_path / "a.yaml"
+    cfg.write_text("data: d.jsonl\nsft_model: m\ntracking:\n  uri: http://alice:s3cret@mlflow:5000\n")
+    with caplog.at_level(logging.WARNING, logger="ilp_ray.config"):
+        load_config(AuditConfig, cfg, {"scoring.engine": "http", "scoring.url": "http://bob:pw@serve:8000"})
+    msgs = [r.getMessage() for r in caplog.records]
+    assert len(msgs) == 2, msgs
+    assert any(m.startswith(f"{cfg}:4: field 'tracking.uri': http://mlflow:5000 carries credentials") for m in msgs)
+    assert any(m.startswith("--set: field 'scoring.url': http://serve:8000") for m in msgs)
+    assert not any("s3cret" in m or "pw@" in m for m in msgs)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ilp_ray.config"):
+        load_config(AuditConfig, None, {"data": "d.jsonl", "sft_model": "m", "tracking.uri": "https://a:b@mlflow",
+                                        "scoring.engine": "http", "scoring.url": "http://serve:8000"})
+    assert caplog.records == []
