@@ -9,6 +9,10 @@ Every scenario runs the real parts on 127.0.0.1 with tiny models built in code, 
 - ``actor-kill``: the Ray Data actor that scores (the ``ScoreShards`` pool's one actor) SIGKILLed
   inside a running audit, the job itself left alone. Figures: the job's exit status, whether the
   actor came back (a new pid), shards scored, temp files left, and the verdicts against a clean run.
+- ``worker-kill``: the Ray Train worker SIGKILLed mid-SFT (a tiny model, 60 steps, a checkpoint
+  every 10) with ``scaling.max_failures: 1``, the job left alone. Figures: the job's exit, the
+  checkpoint it resumed at, whether every step ran once with the same batches as a clean run, and
+  the trajectory against the clean run's (duplicates, max |Δ p|).
 - ``two-audits``: a second audit started on a run directory the first still holds. Figures: how
   fast it is refused, its message, and whether the first finishes untouched.
 - ``replica``: the Serve scorer replica killed while 32 clients send ``/v1/score`` without pause,
@@ -188,6 +192,84 @@ def actor_kill(env: dict, tmp: Path) -> dict:
     return out
 
 
+def _train_cfg(env: dict, run_dir: Path, name: str, max_failures: int) -> dict:
+    """A tiny-model SFT run of the facts: 48 records, batch 4, 5 epochs = 60 steps, a checkpoint every 10."""
+    return {"data": str(env["data"]), "run_dir": str(run_dir), "name": name,
+            "model": {"tiny": {"hidden_size": 64, "num_layers": 2, "vocab_size": 320, "seed": 0}},
+            "optim": {"lr": 3e-3, "batch_size": 4, "epochs": 5}, "order": {"sampler": "shuffled"},
+            "checkpoint": {"every_steps": 10}, "trajectory": {"embedder": "hashing", "k": 4, "every_steps": 5},
+            "scaling": {"max_failures": max_failures}, "tracking": {"enabled": False}, "timing_skip_steps": 0}
+
+
+def _latest_registered(run: Path) -> int:
+    try:
+        latest = json.loads((run / "checkpoint_manager_snapshot.json").read_text())["latest_checkpoint_result"]
+    except (FileNotFoundError, json.JSONDecodeError):
+        return -1
+    return latest["metrics"]["step"] if latest else -1
+
+
+def worker_kill(env: dict, tmp: Path) -> dict:
+    """The Ray Train worker SIGKILLed mid-SFT, the job left alone, ``scaling.max_failures: 1``."""
+    import pandas as pd
+    import yaml
+
+    from ilp_ray.train.config import SftTrainConfig
+    from ilp_ray.train.run import run_training
+
+    runs = tmp / "train"
+    cfg = tmp / "sft.yaml"
+    cfg.write_text(yaml.safe_dump(_train_cfg(env, runs, "killed", 1)))
+    run = runs / "killed"
+    t0 = time.perf_counter()
+    with open(tmp / "sft.log", "w") as logf:  # the child holds its own descriptor
+        proc = subprocess.Popen([sys.executable, str(ROOT / "jobs" / "sft.py"), "--config", str(cfg)],
+                                env=dict(os.environ, ILP_SLOW_STEP_S="0.25"), start_new_session=True,
+                                stdout=logf, stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    while _latest_registered(run) < 20:
+        if proc.poll() is not None or time.time() > deadline:
+            raise RuntimeError("training ended before the kill: " + (tmp / "sft.log").read_text()[-2000:])
+        time.sleep(0.2)
+    workers = [pid for pid, args in _session_procs(proc.pid) if "RayTrainWorker" in args]
+    if not workers:
+        kill_group(proc)
+        raise RuntimeError("no Ray Train worker among the job's processes")
+    at_kill = _latest_registered(run)
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    killed_at = time.perf_counter()
+    back = None
+    while proc.poll() is None and time.perf_counter() - killed_at < 600:
+        if back is None and any("RayTrainWorker" in a and p not in workers for p, a in _session_procs(proc.pid)):
+            back = time.perf_counter() - killed_at
+        time.sleep(0.1)
+    if proc.poll() is None:
+        kill_group(proc)
+    rc = proc.wait()
+    log = (tmp / "sft.log").read_text()
+    out = {"killed_workers": len(workers), "checkpoint_step_at_kill": at_kill, "job_exit": rc,
+           "job_wall_s": round(time.perf_counter() - t0, 1),
+           "worker_back_s": None if back is None else round(back, 1),
+           "trained_to_60": "trained to step 60" in log,
+           "error": next((ln for ln in reversed(log.splitlines()) if ln.startswith("error")), None)}
+    resumes = run / "ilp_logs" / "resumes.jsonl"
+    out["resumed_at"] = [json.loads(x)["step"] for x in resumes.read_text().splitlines()] if resumes.is_file() else []
+    if rc == 0:
+        ref = run_training(SftTrainConfig.model_validate(_train_cfg(env, runs, "clean", 0)))
+        b = pd.read_parquet(run / "ilp_logs" / "batches")
+        rb = pd.read_parquet(runs / "clean" / "ilp_logs" / "batches")
+        t = pd.read_parquet(run / "trajectory.parquet")
+        rt = pd.read_parquet(ref.trajectory)
+        m = t.merge(rt, on=["step", "id"], suffixes=("", "_ref"))
+        out.update(steps_once=b.step.tolist() == list(range(1, 61)),
+                   same_batches=[list(x) for x in b.ids] == [list(x) for x in rb.ids],
+                   trajectory_duplicates=int(t.duplicated(["step", "id"]).sum()),
+                   trajectory_rows=len(t), trajectory_rows_clean=len(rt),
+                   max_abs_dp_trajectory=float((m.p_correct - m.p_correct_ref).abs().max()) if len(m) else None)
+    return out
+
+
 def two_audits(env: dict, tmp: Path) -> dict:
     run_dir = tmp / "shared"
     cfg = tmp / "shared.yaml"
@@ -311,7 +393,7 @@ def mlflow_down(env: dict, tmp: Path) -> dict:
             "ilp_run_json": (run_dir / "ilp_run.json").is_file()}
 
 
-SCENARIOS = {"audit-kill": audit_kill, "actor-kill": actor_kill, "two-audits": two_audits, "replica": replica, "mlflow-down": mlflow_down}
+SCENARIOS = {"audit-kill": audit_kill, "actor-kill": actor_kill, "worker-kill": worker_kill, "two-audits": two_audits, "replica": replica, "mlflow-down": mlflow_down}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -81,6 +81,11 @@ class ScalingSection(_Section):
         "Extra Ray resources per worker (overrides cpus_per_worker's CPU entry when it names CPU)."))
     threads_per_worker: int = Field(1, ge=1, description="torch threads per worker (2 collapse under contention).")
     address: str | None = Field(None, description="Ray address; None starts or joins a local Ray.")
+    max_failures: int = Field(0, ge=-1, description=(
+        "Worker-group failures Ray Train recovers from inside the run (a worker killed, a node "
+        "lost): it restarts the workers from the latest checkpoint, up to this many times (-1: no "
+        "limit). 0, Ray's default: the run fails, and rerunning the same command resumes it at the "
+        "same checkpoint."))
 
 
 class CheckpointSection(_Section):

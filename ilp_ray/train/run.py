@@ -176,7 +176,7 @@ def run_training(cfg: SftTrainConfig | CptTrainConfig) -> TrainResult:
     tracker, tracking = _start_tracking(cfg, run_path, payload)
 
     init_ray(cfg.scaling.address)
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from ilp_ray.train.loop import train_loop_per_worker
@@ -191,7 +191,8 @@ def run_training(cfg: SftTrainConfig | CptTrainConfig) -> TrainResult:
         scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(storage_path=str(Path(cfg.run_dir).resolve()), name=cfg.name,
-                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep)))
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
+                             failure_config=FailureConfig(max_failures=s.max_failures)))
     try:
         result = trainer.fit()
     except BaseException:
