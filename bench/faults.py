@@ -201,14 +201,6 @@ def _train_cfg(env: dict, run_dir: Path, name: str, max_failures: int) -> dict:
             "scaling": {"max_failures": max_failures}, "tracking": {"enabled": False}, "timing_skip_steps": 0}
 
 
-def _latest_registered(run: Path) -> int:
-    try:
-        latest = json.loads((run / "checkpoint_manager_snapshot.json").read_text())["latest_checkpoint_result"]
-    except (FileNotFoundError, json.JSONDecodeError):
-        return -1
-    return latest["metrics"]["step"] if latest else -1
-
-
 def worker_kill(env: dict, tmp: Path) -> dict:
     """The Ray Train worker SIGKILLed mid-SFT, the job left alone, ``scaling.max_failures: 1``."""
     import pandas as pd
@@ -216,6 +208,7 @@ def worker_kill(env: dict, tmp: Path) -> dict:
 
     from ilp_ray.train.config import SftTrainConfig
     from ilp_ray.train.run import run_training
+    from ilp_ray.train.state import latest_registered_step as _latest_registered
 
     runs = tmp / "train"
     cfg = tmp / "sft.yaml"

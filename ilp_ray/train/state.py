@@ -51,6 +51,16 @@ def checkpoint_id(path: str | os.PathLike) -> str:
     return hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:16]
 
 
+def latest_registered_step(run_path: str | os.PathLike) -> int:
+    """The step of the latest checkpoint Ray Train has registered for the run at ``run_path`` (what a
+    restart resumes from, read from its ``checkpoint_manager_snapshot.json``); -1 before the first."""
+    try:
+        latest = json.loads((Path(run_path) / "checkpoint_manager_snapshot.json").read_text())["latest_checkpoint_result"]
+    except (FileNotFoundError, json.JSONDecodeError):
+        return -1
+    return latest["metrics"]["step"] if latest else -1
+
+
 def rng_state() -> dict[str, Any]:
     """The torch, numpy and Python RNG states as JSON values."""
     import numpy as np

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ilp_ray.train.state import latest_registered_step as _latest_registered
 from tests.train.conftest import train_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,15 +24,6 @@ def _start(cfg_path: Path, log: Path, slow_s: float) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(ROOT / "jobs" / "sft.py"), "--config", str(cfg_path)],
                             cwd=ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
                             start_new_session=True)
-
-
-def _latest_registered(run: Path) -> int:
-    """The step of the latest checkpoint in Ray Train's run snapshot (what a restart resumes from)."""
-    try:
-        latest = json.loads((run / "checkpoint_manager_snapshot.json").read_text())["latest_checkpoint_result"]
-    except (FileNotFoundError, json.JSONDecodeError):
-        return -1
-    return latest["metrics"]["step"] if latest else -1
 
 
 def _session_pids(sid: int) -> list[int]:

@@ -80,3 +80,18 @@ def test_deepspeed_files_load_only_through_the_restricted_unpickler(tmp_path, mo
     with pytest.raises(pickle.UnpicklingError):
         Engine.checkpoint_engine.load(str(tmp_path / "bad.pt"))
     assert not marker.exists()
+
+
+def test_latest_registered_step_reads_ray_trains_snapshot(tmp_path):
+    """What a restart resumes from: -1 before any checkpoint (no file, a half-written file, or no
+    result yet), else the step of the latest registered checkpoint."""
+    from ilp_ray.train.state import latest_registered_step
+
+    snap = tmp_path / "checkpoint_manager_snapshot.json"
+    assert latest_registered_step(tmp_path) == -1
+    snap.write_text('{"latest_checkpoint_result": ')
+    assert latest_registered_step(tmp_path) == -1
+    snap.write_text(json.dumps({"latest_checkpoint_result": None}))
+    assert latest_registered_step(tmp_path) == -1
+    snap.write_text(json.dumps({"latest_checkpoint_result": {"metrics": {"step": 20, "loss": 1.0}}}))
+    assert latest_registered_step(str(tmp_path)) == 20
