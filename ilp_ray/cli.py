@@ -18,10 +18,6 @@ app = typer.Typer(
     help="Audit LLM supervised fine-tuning: which samples did the model fail to learn, and why.")
 
 
-def _fail(e: Exception) -> None:
-    cli_fail(e)
-
-
 @app.command()
 def audit(
     config: Path | None = typer.Option(None, "--config", "-c", help="Audit config (YAML)."),
@@ -50,7 +46,7 @@ def audit(
 
         result = run_audit(cfg, progress=progress)
     except (IlpError, ValueError, FileNotFoundError) as e:
-        _fail(e)
+        cli_fail(e)
         return
     from ilp_ray.report_cli import print_summary
 
@@ -82,20 +78,20 @@ def score(
     except yaml.YAMLError:
         extra = None
     if not isinstance(extra, dict):
-        _fail(ValueError(f"--vllm-args: expected a YAML mapping such as '{{enforce_eager: true}}', got {vllm_args!r}"))
+        cli_fail(ValueError(f"--vllm-args: expected a YAML mapping such as '{{enforce_eager: true}}', got {vllm_args!r}"))
         return
     try:
         cfg = ScoringConfig(engine=engine, format=fmt, batch_size=batch_size, max_length=max_length,
                             temperature=temperature, vllm_args=extra)
     except Exception as e:  # pydantic's message names the field
-        _fail(ValueError(str(e).splitlines()[0] + ": " + " ".join(str(e).splitlines()[1:3])))
+        cli_fail(ValueError(str(e).splitlines()[0] + ": " + " ".join(str(e).splitlines()[1:3])))
         return
     try:
         from ilp_ray.score_cli import score_file
 
         n, truncated = score_file(model, items, out, cfg, threads=threads or None)
     except (IlpError, ValueError, KeyError, FileNotFoundError) as e:
-        _fail(e)
+        cli_fail(e)
         return
     typer.echo(f"scored {n} items -> {out} ({truncated} prompt(s) left-truncated)")
 
@@ -138,7 +134,7 @@ def diagnose(
 
         result = run_diagnosis(run, cfg)
     except (IlpError, ValueError, KeyError, FileNotFoundError, RuntimeError) as e:  # Runtime: the judge
-        _fail(e)
+        cli_fail(e)
         return
     print_result(result)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 #: ``scheme://user:secret@`` in any text: the userinfo of a URL.
-_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]*@")
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s]*@")  # to the authority's last @
 
 
 def redact(text: str) -> str:

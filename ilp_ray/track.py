@@ -153,13 +153,10 @@ class _Guarded:
 
 
 def public_uri(uri: str) -> str:
-    """``uri`` without userinfo (no credentials in messages)."""
-    from urllib.parse import urlsplit, urlunsplit
+    """``uri`` without userinfo (no credentials in messages): ``errors.redact``."""
+    from ilp_ray.errors import redact
 
-    if "@" not in uri:
-        return uri
-    parts = urlsplit(uri)
-    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    return redact(uri)
 
 
 def default_tracking_uri(run_root: str | Path) -> tuple[str, str]:

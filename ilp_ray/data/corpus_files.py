@@ -26,10 +26,8 @@ shorter than ``words`` is one passage.
 from __future__ import annotations
 
 import glob
-import gzip
 import hashlib
-import io
-import json
+import itertools
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,43 +88,29 @@ def _doc_id(value, text: str, file: str, line: int) -> str:
     return str(value)
 
 
-def read_documents(path: str, data: bytes | None = None) -> Iterator[tuple[str, str]]:
+def read_documents(path: str) -> Iterator[tuple[str, str]]:
     """Yield ``(doc_id, text)`` for every document of one file.
 
-    Streamed from ``path`` (local or a URI; ``ilp_ray.data.sources.open_lines``): memory holds one
-    line, one text block or one Parquet batch at a time, a line is refused past
-    ``ILP_MAX_LINE_BYTES`` and the file past ``ILP_MAX_INPUT_BYTES`` counted after decompression
-    (a ``.gz`` bomb stops there). ``data``, when given, is the file's bytes instead (tests).
+    Streamed from ``path`` (local or a URI): memory holds one line, one text block or one Parquet
+    batch at a time. JSONL is read by the SFT loader's own reader (``sources.jsonl_rows``: strict
+    JSON, a line refused past ``ILP_MAX_LINE_BYTES``, the file past ``ILP_MAX_INPUT_BYTES`` counted
+    after decompression, so a ``.gz`` bomb stops there); text by ``sources.open_lines``.
 
     Raises:
         DataError: naming the file and line (row) of the first bad document, or the limit passed.
     """
+    from ilp_ray.data.sources import jsonl_rows, open_lines
+
     kind = file_kind(path)
     if kind == "parquet":
-        yield from _parquet_docs(path, data)
+        yield from _parquet_docs(path)
         return
-    if data is None:
-        from ilp_ray.data.sources import open_lines
-
-        lines: Iterator[bytes] = open_lines(path)
-    else:
-        lines = iter((gzip.decompress(data) if path.lower().endswith(".gz") else data).split(b"\n"))
-    texts = _decoded(path, lines)
     if kind == "text":
-        yield from _text_docs(path, texts)
+        yield from _text_docs(path, _decoded(path, open_lines(path)))
         return
-    from ilp_ray.data.sources import parse_json_line
-
-    for lineno, line in texts:
-        if not line.strip():
-            continue
-        try:
-            obj = parse_json_line(line)
-        except ValueError as e:  # json.JSONDecodeError, a duplicate key, nesting too deep
-            msg = f"invalid JSON: {e.msg} (column {e.colno})" if isinstance(e, json.JSONDecodeError) else str(e)
-            raise DataError(msg, file=path, line=lineno) from None
-        if not isinstance(obj, dict):
-            raise DataError("expected a JSON object", file=path, line=lineno)
+    for lineno, obj in jsonl_rows(path):
+        if isinstance(obj, DataError):
+            raise obj
         body = obj.get("text")
         if not isinstance(body, str):
             raise DataError("missing or non-string field", file=path, line=lineno, field="text")
@@ -147,7 +131,7 @@ def _decoded(path: str, lines: Iterator[bytes]) -> Iterator[tuple[int, str]]:
 
 def _text_docs(path: str, lines: Iterator[tuple[int, str]]) -> Iterator[tuple[str, str]]:
     block: list[str] = []
-    for _, line in _with_end(lines):
+    for _, line in itertools.chain(lines, [(0, "")]):  # a last blank line closes the last block
         if line.strip():
             block.append(line)  # lines kept: CPT trains on the text as written
         elif block:
@@ -156,16 +140,11 @@ def _text_docs(path: str, lines: Iterator[tuple[int, str]]) -> Iterator[tuple[st
             yield _doc_id(None, body, path, 0), body
 
 
-def _with_end(lines: Iterator[tuple[int, str]]) -> Iterator[tuple[int, str]]:
-    yield from lines
-    yield 0, ""
-
-
-def _parquet_docs(path: str, data: bytes | None) -> Iterator[tuple[str, str]]:
+def _parquet_docs(path: str) -> Iterator[tuple[str, str]]:
     import pyarrow.parquet as pq
 
     try:
-        f = pq.ParquetFile(io.BytesIO(data) if data is not None else path)
+        f = pq.ParquetFile(path)
     except Exception as e:  # ArrowInvalid for a corrupt or non-Parquet file
         raise DataError(f"cannot read Parquet file: {e}", file=path) from None
     names = f.schema_arrow.names

@@ -15,10 +15,6 @@ from ilp_ray.errors import cli_fail
 corpus_app = typer.Typer(no_args_is_help=True, help="Pretraining-corpus evidence: index, search, evidence.")
 
 
-def _fail(e: Exception) -> None:
-    cli_fail(e)
-
-
 def _overrides(set_: list[str], index: str | None, backend: str | None) -> dict:
     from ilp_ray.config import parse_overrides
 
@@ -50,7 +46,7 @@ def index_cmd(
 
         report = ingest(input_, cfg.index, cfg.chunk, cfg.ingest, progress=progress)
     except (IlpError, ValueError, KeyError) as e:
-        _fail(e)
+        cli_fail(e)
         return
     typer.echo(json.dumps(report))
 
@@ -76,7 +72,7 @@ def search_cmd(
         with open_index(cfg.index, must_exist=True) as ix:
             results = ix.search(query, k)
     except (IlpError, ValueError, KeyError) as e:
-        _fail(e)
+        cli_fail(e)
         return
     for q, hits in zip(query, results, strict=True):
         typer.echo(f"# {q}")
@@ -111,7 +107,7 @@ def evidence_cmd(
 
         summary = run_evidence(cfg, progress=progress)
     except (IlpError, ValueError, KeyError, FileNotFoundError) as e:
-        _fail(e)
+        cli_fail(e)
         return
     o = summary["overall"]
     typer.echo(f"{o['n']} items: {o['supports']} supported, {o['contradicts']} contradicted, {o['absent']} absent "

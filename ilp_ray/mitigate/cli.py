@@ -22,10 +22,6 @@ _ARMS = typer.Option(None, "--arms", help="Comma-separated arms (default: every 
 _OUT = typer.Option(None, "--out", help="Study directory (default: <audit>/mitigate).")
 
 
-def _fail(e: Exception) -> None:
-    cli_fail(e)
-
-
 def _config(run: Path, config: Path | None, set_: list[str], arms: str | None, out: str | None):
     from ilp_ray.config import load_config, parse_overrides
     from ilp_ray.mitigate.config import MitigateConfig
@@ -62,7 +58,7 @@ def plan(run: Path = _RUN, config: Path | None = _CONFIG, set_: list[str] = _SET
 
         path, p = make_plan(cfg)
     except _errors() as e:
-        _fail(e)
+        cli_fail(e)
         return
     _print_plan(p, path)
 
@@ -85,7 +81,7 @@ def run_(run: Path = _RUN, config: Path | None = _CONFIG, set_: list[str] = _SET
             check_plan_settings(study / PLAN, cfg)
         result = run_study(study, cfg.arms, progress=progress)
     except _errors() as e:
-        _fail(e)
+        cli_fail(e)
         return
     _print_compare(result.compare)
 
@@ -127,6 +123,6 @@ def compare(study: Path = typer.Argument(..., help="The study directory (with pl
 
         cmp = compare_study(study)
     except _errors() as e:
-        _fail(e)
+        cli_fail(e)
         return
     _print_compare(cmp)

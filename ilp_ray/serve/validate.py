@@ -111,7 +111,6 @@ def audit_config(raw: dict, cfg: ServeConfig, job_id: str) -> dict:
         if not data_uri_allowed(data, cfg.data_uri_prefixes):
             raise HTTPException(403, "config.data must be a path under a configured data root, or a URI under "
                                      "a configured data URI prefix")
-        raw["data"] = data
         return _validated(raw)
     if data.startswith("~"):
         raise HTTPException(403, "config.data must be a path under a configured data root (no URI schemes)")
@@ -141,7 +140,7 @@ def data_uri_allowed(uri: str, prefixes: list[str]) -> bool:
     from urllib.parse import unquote, urlsplit
 
     u = urlsplit(uri)
-    if "@" in u.netloc or u.query or u.fragment or "\\" in uri or "?" in uri or "#" in uri:
+    if "@" in u.netloc or any(c in uri for c in "\\?#"):
         return False
     if any(seg in (".", "..") for seg in unquote(u.path).split("/")):
         return False

@@ -38,10 +38,12 @@ def test_chunk_rule():
     assert chunk_words("   ", 10, 3) == []
 
 
-def test_text_blocks_and_ids():
-    docs = list(read_documents("x.txt", b"Rome is\nthe capital.\n\n\n  \nMadrid.\n"))
+def test_text_blocks_and_ids(tmp_path):
+    (tmp_path / "x.txt").write_bytes(b"Rome is\nthe capital.\n\n\n  \nMadrid.\n")
+    (tmp_path / "x.jsonl").write_bytes(b'{"id": 3, "text": "t"}\n{"text": "t"}\n')
+    docs = list(read_documents(str(tmp_path / "x.txt")))
     assert [t for _, t in docs] == ["Rome is\nthe capital.", "Madrid."]  # lines kept (CPT reads these too)
-    ids = [i for i, _ in read_documents("x.jsonl", b'{"id": 3, "text": "t"}\n{"text": "t"}\n')]
+    ids = [i for i, _ in read_documents(str(tmp_path / "x.jsonl"))]
     assert ids[0] == "3" and len(ids[1]) == 16
 
 
