@@ -1,6 +1,7 @@
 """Seed sweep of ``ilp lab experiment mitigations``: mean and spread of every recovery cell.
 
     .venv/bin/python bench/mitigation_sweep.py --size small --seeds 20 21 22 23 24 [--base tiny] [--root /tmp/msweep]
+        [--budget paper|matched]
 
 Each seed runs the lab and the mitigation study in ``<root>/<size>-seed<seed>`` (a finished seed is
 reused), one subprocess per seed. Printed: per seed the truth matrix's diagonal; then per cell of
@@ -29,6 +30,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[20, 21, 22, 23, 24])
     ap.add_argument("--root", default="/tmp/msweep")
     ap.add_argument("--arms", default=None)
+    ap.add_argument("--budget", default="paper", choices=["paper", "matched"],
+                    help="matched: every arm's SFT at progressive epochs' cap (ilp lab experiment mitigations).")
     args = ap.parse_args()
     tables = {}
     for seed in args.seeds:
@@ -37,17 +40,19 @@ def main() -> None:
                "--size", args.size, "--base", args.base, "--out", str(out), "--no-progress"]
         if args.arms:
             cmd += ["--arms", args.arms]
+        cmd += ["--budget", args.budget]
         t = time.perf_counter()
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         if proc.returncode != 0:
             print(f"seed {seed} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
             continue
-        tables[seed] = json.loads((out / "mitigations" / "table.json").read_text())
+        name = "table.json" if args.budget == "paper" else f"table-{args.budget}.json"
+        tables[seed] = json.loads((out / "mitigations" / name).read_text())
         d = tables[seed]["truth"]["diagonal"]
         cells = ", ".join(f"{c} {v['share']:.2f}/{v['margin']:+.2f}" for c, v in d.items() if v.get("share") is not None)
         print(f"seed {seed} ({time.perf_counter() - t:.0f} s): aimed share/margin {cells}", file=sys.stderr, flush=True)
     summary = aggregate(tables)
-    summary.update(size=args.size, base=args.base, seeds=list(tables))
+    summary.update(size=args.size, base=args.base, seeds=list(tables), budget=args.budget)
     for cat, row in summary["truth_mean"].items():
         print(f"{cat:<8} " + "  ".join(f"{a} {m:.2f}±{summary['truth_std'][cat][a]:.2f}" for a, m in row.items()),
               file=sys.stderr)

@@ -211,6 +211,28 @@ def prompt_templates(prompts: Sequence[str], min_df: int | None = None) -> Templ
     return Templates(ids=ids, skeletons=skeletons, subjects=subjects, min_df=min_df)
 
 
-def mentions(text: str, words: frozenset[str]) -> bool:
-    """Does ``text`` contain any of ``words`` (as whole lower-cased words)?"""
-    return bool(words) and not words.isdisjoint(_WORD.findall(str(text).casefold()))
+#: An echo shares at least this many leading characters with a subject word (``echoes``).
+ECHO_PREFIX = 4
+
+
+def mentions(text: str, words: frozenset[str], echo: bool = False) -> bool:
+    """Does ``text`` contain any of ``words`` (as whole lower-cased words)? With ``echo``, also a
+    word that *echoes* one of them: a shared beginning of at least ``ECHO_PREFIX`` characters and
+    at least half the shorter word ("Tirvstead" for "Tirvund", "brooklet" for "brook"). A stem
+    echoed from the question is a cue a model can copy, and a word of the same stem is often right
+    too; three-letter codes ("MDG") never echo."""
+    if not words:
+        return False
+    found = set(_WORD.findall(str(text).casefold()))
+    if not words.isdisjoint(found):
+        return True
+    if echo:
+        for w in found:
+            for s in words:
+                n = min(len(w), len(s))
+                if n < ECHO_PREFIX or w[:ECHO_PREFIX] != s[:ECHO_PREFIX]:
+                    continue
+                shared = next((i for i in range(n) if w[i] != s[i]), n)
+                if shared >= max(ECHO_PREFIX, -(-n // 2)):
+                    return True
+    return False

@@ -24,9 +24,11 @@ Design choices:
 - **Exclusions: no distractor may be correct.** A candidate is skipped when its text equals the
   answer after whitespace/case normalisation, when its cosine with the answer is >= ``near_dup``,
   when it repeats an already chosen distractor's normalised text or its cosine with one is
-  >= ``near_dup``, and (``subject_check``) when it names the question's subject, the prompt's
-  rare content words: "a stream or brook", another record's answer, is right for "Define the
-  word 'brook'" too, yet its cosine with the trained definition is far below ``near_dup``.
+  >= ``near_dup``, and (``subject_check``) when it names or echoes the question's subject, the
+  prompt's rare content words: "a stream or brook", another record's answer, is right for "Define
+  the word 'brook'" too, yet its cosine with the trained definition is far below ``near_dup``. An
+  echo is a word of the same beginning (``forms.mentions``): "Africa/Tirvstead" offered for the
+  zone of "Tirvund" drew SmolLM2 to copy it (p 1.00), a cue the answer did not have.
 - **Subset preference.** Within each stage, candidates from the record's own subset are tried
   first (nearest first); other subsets only fill what is left.
 - **Option layout.** The distractors keep the order they were chosen in; the answer is inserted at
@@ -287,7 +289,7 @@ class _Search:
             if strict and not form.compatible(self.forms[t], self.length_ratio):
                 continue
             # Another record's answer that names this question's subject is likely right here too.
-            if subject and mentions(self.texts[t], subject):
+            if subject and mentions(self.texts[t], subject, echo=True):
                 continue
             v = self.emb[t]
             if vecs and float(np.max(np.stack(vecs) @ v)) >= self.near_dup:

@@ -83,15 +83,20 @@ def mitigations_cmd(
     size: str = typer.Option("default", "--size", help="small or default."),
     base: str = typer.Option("tiny", "--base", help="tiny or smollm2."),
     arms: str | None = typer.Option(None, "--arms", help="Comma-separated arms (default: every arm)."),
+    budget: str = typer.Option("paper", "--budget", help=(
+        "paper: each arm trains as its algorithm says; matched: every arm's SFT takes progressive "
+        "epochs' cap (4 × the lab's epochs), so the arms compare at equal training (table-matched.json).")),
     out: str | None = typer.Option(None, "--out", help="Output folder; default runs/lab/<size>-seed<seed>."),
     config: Path | None = typer.Option(None, "--config", "-c", help="LabConfig YAML."),
     set_: list[str] = typer.Option([], "--set", help="Override a LabConfig field."),
     progress: bool = typer.Option(True, help="Show progress."),
 ) -> None:
     """The mitigation loop on the lab: every arm's recovery against the diagnosis and the truth."""
-    from ilp_ray.lab.mitigations import print_mitigations, run_mitigations
+    from ilp_ray.lab.mitigations import BUDGETS, print_mitigations, run_mitigations
 
+    if budget not in BUDGETS:
+        raise typer.BadParameter(f"{budget!r} is not one of {', '.join(BUDGETS)}", param_hint="--budget")
     picked = [a.strip() for a in arms.split(",") if a.strip()] if arms else None
-    result = _run(lambda cfg, progress: run_mitigations(cfg, progress, picked), config, set_,
+    result = _run(lambda cfg, progress: run_mitigations(cfg, progress, picked, budget=budget), config, set_,
                   {"seed": seed, "size": size, "base": base, "out": out or f"runs/lab/{size}-seed{seed}"}, progress)
     print_mitigations(result)

@@ -22,6 +22,14 @@ the field's single-signal baselines beside the diagnosis (``ilp_ray.lab.baseline
 The protocol is fixed by the paper and the mitigation loop's defaults; the CPT arms take the
 lab's own CPT settings (``experiment_epochs_vs_cpt``: 100 passes at lr 1e-3, fixed before this
 experiment), since the loop's default of one pass over a handful of documents is a few steps.
+
+``budget="matched"`` (``--budget matched``) runs the same study at equal training budget, a second
+design added after the first sweep showed that the arm adding epochs wins every row: every arm's
+SFT (the control's too) takes progressive epochs' cap, ``4 × e₀`` epochs, while progressive epochs
+keeps ``e₀`` and its cap, so it trains at most as long as the others. The question it answers: at
+the same number of passes, does the arm aimed at a cause recover more of it than plain training
+does? It writes ``mitigations/study-matched/`` and ``mitigations/table-matched.json`` beside the
+paper-budget study, which it leaves alone; Table 4 (its own 10-epoch design) is not rerun.
 """
 
 from __future__ import annotations
@@ -40,6 +48,10 @@ AIMED = {"I": "knowledge_cpt", "II": "conflict_cpt", "III": "conflict_bucket", "
          "V": "progressive_epochs"}
 #: The margin by which the aimed arm must beat every other arm on its cause (issue 19's target).
 MARGIN = 0.10
+#: The study's training budgets: the paper's (each arm as its algorithm says) or matched (above).
+BUDGETS = ("paper", "matched")
+#: progressive_epochs' default cap, max_epochs = PROGRESSIVE_CAP × e₀ (``ProgressiveArmConfig``).
+PROGRESSIVE_CAP = 4
 
 
 @dataclass
@@ -92,15 +104,30 @@ def build_encyclopedia(world, out: Path) -> Path:
     return out / "encyclopedia-index"
 
 
-def mitigate_config(cfg: LabConfig, out: Path, paths: dict[str, Path], index: Path, arms: list[str] | None):
+def _suffix(budget: str) -> str:
+    if budget not in BUDGETS:
+        from ilp_ray.errors import ConfigError
+
+        raise ConfigError(f"budget {budget!r} is not one of {', '.join(BUDGETS)}", field="budget")
+    return "" if budget == "paper" else f"-{budget}"
+
+
+def mitigate_config(cfg: LabConfig, out: Path, paths: dict[str, Path], index: Path, arms: list[str] | None,
+                    budget: str = "paper"):
     from ilp_ray.mitigate.config import MitigateConfig
     from ilp_ray.track import default_tracking_uri
 
     x = cfg.experiment_epochs_vs_cpt
     cpt = {"sources": {"index": {"location": str(index)}, "k": 5}, "general": str(paths["corpus"]),
            "ratio": x.cpt_ratio, "epochs": x.cpt_epochs, "lr": x.cpt_lr}
+    extra: dict[str, Any] = {}
+    if _suffix(budget):  # matched: every arm's SFT at progressive epochs' cap; progressive keeps e0 → cap
+        e0 = cfg.sft_settings().epochs
+        extra = {"sft": {"optim": {"epochs": PROGRESSIVE_CAP * e0}},
+                 "progressive_epochs": {"initial_epochs": e0, "max_epochs": PROGRESSIVE_CAP * e0}}
     return MitigateConfig.model_validate({
-        "audit": str(out / "audit"), "out": str(out / "mitigations" / "study"), "arms": arms,
+        **extra,
+        "audit": str(out / "audit"), "out": str(out / "mitigations" / f"study{_suffix(budget)}"), "arms": arms,
         "knowledge_cpt": cpt, "conflict_cpt": cpt,
         "general_mc": str(paths["world"].parent / "general_mc.jsonl"), "general_format": "plain",
         "tracking": {"experiment": cfg.experiment, "uri": default_tracking_uri(out)[0]}})
@@ -233,8 +260,9 @@ def _baselines(out: Path, truth, metrics: dict) -> dict[str, Any]:
 
 
 def run_mitigations(cfg: LabConfig, progress: bool = True, arms: list[str] | None = None,
-                    table4_long: bool = True) -> MitigationsResult:
-    """The lab, then the study on its audit, then both matrices and the tables in ``table.json``.
+                    table4_long: bool = True, budget: str = "paper") -> MitigationsResult:
+    """The lab, then the study on its audit, then both matrices and the tables in ``table.json``
+    (``table-matched.json`` under ``budget="matched"``, see the module docstring).
 
     With ``knowledge_cpt`` among the arms and ``table4_long``, Table 4's extra model (the lab's SFT
     for ``long_epochs``) is trained and every Table 4 model scored (``table["table4"]``)."""
@@ -253,7 +281,8 @@ def run_mitigations(cfg: LabConfig, progress: bool = True, arms: list[str] | Non
     world, paths = build_world(cfg, out)
     _log("the encyclopedia: every SFT fact with the SFT's value (not the pretraining corpus), indexed", progress)
     index = build_encyclopedia(world, out / "mitigations")
-    mcfg = mitigate_config(cfg, out, paths, index, arms)
+    suffix = _suffix(budget)
+    mcfg = mitigate_config(cfg, out, paths, index, arms, budget)
     _, plan = make_plan(mcfg)
     study = run_study(mcfg.out, arms, progress=progress)
     tr = pd.read_parquet(Path(mcfg.out) / "compare" / "transitions.parquet")
@@ -264,6 +293,9 @@ def run_mitigations(cfg: LabConfig, progress: bool = True, arms: list[str] | Non
     cmp = study.compare or {}
     table = {
         "seed": cfg.seed, "size": cfg.size, "base": cfg.base, "lab_macro_f1": lab.metrics.get("macro_f1"),
+        "budget": {"design": budget, "sft_epochs": (mcfg.sft.get("optim") or {}).get("epochs",
+                                                                                 cfg.sft_settings().epochs),
+                   "progressive": plan["arms"].get("progressive_epochs", {}).get("data")},
         "arms": true["arms"], "aimed": AIMED, "margin_target": MARGIN,
         "truth": {"matrix": true["matrix"], "unlearned": true["unlearned"], "diagonal": diagonal(true["matrix"])},
         "diagnosed": {"matrix": cmp.get("matrix"), "unlearned": cmp.get("unlearned_per_cause"),
@@ -275,18 +307,20 @@ def run_mitigations(cfg: LabConfig, progress: bool = True, arms: list[str] | Non
         "plan_skipped": {a: p["skipped"] for a, p in plan["arms"].items() if p["skipped"]},
         "baselines": _baselines(out, truth, lab.metrics),
     }
-    if "knowledge_cpt" in true["arms"] and table4_long:
+    if "knowledge_cpt" in true["arms"] and table4_long and not suffix:
         kc = json.loads((Path(mcfg.out) / "arms" / "knowledge_cpt" / "result.json").read_text())
         table["table4"] = table4(cfg, out, paths, world, lab, kc, progress)
     table["wall_s"] = time.perf_counter() - t0
-    write_json_atomic(table, out / "mitigations" / "table.json")
+    write_json_atomic(table, out / "mitigations" / f"table{suffix}.json")
     return MitigationsResult(out / "mitigations", table, table["wall_s"])
 
 
 def print_mitigations(result: MitigationsResult) -> None:
     t = result.table
-    print(f"mitigations (seed {t['seed']}, {t['size']}, {t['base']}): recovery of each TRUE category's "
-          "unlearned samples")
+    b = t.get("budget") or {}
+    print(f"mitigations (seed {t['seed']}, {t['size']}, {t['base']}, {b.get('design', 'paper')} budget"
+          f"{', every SFT ' + str(b.get('sft_epochs')) + ' epochs' if b.get('design') == 'matched' else ''}): "
+          "recovery of each TRUE category's unlearned samples")
     arms = t["arms"]
     print("  cause   n   " + " ".join(f"{a[:12]:>12}" for a in arms))
     for c, row in t["truth"]["matrix"].items():
@@ -306,7 +340,9 @@ def print_mitigations(result: MitigationsResult) -> None:
               f"{f(b['ours_recall'])}")
     if t.get("table4", {}).get("rows"):
         print_table4(t["table4"])
-    print(f"table: {result.out / 'table.json'}  ({t['wall_s']:.0f} s)")
+    design = (t.get("budget") or {}).get("design", "paper")
+    print(f"table: {result.out / ('table.json' if design == 'paper' else f'table-{design}.json')}  "
+          f"({t['wall_s']:.0f} s)")
 
 
 def print_table4(t4: dict[str, Any]) -> None:

@@ -130,7 +130,8 @@ class Study:
         return self.out / "arms" / arm
 
     def total_steps(self) -> int:
-        c = self.sft_config
+        """Optimiser steps of an arm's SFT run: the original's, with the study's ``sft`` overrides."""
+        c = deep_update(self.sft_config, self.cfg.sft)
         batch = c["optim"]["batch_size"] * c["scaling"]["num_workers"]
         n = len(self.records) - len(c["data_exclude"])
         return c["optim"]["epochs"] * math.ceil(n / max(batch, 1))

@@ -42,9 +42,27 @@ def test_templates_are_learnt_from_word_frequencies():
     assert "*" in t.skeletons[0] and "denmark" not in t.skeletons[0]
     assert "denmark" in t.subjects[0] and t.subjects[5] == frozenset({"brook"})  # names are slots, "ISO" too
     assert mentions("a stream or brook", t.subjects[5]) and not mentions("a stream", t.subjects[5])
+    assert not mentions("a brooklet", t.subjects[5]) and mentions("a brooklet", t.subjects[5], echo=True)
     # Fewer prompts than min_df: nothing is a template word, so no two prompts share a template.
     few = prompt_templates(prompts[:3])
     assert len(set(few.ids)) == 3
+
+
+def test_an_echo_is_a_shared_beginning_of_four_characters_and_half_the_shorter_word():
+    tirv = frozenset({"tirvund"})
+    assert mentions("Africa/Tirvstead", tirv, echo=True)        # "tirv": 4 of 7 (half: 4)
+    assert not mentions("Africa/Tirvstead", tirv)                 # not the word itself
+    assert not mentions("Africa/Roskford", tirv, echo=True)
+    assert not mentions("Tirana", tirv, echo=True)                # "tir": 3 characters
+    assert mentions("internet", frozenset({"international"}), echo=True)  # "inter": 5 of 8
+    assert not mentions("Interlaken", frozenset({"intimate"}), echo=True)  # "int": 3
+    assert not mentions("Madagascar", frozenset({"mdg"}), echo=True)      # codes never echo
+    assert not mentions("Mauritania", frozenset({"mauve"}), echo=True)    # "mau": 3
+    # Half the shorter word: "abcdefghij" and "abcdxxxxxx" share 4 of 10 (half: 5), no echo;
+    # "abcdefghij" and "abcdefxxxx" share 6, an echo.
+    assert not mentions("abcdxxxxxx", frozenset({"abcdefghij"}), echo=True)
+    assert mentions("abcdefxxxx", frozenset({"abcdefghij"}), echo=True)
+    assert not mentions("anything", frozenset(), echo=True)
 
 
 def test_a_name_asked_about_often_is_still_a_slot():

@@ -308,6 +308,17 @@ def test_a_distractor_naming_the_questions_subject_is_skipped():
     assert "a small stream or brook" in off.options  # k=5: every other definition is needed
 
 
+def test_a_distractor_echoing_the_questions_subject_is_skipped():
+    """'Africa/Tirvstead' for the zone of 'Tirvund': the question's stem, copied by a small model."""
+    zones = [("Tirvund", "Africa/Roskford"), ("Tirvstead", "Africa/Tirvstead"), ("Kenya", "Africa/Nairobi"),
+             ("Ghana", "Africa/Accra"), ("Mali", "Africa/Bamako"), ("Chad", "Africa/Ndjamena")]
+    recs = _typed_recs([(f"Give the tz database zone name for {c}.", z) for c, z in zones])
+    tirv = build_mc_items(recs, k=4, embedder=HashingEmbedder())[0]
+    assert "Africa/Tirvstead" not in tirv.options and len(tirv.options) == 4
+    off = build_mc_items(recs, k=6, embedder=HashingEmbedder(), subject_check=False)[0]
+    assert "Africa/Tirvstead" in off.options  # the only way to fill k=6
+
+
 def test_typed_falls_back_in_recorded_steps():
     """Too few answers of the answer's form: first the same kind (length relaxed), then any form."""
     rows = [("q0?", "alpha beta"), ("q1?", "gamma delta"), ("q2?", "epsilon zeta eta theta iota kappa lambda"),

@@ -90,6 +90,40 @@ def test_plan_targets_each_cause_and_says_why_an_arm_is_empty(audit):
     assert load_plan(path)["fingerprint"] == plan["fingerprint"]
 
 
+def test_plan_at_matched_budget_gives_every_arm_progressive_epochs_cap(audit):
+    """The lab's ``--budget matched`` design through the study's ``sft`` override: every arm trains
+    8 epochs (4 × the original 2), progressive keeps 2 → 8, and the run length the re-sampling window
+    is cut from is the overridden one (8 epochs × 6 steps = 48; 48 // 4 = 12), not the original's."""
+    from ilp_ray.mitigate.plan import make_plan
+
+    _, plan = make_plan(_cfg(audit, sft={"optim": {"epochs": 8}},
+                             progressive_epochs={"initial_epochs": 2, "max_epochs": 8}))
+    arms = plan["arms"]
+    for name in ("control", "conflict_delete", "conflict_bucket", "dynamic_resample"):
+        assert arms[name]["training"]["sft"]["optim"]["epochs"] == 8, name
+    assert arms["dynamic_resample"]["data"] == {"window_steps": 12, "run_steps": 48}
+    pe = arms["progressive_epochs"]
+    assert pe["data"] == {"initial_epochs": 2, "max_epochs": 8}
+    assert pe["training"]["sft"]["order"]["options"]["initial_epochs"] == 2
+
+
+def test_lab_matched_budget_config_and_a_bad_budget(tmp_path):
+    from ilp_ray.lab.config import LabConfig
+    from ilp_ray.lab.mitigations import mitigate_config
+
+    cfg = LabConfig.model_validate({"size": "small", "seed": 0, "out": str(tmp_path)})
+    e0 = cfg.sft_settings().epochs
+    paths = {"corpus": tmp_path / "corpus.jsonl", "world": tmp_path / "world" / "truth.jsonl"}
+    paper = mitigate_config(cfg, tmp_path, paths, tmp_path / "index", None)
+    assert paper.sft == {} and paper.progressive_epochs.initial_epochs is None
+    assert paper.out.endswith("mitigations/study")
+    m = mitigate_config(cfg, tmp_path, paths, tmp_path / "index", None, budget="matched")
+    assert m.sft == {"optim": {"epochs": 4 * e0}} and m.out.endswith("mitigations/study-matched")
+    assert (m.progressive_epochs.initial_epochs, m.progressive_epochs.max_epochs) == (e0, 4 * e0)
+    with pytest.raises(ConfigError, match="budget 'equal' is not one of paper, matched"):
+        mitigate_config(cfg, tmp_path, paths, tmp_path / "index", None, budget="equal")
+
+
 def test_plan_bad_input_fails_before_writing(audit, tmp_path):
     from ilp_ray.mitigate.plan import make_plan
 
