@@ -107,6 +107,14 @@ class DiagnosisContext:
         ``corpus`` (the three supports of ``base_belief.require_support``), ``supported`` (any of
         them) and ``belief`` (confident, and supported where support is required): a wrong answer
         the base holds about this question. Requires a base model (``has_base``).
+
+        ``pmi_implied`` marks rows whose base probabilities the audit calibrated by the option
+        priors (the verdicts' ``calibrated``: built items under ``scoring.calibration: auto``).
+        There the pick *is* the option the question raised most over its prior (without a length
+        normalisation always; checked per row): its PMI gain is the largest of the item's, and the
+        largest is never negative (both distributions sum to 1 over the same options). The test
+        cannot tell a belief from a guess, so it is not counted as support (``pmi`` false); the
+        gain stays in the evidence.
         """
         if "beliefs" in self._cache:
             return self._cache["beliefs"]
@@ -122,9 +130,15 @@ class DiagnosisContext:
         tested = np.array([p is not None and not (np.isscalar(p) and pd.isna(p)) for p in pmi_rows], dtype=bool)
         gain = np.array([float(np.asarray(p, dtype=float)[k]) if t else np.nan
                          for p, k, t in zip(pmi_rows, pred, tested, strict=True)])
+        calibrated = (v["calibrated"].fillna(False).to_numpy(dtype=bool) if "calibrated" in v
+                      else np.zeros(len(v), dtype=bool))
+        top = np.array([int(np.nanargmax(np.asarray(p, dtype=float))) if t else -1
+                        for p, t in zip(pmi_rows, tested, strict=True)])
+        implied = tested & calibrated & (top == pred)  # the pick is the item's most raised option
         out = {"pred": pred, "confidence": conf, "wrong": wrong, "confident": wrong & (conf >= cfg.tau_c),
-               "pmi_gain": gain, "pmi": gain >= cfg.pmi_margin, "js": js, "jsd": js > cfg.js_threshold,
-               "corpus": self.corpus_verdicts() == "contradicts", "pmi_tested": tested}
+               "pmi_gain": gain, "pmi": (gain >= cfg.pmi_margin) & ~implied, "js": js, "jsd": js > cfg.js_threshold,
+               "corpus": self.corpus_verdicts() == "contradicts", "pmi_tested": tested & ~implied,
+               "pmi_implied": implied}
         out["supported"] = out["pmi"] | out["jsd"] | out["corpus"]
         out["belief"] = out["confident"] & (out["supported"] if cfg.require_support else True)
         # Where the base was asked (beliefs.probe), its own answers decide: it holds another

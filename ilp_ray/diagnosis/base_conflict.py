@@ -8,7 +8,11 @@ something beyond the pick says that this is a belief about *this* question:
 
 - ``pmi``: the question raised the base's wrong pick by at least ``pmi_margin`` nats over its
   question-free share among the options (``base_pmi``, from the audit's option priors). A small
-  base prefers short, common or fluent strings whatever is asked; such a pick beats no prior;
+  base prefers short, common or fluent strings whatever is asked; such a pick beats no prior.
+  Only where the base's pick is uncalibrated: where the audit calibrated it by those same priors
+  (the default for built items) the pick is by construction the option the question raised most,
+  so the test holds for nearly every confident pick (86-87% on the Debian world, true II or not)
+  and is not counted (``DiagnosisContext.base_beliefs``'s ``pmi_implied``);
 - ``jsd``: the JS divergence between the base and fine-tuned option distributions (Eq. 3) is above
   ``js_threshold`` (paper 0.3): SFT pushed against the belief;
 - ``corpus``: the pretraining corpus contradicts the SFT label.
@@ -16,7 +20,7 @@ something beyond the pick says that this is a belief about *this* question:
 The evidence's ``fired_by`` lists which held.
 
 Without option priors (an audit with the fairness check off) ``pmi`` cannot be tested and the
-evidence says so.
+evidence says so; with calibrated picks the evidence says it is implied, not support.
 
 Where the base was asked (``diagnose.beliefs: auto``, off by default, and only for a base that
 passes its self-check), the pick of a built MC item is not read: its options are other records'
@@ -87,7 +91,10 @@ class BaseConflict(CauseDetector):
                                  "sft_answer_share": r3(g["label_share"]), "answers": list(g["answers"])[:5]},
                           fired_by=(["asked"] if holds[i] else []) + (["corpus"] if corpus_support[i]
                                                                      and confident[i] else []))
-            if not has_pmi[i]:
+            if b["pmi_implied"][i]:
+                ev["pmi"] = ("implied, not support: the pick is calibrated by the option priors, so it is "
+                             "the option the question raised most by construction")
+            elif not has_pmi[i]:
                 ev["pmi"] = "untested: the audit scored no option priors"
             if vid in corpus:
                 verdict, cs = corpus[vid]
@@ -106,6 +113,7 @@ class BaseConflict(CauseDetector):
             evidence.append(ev)
         summary = {"tau_c": belief.tau_c, "js_threshold": belief.js_threshold, "pmi_margin": belief.pmi_margin,
                    "require_support": belief.require_support, "pmi_tested": int(has_pmi.sum()),
+                   "pmi_implied": int(b["pmi_implied"].sum()),
                    "base_wrong": int(wrong.sum()), "confident_wrong": int(confident.sum()),
                    "vetoed_by_corpus": int((confident & guess).sum()),
                    "unsupported": int((confident & ~guess & ~supported).sum()) if belief.require_support else 0,

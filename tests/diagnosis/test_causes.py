@@ -73,6 +73,44 @@ def test_base_conflict_needs_more_than_a_confident_pick(ctx_factory):
     assert is_ == [False] and "untested" in ev[0]["pmi"]
 
 
+def test_pmi_is_no_support_where_the_pick_is_calibrated_by_the_priors(ctx_factory):
+    """A calibrated pick is the item's most raised option by construction, so its PMI gain says
+    nothing: the at-margin row of the test above, calibrated, is no belief (and falls to I, blind);
+    JSD still supports; an uncalibrated row, or a calibrated one whose pick is not the most raised
+    option (a length normalisation can do that), keeps the pmi test."""
+    still = [0.05, 0.9, 0.03, 0.02]
+    raised = [0.0, 0.693, 0.0, 0.0]
+    rows = [dict(verdict_row("cal", probs=still, base_probs=still, base_pmi=raised), calibrated=True),
+            dict(verdict_row("cal_moved", base_probs=still, base_pmi=raised), calibrated=True),
+            dict(verdict_row("plain", probs=still, base_probs=still, base_pmi=raised), calibrated=False),
+            dict(verdict_row("cal_not_top", probs=still, base_probs=still, base_pmi=[0.0, 0.693, 0.9, 0.0]),
+                 calibrated=True)]
+    ctx = ctx_factory(rows)
+    is_, _, ev = run("base_conflict", ctx)
+    assert is_ == [False, True, True, True]
+    assert "implied" in ev[0]["pmi"] and ev[0]["fired_by"] == [] and "unsupported" in ev[0]
+    assert ev[1]["fired_by"] == ["jsd"] and ev[2]["fired_by"] == ["pmi"] and ev[3]["fired_by"] == ["pmi"]
+    res = DETECTORS.create("base_conflict").run(ctx)
+    assert res.summary["pmi_implied"] == 2 and res.summary["unsupported"] == 1
+    assert run("base_knowledge_gap", ctx)[0][0] is True  # blind (base p(correct) 0.05), and no belief
+
+
+def test_a_calibrated_pick_is_the_most_raised_option_and_never_lowered():
+    """The premise of the rule above, by a second route: for random options and priors, the pick
+    under calibration (the audit's ``_probs``) is the argmax of ``option_pmi``, whose max is >= 0."""
+    from ilp_ray.config import ScoringConfig
+    from ilp_ray.detect import _probs, option_pmi
+
+    rng = np.random.default_rng(0)
+    n, k = 500, 4
+    lp, prior = -rng.gamma(2.0, 5.0, (n, k)), -rng.gamma(2.0, 5.0, (n, k))
+    scores = pd.DataFrame({"logprob_sum": list(lp), "n_chars": list(rng.integers(1, 40, (n, k))),
+                           "n_tokens": list(rng.integers(1, 10, (n, k)))})
+    probs, _ = _probs(scores, ScoringConfig(), prior, np.ones(n, bool))
+    pmi = option_pmi(lp, prior)
+    assert (probs.argmax(1) == pmi.argmax(1)).all() and (pmi.max(1) >= -1e-12).all()
+
+
 def test_base_causes_are_silent_without_a_base_model(ctx_factory):
     ctx = ctx_factory([verdict_row("a"), verdict_row("b")])
     for name in ("base_conflict", "base_knowledge_gap"):
