@@ -45,9 +45,11 @@ class McConfig(_Section):
         "For typed distractors: a distractor's length in characters (and words) is within this "
         "factor of the answer's, so length cannot give the answer away."))
     subject_check: bool = Field(True, description=(
-        "Skip a candidate distractor that names the question's subject (the prompt's rare content "
-        "words): another record's answer about the same subject is likely correct here too "
-        "('a stream or brook' for 'Define the word brook'), whatever its cosine to the answer."))
+        "Skip a candidate distractor that names or echoes the question's subject (the prompt's rare "
+        "content words; an echo shares a word's first 4+ characters and half of it): another record's "
+        "answer about the same subject is likely correct here too ('a stream or brook' for 'Define "
+        "the word brook'), whatever its cosine to the answer, and an echo is a cue a model copies "
+        "('Africa/Tirvstead' for the zone of 'Tirvund')."))
 
 
 class ScoringConfig(_Section):

@@ -11,6 +11,7 @@ same code path as the audit. No handler returns a stack trace.
 import hmac
 import logging
 import os
+import re
 import uuid
 from pathlib import Path
 
@@ -121,9 +122,10 @@ async def _unexpected(request: Request, exc: Exception):
     return JSONResponse(status_code=500, content={"error": f"internal error (reference {ref})"})
 
 
-def _public(status: dict) -> dict:
+def _public(status: dict, roots: list[str] | tuple[str, ...] = ()) -> dict:
     """A job's status as a client sees it: the run directory by its name under ``audit_root`` (not
-    the service's absolute path), the tracking URI without userinfo (no credentials)."""
+    the service's absolute path), the tracking URI without userinfo (no credentials), and a FAILED
+    job's error with no absolute path of this machine (``public_error``)."""
     from ilp_ray.track import public_uri
 
     out = dict(status)
@@ -131,7 +133,24 @@ def _public(status: dict) -> dict:
         out["run_dir"] = Path(out["run_dir"]).name
     if out.get("tracking_uri"):
         out["tracking_uri"] = public_uri(out["tracking_uri"])
+    if isinstance(out.get("error"), str):
+        out["error"] = public_error(out["error"], roots)
     return out
+
+
+_ABS_PATH = re.compile(r"(?<![\w.~:/-])/(?:[^\s'\":,;()\[\]{}<>/]+/)*([^\s'\":,;()\[\]{}<>/]*)")
+
+
+def public_error(message: str, roots: list[str] | tuple[str, ...] = ()) -> str:
+    """``message`` without this machine's layout: a path under one of ``roots`` (the data, audit and
+    checkpoint roots, as the client names files) becomes relative to it, and any other absolute
+    path is cut to its last part (``…/name``). The client learns no more than the names it sent."""
+    from ilp_ray.errors import redact
+
+    message = redact(message)
+    for root in sorted({str(Path(r).resolve()) for r in roots}, key=len, reverse=True):
+        message = message.replace(root.rstrip("/") + "/", "")
+    return _ABS_PATH.sub(lambda m: "…/" + m.group(1) if m.group(1) else "…/", message)
 
 
 @serve.deployment(name="Api", ray_actor_options={"num_cpus": 0})
@@ -221,7 +240,7 @@ class Api:
             raise HTTPException(503, "audit registry restarting; retry the request") from None
         if status is None:
             raise HTTPException(404, f"unknown audit {job_id!r}")
-        return _public(status)
+        return _public(status, [*self.cfg.data_roots, self.cfg.audit_root, *self.cfg.checkpoint_roots])
 
 
 def build_app(args: dict) -> serve.Application:

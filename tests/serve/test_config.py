@@ -94,3 +94,22 @@ def test_a_bad_data_uri_prefix_is_refused(tmp_path):
     for bad in ("s3://team/sft", "s3://key:secret@team/sft/", "/local/", "s3://team/sft/?x=1"):
         with pytest.raises(ValidationError, match="data URI prefix"):
             _serve_cfg(tmp_path / str(abs(hash(bad))), data_uri_prefixes=[bad])
+
+
+def test_a_failed_jobs_error_carries_no_path_of_this_machine(tmp_path):
+    """Paths under the roots become relative to them; any other absolute path is cut to its last
+    part; URLs keep their form but lose their credentials."""
+    from ilp_ray.serve.app import _public, public_error
+
+    root = tmp_path / "data"
+    msg = (f"DataError: {root.resolve()}/sub/x.jsonl, line 3, field 'response': missing; "
+           "[Errno 2] No such file: '/opt/venv/lib/python3.11/site-packages/pkg/mod.py' "
+           "via https://user:secret@host.example/a/b at 1/2")
+    got = public_error(msg, [str(root)])
+    assert got == ("DataError: sub/x.jsonl, line 3, field 'response': missing; [Errno 2] No such file: "
+                   "'…/mod.py' via https://host.example/a/b at 1/2")
+    nested = tmp_path / "data" / "inner"        # the longer root wins: relative to the innermost
+    assert public_error(f"{nested.resolve()}/y.jsonl", [str(root), str(nested)]) == "y.jsonl"
+    out = _public({"id": "j", "state": "FAILED", "run_dir": str(tmp_path / "audits" / "j"),
+                   "error": f"OSError: {tmp_path}/audits/j/verdicts"}, [str(tmp_path / "audits")])
+    assert out == {"id": "j", "state": "FAILED", "run_dir": "j", "error": "OSError: j/verdicts"}

@@ -2,6 +2,7 @@
 
 import concurrent.futures as cf
 import json
+import re
 import time
 import urllib.error
 import urllib.request
@@ -214,6 +215,14 @@ def test_audit_data_outside_the_roots_is_refused(service, data):
     assert "data root" in out["error"] and str(service["data_root"]) not in out["error"]
 
 
+def test_outside_the_roots_the_answer_is_the_same_whether_or_not_the_file_exists(service):
+    """Issue 20, finding 2: a path outside the data roots is refused before anything reads it, so
+    an existing file and a missing one get the same status and the same words."""
+    answers = {call(service["url"], "/v1/audit", {"config": {"data": d, "sft_model": "sft"}})[1]["error"]
+               for d in ("/etc/passwd", "/no/such/file.jsonl", "../../../../etc/hostname", "../../no/such")}
+    assert len(answers) == 1, answers
+
+
 def test_the_lru_evicts_and_reloads_checkpoints(service, tiny_checkpoints):
     """Three checkpoints through a replica that holds two: each eviction frees one (LoadedModel's
     __del__, which Serve calls), and an evicted checkpoint loads again with the same scores."""
@@ -285,6 +294,17 @@ def test_audit_over_http(service, facts_jsonl):
     assert call(service["url"], "/v1/audit", {"config": dict(cfg, sft_model="../x")})[0] == 404
     assert call(service["url"], "/v1/audit", {"config": dict(cfg, data="/etc/passwd")})[0] == 403
     assert call(service["url"], "/v1/audit/nope")[0] == 404
+    # A job that fails tells the client why, in the names the client used: no path of this machine.
+    status, out = call(service["url"], "/v1/audit", {"config": dict(cfg, data="sub/missing.jsonl")})
+    assert status == 202, out
+    deadline = time.time() + 120
+    while out["state"] == "RUNNING":
+        assert time.time() < deadline
+        time.sleep(1)
+        status, out = call(service["url"], f"/v1/audit/{out['id']}")
+    assert out["state"] == "FAILED" and "sub/missing.jsonl" in out["error"], out
+    assert str(service["data_root"].resolve()) not in out["error"]
+    assert not re.search(r"(^|[\s'\"(])/", out["error"]), out["error"]
 
 
 def test_replica_killed_mid_load_recovers(service):
