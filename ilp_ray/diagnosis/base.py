@@ -109,12 +109,11 @@ class DiagnosisContext:
         the base holds about this question. Requires a base model (``has_base``).
 
         ``pmi_implied`` marks rows whose base probabilities the audit calibrated by the option
-        priors (the verdicts' ``calibrated``: built items under ``scoring.calibration: auto``).
-        There the pick *is* the option the question raised most over its prior (without a length
-        normalisation always; checked per row): its PMI gain is the largest of the item's, and the
-        largest is never negative (both distributions sum to 1 over the same options). The test
-        cannot tell a belief from a guess, so it is not counted as support (``pmi`` false); the
-        gain stays in the evidence.
+        priors (the verdicts' ``calibrated``: built items under ``scoring.calibration: auto``) and
+        whose pick is the item's most raised option (without a length normalisation always): its
+        PMI gain is the item's largest, never negative, so the test then asks only that the
+        question raise it 2× over its prior share. Reported, still counted as support: not counting
+        it was measured on held-out seeds and did not help (docs/diagnosis.md).
         """
         if "beliefs" in self._cache:
             return self._cache["beliefs"]
@@ -136,8 +135,8 @@ class DiagnosisContext:
                         for p, t in zip(pmi_rows, tested, strict=True)])
         implied = tested & calibrated & (top == pred)  # the pick is the item's most raised option
         out = {"pred": pred, "confidence": conf, "wrong": wrong, "confident": wrong & (conf >= cfg.tau_c),
-               "pmi_gain": gain, "pmi": (gain >= cfg.pmi_margin) & ~implied, "js": js, "jsd": js > cfg.js_threshold,
-               "corpus": self.corpus_verdicts() == "contradicts", "pmi_tested": tested & ~implied,
+               "pmi_gain": gain, "pmi": gain >= cfg.pmi_margin, "js": js, "jsd": js > cfg.js_threshold,
+               "corpus": self.corpus_verdicts() == "contradicts", "pmi_tested": tested,
                "pmi_implied": implied}
         out["supported"] = out["pmi"] | out["jsd"] | out["corpus"]
         out["belief"] = out["confident"] & (out["supported"] if cfg.require_support else True)

@@ -9,10 +9,9 @@ something beyond the pick says that this is a belief about *this* question:
 - ``pmi``: the question raised the base's wrong pick by at least ``pmi_margin`` nats over its
   question-free share among the options (``base_pmi``, from the audit's option priors). A small
   base prefers short, common or fluent strings whatever is asked; such a pick beats no prior.
-  Only where the base's pick is uncalibrated: where the audit calibrated it by those same priors
-  (the default for built items) the pick is by construction the option the question raised most,
-  so the test holds for nearly every confident pick (86-87% on the Debian world, true II or not)
-  and is not counted (``DiagnosisContext.base_beliefs``'s ``pmi_implied``);
+  Where the audit calibrated the pick by those same priors (the default for built items) it is
+  the option the question raised most by construction, and the test asks only for a 2× raise:
+  the evidence and the summary say so (``pmi_implied``), and it still counts;
 - ``jsd``: the JS divergence between the base and fine-tuned option distributions (Eq. 3) is above
   ``js_threshold`` (paper 0.3): SFT pushed against the belief;
 - ``corpus``: the pretraining corpus contradicts the SFT label.
@@ -20,7 +19,7 @@ something beyond the pick says that this is a belief about *this* question:
 The evidence's ``fired_by`` lists which held.
 
 Without option priors (an audit with the fairness check off) ``pmi`` cannot be tested and the
-evidence says so; with calibrated picks the evidence says it is implied, not support.
+evidence says so.
 
 Where the base was asked (``diagnose.beliefs: auto``, off by default, and only for a base that
 passes its self-check), the pick of a built MC item is not read: its options are other records'
@@ -92,8 +91,8 @@ class BaseConflict(CauseDetector):
                           fired_by=(["asked"] if holds[i] else []) + (["corpus"] if corpus_support[i]
                                                                      and confident[i] else []))
             if b["pmi_implied"][i]:
-                ev["pmi"] = ("implied, not support: the pick is calibrated by the option priors, so it is "
-                             "the option the question raised most by construction")
+                ev["pmi_calibrated"] = ("the pick is calibrated by the option priors: the item's most raised "
+                                        "option by construction, so pmi asks only for a 2x raise")
             elif not has_pmi[i]:
                 ev["pmi"] = "untested: the audit scored no option priors"
             if vid in corpus:

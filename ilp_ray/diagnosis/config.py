@@ -106,13 +106,11 @@ class BaseBeliefConfig(_Section):
         "0.5: the wrong option outweighs all others together, whatever the option count."))
     js_threshold: float = Field(0.3, ge=0, le=1, description="JSD(base, SFT) above this supports II (paper: 0.3).")
     require_support: bool = Field(True, description=(
-        "II needs more than a confident wrong pick: the pick must beat its own prior (pmi; only "
-        "where the pick is uncalibrated, since a pick calibrated by the priors beats them by "
-        "construction), or SFT must have moved the base's distribution (jsd), or the corpus must "
-        "contradict the SFT label (corpus); the evidence's fired_by says which. A small base "
-        "'confidently' prefers the shortest or commonest option whatever the question: on mixed "
-        "real data that read every long definition (cause V) and two controls as II. False: the "
-        "paper's Eq. 6 alone."))
+        "II needs more than a confident wrong pick: the pick must beat its own prior (pmi), or "
+        "SFT must have moved the base's distribution (jsd), or the corpus must contradict the SFT "
+        "label (corpus); the evidence's fired_by says which. A small base 'confidently' prefers "
+        "the shortest or commonest option whatever the question: on mixed real data that read "
+        "every long definition (cause V) and two controls as II. False: the paper's Eq. 6 alone."))
     pmi_margin: float = Field(0.693, ge=0, description=(
         "The pmi support: the question raises the base's wrong pick by at least this many nats "
         "over its question-free share among the options (ln 2: the question at least doubles it). "
