@@ -33,6 +33,8 @@ def main() -> None:
     ap.add_argument("--budget", default="paper", choices=["paper", "matched"],
                     help="matched: every arm's SFT at progressive epochs' cap (ilp lab experiment mitigations).")
     args = ap.parse_args()
+    from ilp_ray.lab.mitigations import table_name
+
     tables = {}
     for seed in args.seeds:
         out = Path(args.root) / f"{args.size}-{args.base}-seed{seed}"
@@ -46,8 +48,7 @@ def main() -> None:
         if proc.returncode != 0:
             print(f"seed {seed} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
             continue
-        name = "table.json" if args.budget == "paper" else f"table-{args.budget}.json"
-        tables[seed] = json.loads((out / "mitigations" / name).read_text())
+        tables[seed] = json.loads((out / "mitigations" / table_name(args.budget)).read_text())
         d = tables[seed]["truth"]["diagonal"]
         cells = ", ".join(f"{c} {v['share']:.2f}/{v['margin']:+.2f}" for c, v in d.items() if v.get("share") is not None)
         print(f"seed {seed} ({time.perf_counter() - t:.0f} s): aimed share/margin {cells}", file=sys.stderr, flush=True)

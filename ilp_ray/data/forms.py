@@ -211,7 +211,7 @@ def prompt_templates(prompts: Sequence[str], min_df: int | None = None) -> Templ
     return Templates(ids=ids, skeletons=skeletons, subjects=subjects, min_df=min_df)
 
 
-#: An echo shares at least this many leading characters with a subject word (``echoes``).
+#: An echo shares at least this many leading characters with a subject word (``mentions``).
 ECHO_PREFIX = 4
 
 
@@ -226,13 +226,10 @@ def mentions(text: str, words: frozenset[str], echo: bool = False) -> bool:
     found = set(_WORD.findall(str(text).casefold()))
     if not words.isdisjoint(found):
         return True
-    if echo:
-        for w in found:
-            for s in words:
-                n = min(len(w), len(s))
-                if n < ECHO_PREFIX or w[:ECHO_PREFIX] != s[:ECHO_PREFIX]:
-                    continue
-                shared = next((i for i in range(n) if w[i] != s[i]), n)
-                if shared >= max(ECHO_PREFIX, -(-n // 2)):
-                    return True
-    return False
+    return echo and any(_shared_start(w, s) >= max(ECHO_PREFIX, -(-min(len(w), len(s)) // 2))
+                        for w in found for s in words)
+
+
+def _shared_start(a: str, b: str) -> int:
+    """How many leading characters ``a`` and ``b`` share."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))

@@ -50,8 +50,6 @@ AIMED = {"I": "knowledge_cpt", "II": "conflict_cpt", "III": "conflict_bucket", "
 MARGIN = 0.10
 #: The study's training budgets: the paper's (each arm as its algorithm says) or matched (above).
 BUDGETS = ("paper", "matched")
-#: progressive_epochs' default cap, max_epochs = PROGRESSIVE_CAP × e₀ (``ProgressiveArmConfig``).
-PROGRESSIVE_CAP = 4
 
 
 @dataclass
@@ -112,9 +110,14 @@ def _suffix(budget: str) -> str:
     return "" if budget == "paper" else f"-{budget}"
 
 
+def table_name(budget: str) -> str:
+    """The experiment's table file under ``mitigations/``: ``table.json``, ``table-matched.json``."""
+    return f"table{_suffix(budget)}.json"
+
+
 def mitigate_config(cfg: LabConfig, out: Path, paths: dict[str, Path], index: Path, arms: list[str] | None,
                     budget: str = "paper"):
-    from ilp_ray.mitigate.config import MitigateConfig
+    from ilp_ray.mitigate.config import EPOCH_CAP, MitigateConfig
     from ilp_ray.track import default_tracking_uri
 
     x = cfg.experiment_epochs_vs_cpt
@@ -123,8 +126,8 @@ def mitigate_config(cfg: LabConfig, out: Path, paths: dict[str, Path], index: Pa
     extra: dict[str, Any] = {}
     if _suffix(budget):  # matched: every arm's SFT at progressive epochs' cap; progressive keeps e0 → cap
         e0 = cfg.sft_settings().epochs
-        extra = {"sft": {"optim": {"epochs": PROGRESSIVE_CAP * e0}},
-                 "progressive_epochs": {"initial_epochs": e0, "max_epochs": PROGRESSIVE_CAP * e0}}
+        extra = {"sft": {"optim": {"epochs": EPOCH_CAP * e0}},
+                 "progressive_epochs": {"initial_epochs": e0, "max_epochs": EPOCH_CAP * e0}}
     return MitigateConfig.model_validate({
         **extra,
         "audit": str(out / "audit"), "out": str(out / "mitigations" / f"study{_suffix(budget)}"), "arms": arms,
@@ -273,6 +276,7 @@ def run_mitigations(cfg: LabConfig, progress: bool = True, arms: list[str] | Non
     from ilp_ray.mitigate.run import run_study
     from ilp_ray.storage import load_verdicts
 
+    suffix = _suffix(budget)  # a bad budget fails before the lab runs
     t0 = time.perf_counter()
     out = Path(cfg.out).resolve()
     lab = run_lab(cfg, progress)
@@ -281,7 +285,6 @@ def run_mitigations(cfg: LabConfig, progress: bool = True, arms: list[str] | Non
     world, paths = build_world(cfg, out)
     _log("the encyclopedia: every SFT fact with the SFT's value (not the pretraining corpus), indexed", progress)
     index = build_encyclopedia(world, out / "mitigations")
-    suffix = _suffix(budget)
     mcfg = mitigate_config(cfg, out, paths, index, arms, budget)
     _, plan = make_plan(mcfg)
     study = run_study(mcfg.out, arms, progress=progress)
@@ -311,15 +314,16 @@ def run_mitigations(cfg: LabConfig, progress: bool = True, arms: list[str] | Non
         kc = json.loads((Path(mcfg.out) / "arms" / "knowledge_cpt" / "result.json").read_text())
         table["table4"] = table4(cfg, out, paths, world, lab, kc, progress)
     table["wall_s"] = time.perf_counter() - t0
-    write_json_atomic(table, out / "mitigations" / f"table{suffix}.json")
+    write_json_atomic(table, out / "mitigations" / table_name(budget))
     return MitigationsResult(out / "mitigations", table, table["wall_s"])
 
 
 def print_mitigations(result: MitigationsResult) -> None:
     t = result.table
-    b = t.get("budget") or {}
-    print(f"mitigations (seed {t['seed']}, {t['size']}, {t['base']}, {b.get('design', 'paper')} budget"
-          f"{', every SFT ' + str(b.get('sft_epochs')) + ' epochs' if b.get('design') == 'matched' else ''}): "
+    budget = t.get("budget") or {}
+    design = budget.get("design", "paper")
+    print(f"mitigations (seed {t['seed']}, {t['size']}, {t['base']}, {design} budget"
+          f"{', every SFT ' + str(budget.get('sft_epochs')) + ' epochs' if design == 'matched' else ''}): "
           "recovery of each TRUE category's unlearned samples")
     arms = t["arms"]
     print("  cause   n   " + " ".join(f"{a[:12]:>12}" for a in arms))
@@ -340,9 +344,7 @@ def print_mitigations(result: MitigationsResult) -> None:
               f"{f(b['ours_recall'])}")
     if t.get("table4", {}).get("rows"):
         print_table4(t["table4"])
-    design = (t.get("budget") or {}).get("design", "paper")
-    print(f"table: {result.out / ('table.json' if design == 'paper' else f'table-{design}.json')}  "
-          f"({t['wall_s']:.0f} s)")
+    print(f"table: {result.out / table_name(design)}  ({t['wall_s']:.0f} s)")
 
 
 def print_table4(t4: dict[str, Any]) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from ilp_ray.mitigate.config import EPOCH_CAP
 from ilp_ray.registry import Registry
 
 #: The SFT stage of an arm with a CPT stage starts from the CPT run's final checkpoint.
@@ -206,7 +207,7 @@ class ProgressiveEpochs(Arm):
         targets = self.targets()
         base = st.sft_config
         e0 = c.initial_epochs or base["optim"]["epochs"]
-        top = c.max_epochs or 4 * e0
+        top = c.max_epochs or EPOCH_CAP * e0
         if top < e0:
             from ilp_ray.errors import ConfigError
 

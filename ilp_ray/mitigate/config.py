@@ -110,6 +110,10 @@ class ResampleArmConfig(_Section):
         "A dropped subset's weight in the next window (2: its samples come twice as often)."))
 
 
+#: progressive_epochs' default cap: max_epochs = EPOCH_CAP × e₀.
+EPOCH_CAP = 4
+
+
 class ProgressiveArmConfig(_Section):
     """progressive_epochs (cause V, Algorithm 5)."""
 

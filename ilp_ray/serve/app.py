@@ -150,7 +150,7 @@ def public_error(message: str, roots: list[str] | tuple[str, ...] = ()) -> str:
     message = redact(message)
     for root in sorted({str(Path(r).resolve()) for r in roots}, key=len, reverse=True):
         message = message.replace(root.rstrip("/") + "/", "")
-    return _ABS_PATH.sub(lambda m: "…/" + m.group(1) if m.group(1) else "…/", message)
+    return _ABS_PATH.sub(lambda m: "…/" + m.group(1), message)
 
 
 @serve.deployment(name="Api", ray_actor_options={"num_cpus": 0})
