@@ -127,6 +127,7 @@ def run_one(n: int, out: Path) -> dict:
     return {"n": n, "wall_s": round(wall, 1), "stages": stages, **sampler.peaks(0, math.inf),
             "unlearned": int(res.summary["unlearned"]) if "unlearned" in res.summary else None,
             "conflict_pairs": dsum.get("sft_internal_conflict", {}).get("conflict_pairs"),
+            "largest_group": dsum.get("sft_internal_conflict", {}).get("largest_group"),
             "beliefs": dsum.get("base_conflict", {}).get("asked"), "cpus": os.cpu_count()}
 
 

@@ -192,17 +192,20 @@ def actor_kill(env: dict, tmp: Path) -> dict:
     return out
 
 
-def _train_cfg(env: dict, run_dir: Path, name: str, max_failures: int) -> dict:
-    """A tiny-model SFT run of the facts: 48 records, batch 4, 5 epochs = 60 steps, a checkpoint every 10."""
+def _train_cfg(env: dict, run_dir: Path, name: str, max_failures: int, tracking_uri: str | None = None) -> dict:
+    """A tiny-model SFT run of the facts: 48 records, batch 4, 5 epochs = 60 steps, a checkpoint every 10;
+    tracked to ``tracking_uri`` when given."""
+    tracking = {"enabled": True, "uri": tracking_uri, "experiment": "faults"} if tracking_uri else {"enabled": False}
     return {"data": str(env["data"]), "run_dir": str(run_dir), "name": name,
             "model": {"tiny": {"hidden_size": 64, "num_layers": 2, "vocab_size": 320, "seed": 0}},
             "optim": {"lr": 3e-3, "batch_size": 4, "epochs": 5}, "order": {"sampler": "shuffled"},
             "checkpoint": {"every_steps": 10}, "trajectory": {"embedder": "hashing", "k": 4, "every_steps": 5},
-            "scaling": {"max_failures": max_failures}, "tracking": {"enabled": False}, "timing_skip_steps": 0}
+            "scaling": {"max_failures": max_failures}, "tracking": tracking, "timing_skip_steps": 0}
 
 
 def worker_kill(env: dict, tmp: Path) -> dict:
-    """The Ray Train worker SIGKILLed mid-SFT, the job left alone, ``scaling.max_failures: 1``."""
+    """The Ray Train worker SIGKILLed mid-SFT, the job left alone, ``scaling.max_failures: 1``; tracked
+    to MLflow on sqlite, whose step metrics must hold each step once though steps replay."""
     import pandas as pd
     import yaml
 
@@ -212,7 +215,8 @@ def worker_kill(env: dict, tmp: Path) -> dict:
 
     runs = tmp / "train"
     cfg = tmp / "sft.yaml"
-    cfg.write_text(yaml.safe_dump(_train_cfg(env, runs, "killed", 1)))
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    cfg.write_text(yaml.safe_dump(_train_cfg(env, runs, "killed", 1, uri)))
     run = runs / "killed"
     t0 = time.perf_counter()
     with open(tmp / "sft.log", "w") as logf:  # the child holds its own descriptor
@@ -255,6 +259,14 @@ def worker_kill(env: dict, tmp: Path) -> dict:
         t = pd.read_parquet(run / "trajectory.parquet")
         rt = pd.read_parquet(ref.trajectory)
         m = t.merge(rt, on=["step", "id"], suffixes=("", "_ref"))
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=uri)
+        run_id = json.loads((run / "ilp_run.json").read_text())["mlflow_run_id"]
+        hist = {k: [m.step for m in client.get_metric_history(run_id, k)] for k in client.get_run(run_id).data.metrics}
+        out.update(mlflow_metric_keys=len(hist),
+                   mlflow_steps_logged_twice=sum(len(s) - len(set(s)) for s in hist.values()),
+                   mlflow_loss_steps=sorted(hist.get("loss", [])) == list(range(1, 61)))
         out.update(steps_once=b.step.tolist() == list(range(1, 61)),
                    same_batches=[list(x) for x in b.ids] == [list(x) for x in rb.ids],
                    trajectory_duplicates=int(t.duplicated(["step", "id"]).sum()),

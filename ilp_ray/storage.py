@@ -44,6 +44,33 @@ def write_table_atomic(table, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def write_frame_atomic(df, path: Path, chunk_rows: int = 50_000) -> None:
+    """Write a pandas DataFrame (index dropped) to Parquet at ``path`` atomically, converting it to
+    Arrow ``chunk_rows`` rows at a time under one schema inferred from the whole frame.
+
+    ``write_table_atomic(pa.Table.from_pandas(df))`` holds the frame and a full Arrow copy at once;
+    for the diagnosis table of a 300k-sample audit (five causes' evidence as JSON strings) the copy
+    was ~0.4 GB of the driver's peak. Here the copy is one chunk at a time (and, while the schema is
+    read, one column). The file reads back as ``write_table_atomic``'s would.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    schema = pa.Schema.from_pandas(df, preserve_index=False)
+    tmp = path.parent / f".tmp-{path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        with pq.ParquetWriter(tmp, schema) as w:
+            for i in range(0, max(len(df), 1), chunk_rows):
+                w.write_table(pa.Table.from_pandas(df.iloc[i:i + chunk_rows], schema=schema, preserve_index=False))
+        with open(tmp, "rb") as f:  # the rename must not overtake the data on a crash
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+
+
 def write_json_atomic(obj: Any, path: Path) -> None:
     write_text_atomic(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", path)
 

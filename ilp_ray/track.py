@@ -28,6 +28,10 @@ class Tracker:
         """Log ``metrics`` at ``step``; NaN values are dropped unless ``keep_nan`` (a figure that
         does not apply, logged so every run of a comparison carries the same names)."""
 
+    def resume(self) -> int:
+        """Continue a run stopped mid-way, not logging again the steps it logged (``MLflowTracker``)."""
+        return 0
+
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         pass
 
@@ -67,6 +71,7 @@ class MLflowTracker(Tracker):
 
         self._mlflow = mlflow
         self.tracking_uri = uri
+        self._logged: dict[str, int] = {}  # per metric, the last step logged before a resume
         if artifact_location is None and uri.startswith("sqlite:///"):
             # Beside the database, never ./mlruns of whatever the working directory is.
             artifact_location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
@@ -89,13 +94,28 @@ class MLflowTracker(Tracker):
         for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
             self._client.log_batch(self.run_id, params=items[i:i + 100])
 
+    def resume(self) -> int:
+        """Continue a run that logged steps before it was stopped: from now on a metric is not
+        logged at a step at or below the last step its history already holds.
+
+        A resumed training replays the steps from its checkpoint to the kill, with the same
+        figures (the resume is exact); without this their metrics would be logged a second time,
+        so that MLflow's charts show each of those steps twice. Returns the number of metric keys
+        the run held. One ``get_metric_history`` per key, once per resume.
+        """
+        keys = list(self._client.get_run(self.run_id).data.metrics)
+        self._logged = {k: max((m.step for m in self._client.get_metric_history(self.run_id, k)), default=-1)
+                        for k in keys}
+        return len(keys)
+
     def log_metrics(self, metrics: dict[str, float], step: int | None = None, keep_nan: bool = False) -> None:
         import time
 
         from mlflow.entities import Metric
 
-        ts = int(time.time() * 1000)
-        ms = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items() if keep_nan or v == v]
+        ts, step = int(time.time() * 1000), step or 0
+        ms = [Metric(k, float(v), ts, step) for k, v in metrics.items()
+              if (keep_nan or v == v) and step > self._logged.get(k, -1)]
         for i in range(0, len(ms), 1000):
             self._client.log_batch(self.run_id, metrics=ms[i:i + 1000])
 

@@ -6,7 +6,7 @@ Outputs under ``run_dir/diagnosis/`` (each written atomically)::
     cause_table.json          share of diagnosed samples per cause, overall and per subset
     summary.json              every detector's summary, the run's figures and ``coverage``: what
                               this run could and could not show (see ``coverage``)
-    conflict_groups.parquet   III's groups: id, group_id, group_size, members, judged_wrong
+    conflict_groups.parquet   III's groups, one row per grouped sample: id, group_id, group_size, judged_wrong
     conflict_pairs.parquet    III's pairs: a, b, similarity, why, judge
     conflict_cleared.parquet  similar pairs the judge found both right (no conflict; kept apart by
                               the conflict_bucket mitigation, as the paper does)
@@ -142,7 +142,7 @@ def run_diagnosis(run_dir: str | Path, cfg: DiagnosisConfig, tracker=None) -> Di
     out = run_dir / "diagnosis"
     files = {"diagnosis": out / "diagnosis.parquet", "cause_table": out / "cause_table.json",
              "summary": out / "summary.json"}
-    S.write_table_atomic(pa.Table.from_pandas(table, preserve_index=False), files["diagnosis"])
+    S.write_frame_atomic(table, files["diagnosis"])  # by chunks: the evidence JSON is most of the driver's memory
     S.write_json_atomic(ct, files["cause_table"])
     if "sft_internal_conflict" in results:
         info = results["sft_internal_conflict"].info

@@ -21,7 +21,8 @@ responses and cosine, why the prompts count as the same question and the spans i
 differ, the rule that called the responses different, the judge's verdicts; pairs the judge
 cleared (``cleared_by_judge``) and pairs dropped as different questions (``template_partners``,
 the first few, and ``template_pairs_dropped``). ``info["groups"]`` holds one row per grouped
-sample (written to ``conflict_groups.parquet``), ``info["pairs"]`` one row per conflict pair, and
+sample (written to ``conflict_groups.parquet``; ``group_members`` reads the groups back from it),
+``info["pairs"]`` one row per conflict pair, and
 ``info["template_pairs"]`` / ``info["cleared_pairs"]`` the pairs dropped by step 2 / step 4.
 """
 
@@ -70,6 +71,21 @@ def conflict_groups(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     for s in np.flatnonzero(members):  # ascending, so a group is numbered by its first member
         group[s] = remap.setdefault(int(labels[s]), len(remap))
     return group
+
+
+def group_members(groups: pd.DataFrame) -> list[list[str]]:
+    """The conflict groups of a ``conflict_groups.parquet`` table as lists of sample ids, in the
+    order of their ``group_id``, each group's ids in table order.
+
+    The table has one row per grouped sample and no list of members per row: a group of G samples
+    would repeat its G ids on each of its G rows, G² strings (at 300k templated prompts the largest
+    group ran to thousands, and the file and the driver with it). Tables written before that
+    change carried a ``members`` column, which this ignores: ``id`` and ``group_id`` say the same.
+    """
+    if groups is None or not len(groups):
+        return []
+    ids = groups["id"].astype(str)
+    return [list(g) for _, g in ids.groupby(groups["group_id"].to_numpy(), sort=True)]
 
 
 class SftInternalConflict(CauseDetector):
@@ -157,9 +173,6 @@ class SftInternalConflict(CauseDetector):
         is_ = group >= 0
         score = np.where(is_ & np.isin(ids, list(wrong)), 1.0, best)
         sizes = pd.Series(group[is_]).value_counts().to_dict()
-        members = {g: [] for g in sizes}
-        for s in np.flatnonzero(is_):
-            members[int(group[s])].append(ids[s])
         evidence = []
         for s in range(n):
             ev = {"group_id": None, "saturated": bool(sat[s])}
@@ -178,7 +191,6 @@ class SftInternalConflict(CauseDetector):
             "id": [ids[s] for s in np.flatnonzero(is_)],
             "group_id": group[is_],
             "group_size": [int(sizes[int(g)]) for g in group[is_]],
-            "members": [members[int(g)] for g in group[is_]],
             "judged_wrong": [ids[s] in wrong for s in np.flatnonzero(is_)],
             "unlearned": v["unlearned"].to_numpy(dtype=bool)[is_],
             "subset": v["subset"].astype(str).to_numpy()[is_],
@@ -196,6 +208,7 @@ class SftInternalConflict(CauseDetector):
                    "unit_pairs_added": n_units,
                    "template_pairs_dropped": len(dropped), "conflict_pairs": int(conflict.sum()),
                    "cleared_by_judge": len(cleared), "groups": len(sizes), "grouped_samples": int(is_.sum()),
+                   "largest_group": int(max(sizes.values(), default=0)),
                    "judged_wrong": len(wrong), "saturated_samples": int(sat.sum()),
                    "search_seconds": round(t1 - t0, 3), "compare_group_seconds": round(t2 - t1, 3),
                    "judge_report_seconds": round(time.perf_counter() - t2, 3)}

@@ -161,7 +161,9 @@ class ConflictBucket(Arm):
         groups = st.table("conflict_groups")
         if groups is None or not len(groups):
             return self.empty("the diagnosis found no conflict groups", targets)
-        members = [[str(m) for m in g] for g in groups.drop_duplicates("group_id")["members"]]
+        from ilp_ray.diagnosis.sft_internal_conflict import group_members
+
+        members = group_members(groups)
         cleared = st.table("conflict_cleared")
         both = [[str(a), str(b)] for a, b in zip(cleared["a"], cleared["b"], strict=True)] if cleared is not None else []
         # Pairs judged both right stay in training but apart (paper, appendix C): a group joins

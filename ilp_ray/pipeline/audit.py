@@ -79,18 +79,24 @@ def run_audit(cfg: AuditConfig, progress: bool = True) -> AuditResult:
     # Reached now, before any output: a tracking server that is down fails the job here, clearly.
     tracker = make_tracker(cfg.tracking.enabled, cfg.tracking.uri, cfg.tracking.experiment, run_dir.parent)
     run_dir.mkdir(parents=True, exist_ok=True)
+    held = [loaded]  # handed over, so that _audit can let the records go before the diagnosis
+    del loaded
     with S.run_lock(run_dir, "audit"):  # a second audit on this directory is refused, not mixed in
-        res = _audit(cfg, progress, loaded, run_dir, t0, st, tracker)
+        res = _audit(cfg, progress, held, run_dir, t0, st, tracker)
     res.timings = st.marks
     S.write_json_atomic(res.timings, run_dir / "timings.json")
     return res
 
 
-def _audit(cfg: AuditConfig, progress: bool, loaded, run_dir: Path, t0: float, st: _Stages, tracker) -> AuditResult:
-    """``run_audit``'s stages, under the run directory's lock."""
+def _audit(cfg: AuditConfig, progress: bool, held: list, run_dir: Path, t0: float, st: _Stages,
+           tracker) -> AuditResult:
+    """``run_audit``'s stages, under the run directory's lock. ``held`` holds the loaded data, the
+    only reference to it: the records, items, scores and verdicts are let go before the diagnosis,
+    which reads its own from the run directory (at 300k samples they are ~1.5 GB of the driver)."""
     from ilp_ray.audit import mc_stage, needs_priors, score_stage, verdict_stage, with_prior_items
     from ilp_ray.track import flatten
 
+    loaded = held.pop()
     records = loaded.records
     # What a later job reuses (a mitigation re-audits on the same items with the same settings).
     S.write_json_atomic(cfg.model_dump(mode="json"), run_dir / CONFIG)
@@ -122,8 +128,10 @@ def _audit(cfg: AuditConfig, progress: bool, loaded, run_dir: Path, t0: float, s
         if cfg.diagnose.enabled:  # the last stage, logged into the same MLflow run
             from ilp_ray.diagnosis.run import run_diagnosis
 
+            del records, loaded, items, scores, verdicts  # the diagnosis reads the run directory's
             with st("diagnosis"):
                 diagnosis = run_diagnosis(run_dir, diagnosis_config(cfg, evidence), tracker=tracker)
+            verdicts = S.load_verdicts(run_dir)  # the table just written, for the result
     return AuditResult(run_dir, summary, verdicts, tracker.run_id, tracker.tracking_uri, diagnosis, evidence)
 
 

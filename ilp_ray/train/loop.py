@@ -154,6 +154,8 @@ def train_loop_per_worker(config: dict) -> None:
     w.logs = {"trajectory": S.RowLog(run_path / "ilp_logs" / "trajectory", rank == 0),
               "batches": S.RowLog(run_path / "ilp_logs" / "batches", rank == 0)}
     w.tracker = _tracker(config.get("tracking")) if rank == 0 else None
+    if w.tracker is not None and resume_dir is not None:
+        w.tracker.resume()  # the steps replayed from the checkpoint are in MLflow already
     w.evaluator = _evaluator(config, task, tokenizer, pad_id) if rank == 0 else None
     if rank == 0:
         for rl in w.logs.values():

@@ -93,8 +93,8 @@ class ConflictBucketSampler(OrderSampler):
     the loop never wraps the epoch's start into its last batch), then ``separate``d.
 
     Args:
-        groups: the conflict groups, as lists of example ids (``conflict_groups.parquet``'s
-            members); an id not in the data is an error.
+        groups: the conflict groups, as lists of example ids (``group_members`` of
+            ``conflict_groups.parquet``); an id not in the data is an error.
         release_p: dynamic grouping: at each evaluation a group whose evaluated members all have
             p(correct) ≥ this is released (its members may share a batch) until one falls below it
             again; a group with an unevaluated member stays active. None: static groups.

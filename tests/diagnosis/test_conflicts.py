@@ -14,6 +14,7 @@ import pytest
 
 from ilp_ray.diagnosis.base import DETECTORS
 from ilp_ray.diagnosis.pairs import responses_disagree, similar_pairs
+from ilp_ray.diagnosis.sft_internal_conflict import group_members
 
 from .conftest import verdict_row
 
@@ -50,8 +51,7 @@ def minilm():
 
 
 def groups_of(res):
-    g = res.info["groups"]
-    return sorted(sorted(m) for m in g.drop_duplicates("group_id")["members"])
+    return sorted(sorted(m) for m in group_members(res.info["groups"]))
 
 
 def test_groups_with_paraphrases_contradictions_and_transitivity(ctx_factory, minilm):
@@ -418,3 +418,21 @@ def test_templates_whose_answers_differ_in_form_ask_different_questions():
     assert not same and "templates' answers differ in form" in why
     assert sq.test(0, 1)[0] is False  # siblings: different names
     assert SameQuestion(prompts, None).test(0, 4)[0] is True  # without the answers: only template words differ
+
+
+def test_group_members_reads_groups_from_rows_in_group_order():
+    import pandas as pd
+
+    rows = pd.DataFrame({"id": ["c", "a", "d", "b", "e"], "group_id": [1, 0, 1, 0, 2]})
+    assert group_members(rows) == [["a", "b"], ["c", "d"], ["e"]]
+    # a table written before the members column was dropped reads the same: id and group_id say it
+    old = rows.assign(members=[["c", "d"], ["a", "b"], ["c", "d"], ["a", "b"], ["e"]])
+    assert group_members(old) == group_members(rows)
+    assert group_members(rows.iloc[:0]) == [] and group_members(None) == []
+
+
+def test_groups_table_is_one_row_per_sample_without_member_lists(ctx_factory, minilm):
+    res = DETECTORS.create("sft_internal_conflict").run(ctx_factory(rows(), embedder=minilm, **{"conflict.judge": "none"}))
+    g = res.info["groups"]
+    assert "members" not in g.columns and g["id"].is_unique
+    assert (g.groupby("group_id")["id"].transform("size") == g["group_size"]).all()

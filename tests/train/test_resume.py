@@ -58,6 +58,8 @@ def test_killed_job_resumes_at_its_checkpoint(tmp_path, interference_jsonl, ray_
     over = {"order.sampler": "shuffled", "optim.epochs": 15, "checkpoint.every_steps": 10,
             "trajectory.every_steps": 5, "engine.strategy": "deepspeed"}
     cfg = train_config(interference_jsonl, tmp_path / "runs", "killed", **over)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # tracked, as a user's run is: MLflow sees the resume too
+    cfg["tracking"] = {"enabled": True, "uri": uri, "experiment": "resume"}
     cfg_path = tmp_path / "sft.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     run = tmp_path / "runs" / "killed"
@@ -105,3 +107,15 @@ def test_killed_job_resumes_at_its_checkpoint(tmp_path, interference_jsonl, ray_
     merged = t.merge(rt, on=["step", "id"], suffixes=("", "_ref"))
     assert len(merged) == len(rt)
     assert (merged.p_correct - merged.p_correct_ref).abs().max() < 1e-3
+    # MLflow: every step metric of the killed run once per step, though steps after the checkpoint
+    # ran twice (once before the kill, once after the resume), and the steps the clean run logs.
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    run_id = json.loads((run / "ilp_run.json").read_text())["mlflow_run_id"]
+    keys = list(client.get_run(run_id).data.metrics)
+    assert "loss" in keys
+    for key in keys:
+        steps = [m.step for m in client.get_metric_history(run_id, key)]
+        assert len(steps) == len(set(steps)), f"{key}: steps logged twice {sorted(steps)}"
+    assert sorted(m.step for m in client.get_metric_history(run_id, "loss")) == list(range(1, 61))  # log_every 1

@@ -47,7 +47,7 @@ def audit(tmp_path):
     write_verdicts(_verdicts(unl, [0.2 if u else 0.9 for u in unl]), run / "verdicts", 100)
     (run / "diagnosis").mkdir(parents=True)
     pd.DataFrame({"id": [f"q{i}" for i in range(N)], "cause": CAUSES}).to_parquet(run / "diagnosis" / "diagnosis.parquet")
-    pd.DataFrame({"id": ["q2", "q3"], "group_id": [0, 0], "group_size": [2, 2], "members": [["q2", "q3"]] * 2,
+    pd.DataFrame({"id": ["q2", "q3"], "group_id": [0, 0], "group_size": [2, 2],
                   "judged_wrong": [False, True], "unlearned": [True, True], "subset": ["s1", "s1"]}
                  ).to_parquet(run / "diagnosis" / "conflict_groups.parquet")
     pd.DataFrame({"a": ["q2"], "b": ["q3"], "similarity": [0.95], "why": ["x"], "judge": ["a"], "question": ["q"],

@@ -150,3 +150,43 @@ def test_a_score_shard_is_trusted_by_its_rows_not_its_name(tmp_path, caplog):
     assert sorted(p.name for p in folder.glob(S.SHARD_GLOB)) == ["shard-00000.parquet", "shard-00001.parquet"]
     assert "shard-00002.parquet is not whole (expected 4 rows)" in caplog.text
     assert S.read_shards(folder).num_rows == 8
+
+
+def test_a_frame_written_by_chunks_reads_back_as_one_written_whole(tmp_path):
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    # Column types a chunk alone would guess wrong: None until the last chunk, lists, arrays, JSON.
+    df = pd.DataFrame({"id": [f"s{i}" for i in range(7)], "x": np.arange(7) / 3,
+                       "late": [None] * 6 + ['{"a": 1}'], "ids": [[f"d{i}"] * (i % 3) for i in range(7)],
+                       "probs": [np.array([0.25, 0.75]) for _ in range(7)], "flag": [i % 2 == 0 for i in range(7)]},
+                      index=range(10, 17))
+    S.write_frame_atomic(df, tmp_path / "chunks.parquet", chunk_rows=3)
+    S.write_table_atomic(pa.Table.from_pandas(df, preserve_index=False), tmp_path / "whole.parquet")
+    chunks, whole = pq.read_table(tmp_path / "chunks.parquet"), pq.read_table(tmp_path / "whole.parquet")
+    assert chunks.schema.equals(whole.schema) and chunks.equals(whole)
+    assert pq.ParquetFile(tmp_path / "chunks.parquet").metadata.num_row_groups == 3
+    S.write_frame_atomic(df.iloc[:0], tmp_path / "empty.parquet")
+    assert pq.read_table(tmp_path / "empty.parquet").num_rows == 0
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_a_frame_that_fails_mid_write_leaves_no_file(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with pytest.raises(pa.ArrowInvalid):  # no Arrow type holds both: refused before any file
+        S.write_frame_atomic(pd.DataFrame({"mixed": [1, "one"] * 3}), tmp_path / "bad.parquet", chunk_rows=2)
+    calls, write = [], pq.ParquetWriter.write_table
+
+    def fail_second(self, table, *a, **k):
+        calls.append(len(table))
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return write(self, table, *a, **k)
+
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", fail_second)
+    with pytest.raises(OSError, match="disk full"):
+        S.write_frame_atomic(pd.DataFrame({"x": range(6)}), tmp_path / "half.parquet", chunk_rows=2)
+    assert calls == [2, 2] and list(tmp_path.iterdir()) == []  # the first chunk's temp file is gone too

@@ -35,3 +35,31 @@ def test_mlflow_params_carry_no_credentials(tmp_path):
     t.end()
     params = MlflowClient(tracking_uri=uri).get_run(t.run_id).data.params
     assert params == {"evidence.elasticsearch.url": "https://es:9200", "lr": "0.0001"}
+
+
+def test_a_resumed_run_logs_each_step_of_a_metric_once(tmp_path):
+    """A training resumed from step 3's checkpoint replays steps 4-5, which the run logged before
+    its kill: MLflow keeps the first figures of those steps and logs only what is new."""
+    from mlflow import MlflowClient
+
+    from ilp_ray.track import make_tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first = make_tracker(True, uri, "resume", tmp_path).start("r")
+    first.log_metrics({"data.truncated_prompts": 0}, step=0)
+    for s in range(1, 6):
+        first.log_metrics({"loss": 1.0 / s}, step=s)
+    again = make_tracker(True, uri, "resume", tmp_path).attach(first.run_id)
+    assert again.resume() == 2
+    again.log_metrics({"data.truncated_prompts": 0}, step=0)
+    for s in range(4, 9):
+        again.log_metrics({"loss": 100.0 + s, "eval.p": 0.5}, step=s)
+    client = MlflowClient(tracking_uri=uri)
+    loss = sorted((m.step, m.value) for m in client.get_metric_history(first.run_id, "loss"))
+    assert loss == [(1, 1.0), (2, 0.5), (3, 1 / 3), (4, 0.25), (5, 0.2), (6, 106.0), (7, 107.0), (8, 108.0)]
+    assert [m.step for m in client.get_metric_history(first.run_id, "data.truncated_prompts")] == [0]
+    assert sorted(m.step for m in client.get_metric_history(first.run_id, "eval.p")) == [4, 5, 6, 7, 8]
+    # without resume() an attached tracker logs every step it is given, as before
+    plain = make_tracker(True, uri, "resume", tmp_path).attach(first.run_id)
+    plain.log_metrics({"loss": 9.0}, step=2)
+    assert len(client.get_metric_history(first.run_id, "loss")) == 9
