@@ -9,8 +9,9 @@ are in a candidate pair; it finds the exact search's pairs only when the candida
 This bench measures both on two text sets, side by side in one run:
 
 - ``synthetic``: ``bench/conflicts.py``'s templated prompts (the conflict bench's own set);
-- ``glosses``: real text, WordNet 3.0 glosses from Debian's ``wordnet-base`` (deduplicated,
-  shuffled with seed 0).
+- ``glosses``: real text, WordNet 3.0 glosses of nouns, verbs and adjectives from Debian's
+  ``wordnet-base`` (read as ``bench/conflict_templates.py`` reads them; deduplicated, shuffled
+  with seed 0).
 
 For each it runs the exact MiniLM search (k = 16, theta = 0.85, the diagnosis's defaults) and,
 for two static models (PCA to 256 dims, model2vec's default, and no PCA) and several ``tc``:
@@ -43,19 +44,14 @@ THRESHOLDS = (0.5, 0.6, 0.7, 0.75, 0.8)
 
 
 def glosses(n: int) -> list[str]:
-    """n distinct WordNet glosses (the text before the first example), shuffled with seed 0."""
-    out = set()
-    for pos in ("noun", "verb", "adj", "adv"):
-        path = WORDNET / f"data.{pos}"
-        if not path.is_file():
-            sys.exit(f"{path} is missing: sudo apt-get install -y wordnet-base")
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.startswith(" ") or " | " not in line:
-                continue
-            g = line.split(" | ", 1)[1].strip().split('; "')[0].strip()
-            if len(g) >= 8:
-                out.add(g)
-    texts = sorted(out)
+    """n distinct WordNet glosses of nouns, verbs and adjectives (``conflict_templates``' reader:
+    the text before the first example), shuffled with seed 0."""
+    if not (WORDNET / "data.noun").is_file():
+        sys.exit(f"{WORDNET} has no WordNet: sudo apt-get install -y wordnet-base")
+    sys.path.insert(0, str(HERE))
+    from conflict_templates import read_wordnet
+
+    texts = sorted({g for _, g, _ in read_wordnet()[0].values() if len(g) >= 8})
     random.Random(0).shuffle(texts)
     return texts[:n]
 

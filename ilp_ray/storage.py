@@ -8,11 +8,13 @@ config never reuses stale results, and an unchanged one never recomputes finishe
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +34,30 @@ def shard_path(folder: Path, index: int) -> Path:
     return folder / f"shard-{index:05d}.parquet"
 
 
+@contextlib.contextmanager
+def _atomic_target(path: Path, fsync: bool = True) -> Iterator[Path]:
+    """A hidden temporary name beside ``path`` to write to; renamed onto ``path`` when the block
+    ends, removed when it raises. ``fsync``: the data reaches the disk before the rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".tmp-{path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        yield tmp
+        if fsync:
+            with open(tmp, "rb") as f:  # the rename must not overtake the data on a crash
+                os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+
+
 def write_table_atomic(table, path: Path) -> None:
     """Write a pyarrow Table to ``path`` via a temporary file and an atomic rename."""
     import pyarrow.parquet as pq
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".tmp-{path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    pq.write_table(table, tmp)
-    with open(tmp, "rb") as f:  # the rename must not overtake the data on a crash
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with _atomic_target(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def write_frame_atomic(df, path: Path, chunk_rows: int = 50_000) -> None:
@@ -56,19 +72,10 @@ def write_frame_atomic(df, path: Path, chunk_rows: int = 50_000) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     schema = pa.Schema.from_pandas(df, preserve_index=False)
-    tmp = path.parent / f".tmp-{path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        with pq.ParquetWriter(tmp, schema) as w:
-            for i in range(0, max(len(df), 1), chunk_rows):
-                w.write_table(pa.Table.from_pandas(df.iloc[i:i + chunk_rows], schema=schema, preserve_index=False))
-        with open(tmp, "rb") as f:  # the rename must not overtake the data on a crash
-            os.fsync(f.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
+    with _atomic_target(path) as tmp, pq.ParquetWriter(tmp, schema) as w:
+        for i in range(0, max(len(df), 1), chunk_rows):
+            w.write_table(pa.Table.from_pandas(df.iloc[i:i + chunk_rows], schema=schema, preserve_index=False))
 
 
 def write_json_atomic(obj: Any, path: Path) -> None:
@@ -77,11 +84,8 @@ def write_json_atomic(obj: Any, path: Path) -> None:
 
 def write_text_atomic(text: str, path: Path) -> None:
     """Write ``text`` to ``path`` through a temporary file: a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".tmp-{path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with _atomic_target(path, fsync=False) as tmp:
+        tmp.write_text(text)
 
 
 def clean_partial(folder: Path) -> int:
