@@ -15,7 +15,8 @@ MLflow on sqlite. Each size runs in its own process, so its peak RSS is its own.
 
 Per stage (``timings.json`` of the audit: load, mc, score, verdicts, diagnosis) it reports wall
 seconds, rows/s, the driver's peak RSS and the Ray workers' peak RSS (the largest one, and all of
-them together) while the stage ran, sampled every 0.5 s with psutil. The exponent of a stage is
+them together) while the stage ran, sampled every 0.5 s with psutil, and where the driver's main
+thread was when its RSS peaked (``driver_peak_where``: the project's innermost frames). The exponent of a stage is
 the least-squares slope of log(wall) on log(n) over the sizes run (1: linear). The last line is one
 JSON object: ``sizes`` (every size's figures) and ``exponents``.
 """
@@ -45,6 +46,18 @@ class RssSampler(threading.Thread):
 
         self.me = psutil.Process()
         self.period, self.samples, self._halt = period, [], threading.Event()
+        self.main_id = threading.main_thread().ident
+        self.peak_at: tuple[int, list[str]] = (0, [])  # the driver's peak RSS, and where the main thread was
+
+    def _where(self) -> list[str]:
+        """The main thread's project frames, innermost last (file:line function)."""
+        frame, out = sys._current_frames().get(self.main_id), []
+        while frame is not None:
+            code = frame.f_code
+            if "ilp_ray" in code.co_filename:
+                out.append(f"{code.co_filename.split('ilp_ray/')[-1]}:{frame.f_lineno} {code.co_name}")
+            frame = frame.f_back
+        return out[::-1]
 
     def run(self):
         import psutil
@@ -61,6 +74,8 @@ class RssSampler(threading.Thread):
                     except (psutil.NoSuchProcess, psutil.AccessDenied):
                         continue
                 self.samples.append((t, driver, max(workers, default=0), sum(workers)))
+                if driver > self.peak_at[0]:
+                    self.peak_at = (driver, self._where())
             except psutil.NoSuchProcess:
                 pass
             self._halt.wait(self.period)
@@ -125,6 +140,7 @@ def run_one(n: int, out: Path) -> dict:
                         **sampler.peaks(m["start"], m["start"] + m["wall_s"])}
     dsum = res.diagnosis.summaries if res.diagnosis else {}
     return {"n": n, "wall_s": round(wall, 1), "stages": stages, **sampler.peaks(0, math.inf),
+            "driver_peak_where": sampler.peak_at[1][-6:],
             "unlearned": int(res.summary["unlearned"]) if "unlearned" in res.summary else None,
             "conflict_pairs": dsum.get("sft_internal_conflict", {}).get("conflict_pairs"),
             "largest_group": dsum.get("sft_internal_conflict", {}).get("largest_group"),

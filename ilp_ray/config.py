@@ -50,6 +50,10 @@ class McConfig(_Section):
         "answer about the same subject is likely correct here too ('a stream or brook' for 'Define "
         "the word brook'), whatever its cosine to the answer, and an echo is a cue a model copies "
         "('Africa/Tirvstead' for the zone of 'Tirvund')."))
+    threads: int | None = Field(None, ge=1, description=(
+        "CPU threads for MiniLM's pass over the responses. None: every core, since nothing else "
+        "runs while the items are built (the scoring actors start after). Not part of the items' "
+        "fingerprint: it does not change them."))
 
 
 class ScoringConfig(_Section):

@@ -19,11 +19,16 @@ def mc_stage(records, cfg: AuditConfig, run_dir: Path):
     # a conversation's history joins the key only where there is one: older runs' items stay valid
     data_fp = S.fingerprint([(r.id, r.prompt, r.response, r.subset, r.position, r.options, r.answer)
                              + ((r.history,) if r.history else ()) for r in records])
-    path = run_dir / "mc" / f"items-{S.fingerprint([data_fp, cfg.mc.model_dump()])}.parquet"
+    path = run_dir / "mc" / f"items-{S.fingerprint([data_fp, cfg.mc.model_dump(exclude={'threads'})])}.parquet"
     S.clean_partial(path.parent)
     if path.exists():
         return with_history(pq.read_table(path)), True
-    items = build_mc_items(records, k=cfg.mc.k, seed=cfg.mc.seed, near_dup=cfg.mc.near_dup,
+    import os
+
+    from ilp_ray.data.embed import get_embedder
+
+    embedder = get_embedder(num_threads=cfg.mc.threads or os.cpu_count() or 1)
+    items = build_mc_items(records, embedder=embedder, k=cfg.mc.k, seed=cfg.mc.seed, near_dup=cfg.mc.near_dup,
                            prefer_same_subset=cfg.mc.prefer_same_subset, distractors=cfg.mc.distractors,
                            length_ratio=cfg.mc.length_ratio, subject_check=cfg.mc.subject_check)
     table = pa.table({

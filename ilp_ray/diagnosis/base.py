@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -27,6 +28,11 @@ from ilp_ray.diagnosis.registry import DETECTORS
 CORPUS_VERDICTS = ("supports", "contradicts", "absent")
 _SNAKE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
 _NAMES: dict[str, str] = {}  # detector name -> qualified class name, for uniqueness
+
+
+def embeddings_dir(run_dir) -> Path:
+    """Where a run's cached prompt embeddings live (``diagnose.embed_cache``)."""
+    return Path(run_dir) / "embeddings"
 
 
 @dataclass
@@ -81,8 +87,19 @@ class DiagnosisContext:
     def prompt_embeddings(self) -> np.ndarray:
         """Prompt embeddings (unit rows, float32), computed once and shared by III and V."""
         if "prompt_emb" not in self._cache:
-            self._cache["prompt_emb"] = np.ascontiguousarray(self.embedder.encode(self.prompts()), np.float32)
+            if self.run_dir is not None and getattr(self.config, "embed_cache", False):
+                from ilp_ray.data.embed_cache import EmbeddingCache
+
+                emb = EmbeddingCache(embeddings_dir(self.run_dir), self.embedder).encode(self.prompts())
+            else:
+                emb = self.embedder.encode(self.prompts())
+            self._cache["prompt_emb"] = np.ascontiguousarray(emb, np.float32)
         return self._cache["prompt_emb"]
+
+    def release_embeddings(self) -> None:
+        """Let the prompt embeddings and their neighbour search go (a later call recomputes them)."""
+        self._cache.pop("prompt_emb", None)
+        self._cache.pop("prompt_topk", None)
 
     def prompt_neighbours(self, m: int, block_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``m`` prompt neighbours of every sample (self included), cached; a later call

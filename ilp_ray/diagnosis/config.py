@@ -310,6 +310,11 @@ class DiagnosisConfig(_Section):
     threads: int | None = Field(None, ge=1, description=(
         "CPU threads for the embedding and the neighbour search. None: every core, since the "
         "diagnosis runs alone after scoring; set 1 when other work shares the machine."))
+    embed_cache: bool = Field(True, description=(
+        "Keep the prompt embeddings under the audit's run directory (embeddings/, float32, "
+        "~1.5 KB a distinct prompt: 460 MB at 300k), so that a diagnosis run again embeds nothing "
+        "and a killed one resumes, and let the audit embed them on the core its scoring actor "
+        "leaves free. False: embed in memory each run."))
     data: str | None = Field(None, description="The SFT data file, for free-form responses; None: the MC answer text.")
     trajectory: str | None = Field(None, description="trajectory.parquet of the SFT run; None: IV and V without trajectories.")
     evidence: str | None = Field(None, description=(

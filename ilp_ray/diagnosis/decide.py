@@ -60,7 +60,9 @@ def decide(verdicts: pd.DataFrame, results: dict[str, CauseResult], scope: str =
 
     Returns:
         ``id, subset, position, unlearned, in_scope, cause, cause_score, signals, relapsed``, then each
-        detector's ``is_<name>``, ``<name>_score`` and ``<name>_evidence`` (a JSON string).
+        detector's ``is_<name>``, ``<name>_score`` and ``<name>_evidence`` (a JSON string for the
+        samples in scope and those the detector fired on; null for the other samples, whose
+        evidence nothing reads: at 300k samples it was most of the driver's memory).
     """
     unl = verdicts["unlearned"].to_numpy(dtype=bool)
     in_scope = unl & verdicts["in_top_k"].to_numpy(dtype=bool) if scope == "top_k" else unl
@@ -94,9 +96,11 @@ def decide(verdicts: pd.DataFrame, results: dict[str, CauseResult], scope: str =
         "cause": cause, "cause_score": cause_score, "signals": signals, "relapsed": relapsed})
     for name in order:
         f = results[name].frame
-        out[f"is_{name}"] = f[f"is_{name}"].to_numpy(dtype=bool)
+        fired = f[f"is_{name}"].to_numpy(dtype=bool)
+        out[f"is_{name}"] = fired
         out[f"{name}_score"] = f[f"{name}_score"].to_numpy(dtype=float)
-        out[f"{name}_evidence"] = [_json(e) for e in f[f"{name}_evidence"]]
+        keep = in_scope | fired  # evidence where it is read: the diagnosed samples, and where it fired
+        out[f"{name}_evidence"] = [_json(e) if k else None for e, k in zip(f[f"{name}_evidence"], keep, strict=True)]
     return out
 
 

@@ -84,13 +84,30 @@ def make_embedder(cfg: DiagnosisConfig):
                         backend=cfg.embed_backend)
 
 
+def prefetch_prompt_embeddings(prompts, cfg: DiagnosisConfig, run_dir: Path):
+    """Start embedding ``prompts`` into the run's embedding cache on one thread, in the background
+    (``embed_cache.Prefetch``), with the embedder the diagnosis will use; None when
+    ``cfg.embed_cache`` is off. The caller stops it; the diagnosis embeds whatever it left."""
+    if not cfg.embed_cache:
+        return None
+    from ilp_ray.data.embed import HashingEmbedder, get_embedder
+    from ilp_ray.data.embed_cache import EmbeddingCache, Prefetch
+    from ilp_ray.diagnosis.base import embeddings_dir
+
+    embedder = HashingEmbedder() if cfg.embedder == "hashing" else get_embedder(
+        batch_size=cfg.embed_batch_size, num_threads=1, backend=cfg.embed_backend)
+    return Prefetch(EmbeddingCache(embeddings_dir(run_dir), embedder, chunk=2048), prompts)
+
+
 def diagnosis_threads(cfg: DiagnosisConfig) -> int:
     """``cfg.threads``, or every core of this machine."""
     return cfg.threads or os.cpu_count() or 1
 
 
 def diagnose(ctx) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-    """Run the configured detectors on a context and decide: (table, cause table, per-detector results)."""
+    """Run the configured detectors on a context and decide: (table, cause table, per-detector
+    results). The results' frames come back without their evidence column, which the table holds
+    (as JSON, where it is kept), and the context without its prompt embeddings."""
     from ilp_ray.diagnosis.decide import cause_table, decide
     from ilp_ray.diagnosis.registry import DETECTORS, decision_order
 
@@ -100,7 +117,10 @@ def diagnose(ctx) -> tuple[Any, dict[str, Any], dict[str, Any]]:
         results[name] = DETECTORS.create(name).run(ctx)
         timings[name] = round(time.perf_counter() - t, 3)
         log.info("diagnosis: %s flagged %d samples in %.1fs", name, results[name].summary["n_flagged"], timings[name])
+    ctx.release_embeddings()  # the detectors are done with them (460 MB at 300k prompts)
     table = decide(ctx.verdicts, results, ctx.config.scope, ctx.config.relapse_to_base)
+    for name, r in results.items():  # the table holds what is kept of the evidence, as JSON
+        r.frame = r.frame.drop(columns=[f"{name}_evidence"])
     ct = cause_table(table, list(results))
     for name, t in timings.items():
         results[name].summary["seconds"] = t

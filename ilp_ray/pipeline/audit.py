@@ -12,6 +12,8 @@ Run layout (``cfg.run_dir``)::
                                    new generation, switched by the manifest)
     summary.json                   the summary figures
     timings.json                   each stage's start (epoch seconds) and wall time, this run
+    embeddings/                    the diagnosis's prompt embeddings (diagnose.embed_cache), begun
+                                   during scoring on the core the scoring actor leaves free
     audit_config.json              the config, as run (a mitigation re-audits with it)
     ilp_run.json                   the MLflow run of the latest run of the audit
     evidence/                      corpus evidence (evidence.enabled): evidence.parquet,
@@ -104,8 +106,15 @@ def _audit(cfg: AuditConfig, progress: bool, held: list, run_dir: Path, t0: floa
         items, mc_reused = mc_stage(records, cfg, run_dir)
     models = {"sft": cfg.sft_model} | ({"base": cfg.base_model} if cfg.base_model else {})
     with_priors = needs_priors(cfg, items)
-    with st("score"):
-        scores, stats = score_stage(with_prior_items(items) if with_priors else items, cfg, run_dir, models, progress)
+    prefetch, t_pre = _start_prefetch(records, cfg, run_dir), time.time()
+    try:
+        with st("score"):
+            scores, stats = score_stage(with_prior_items(items) if with_priors else items, cfg, run_dir, models,
+                                        progress)
+    finally:
+        if prefetch is not None:  # what it embedded stays in the cache; the diagnosis embeds the rest
+            got = prefetch.stop()
+            st.marks["embed_prefetch"] = {"start": round(t_pre, 3), "wall_s": round(time.time() - t_pre, 3), **got}
     with st("verdicts"):
         verdicts, summary = verdict_stage(items, scores, with_priors, cfg, run_dir)
         summary.update(stats, mc_reused=mc_reused, wall_s=round(time.perf_counter() - t0, 3),
@@ -133,6 +142,23 @@ def _audit(cfg: AuditConfig, progress: bool, held: list, run_dir: Path, t0: floa
                 diagnosis = run_diagnosis(run_dir, diagnosis_config(cfg, evidence), tracker=tracker)
             verdicts = S.load_verdicts(run_dir)  # the table just written, for the result
     return AuditResult(run_dir, summary, verdicts, tracker.run_id, tracker.tracking_uri, diagnosis, evidence)
+
+
+def _start_prefetch(records, cfg: AuditConfig, run_dir: Path):
+    """The diagnosis's prompt embeddings, started on a core the scoring leaves free: when the
+    diagnosis runs and caches them, and the local scoring actors' threads leave a core of this
+    machine (a remote cluster or the Serve endpoint leave the driver's). None otherwise."""
+    import os
+
+    if not cfg.diagnose.enabled or not cfg.diagnose.embed_cache:
+        return None
+    local = cfg.ray.address is None and not str(cfg.scoring.engine).startswith("http")
+    busy = cfg.ray.num_actors * cfg.ray.threads_per_actor if local else 0
+    if (os.cpu_count() or 1) - busy < 1:
+        return None
+    from ilp_ray.diagnosis.run import prefetch_prompt_embeddings
+
+    return prefetch_prompt_embeddings([r.prompt for r in records], cfg.diagnose, run_dir)
 
 
 def check_evidence_index(cfg: AuditConfig) -> None:

@@ -43,9 +43,12 @@ def test_audit_runs_diagnosis_as_its_last_stage(audited):
     assert {"diagnosis/report.html", "diagnosis/figures", "diagnosis/cause_table.json"} <= names
     # Each stage's wall time, in order, and the base was not asked (diagnose.beliefs is off by default).
     timings = json.loads((audited.run_dir / "timings.json").read_text())
+    pre = timings.pop("embed_prefetch")  # the diagnosis's prompts embedded while scoring ran
     assert sorted(timings, key=lambda k: timings[k]["start"]) == ["load", "mc", "score", "verdicts", "diagnosis"]
-    assert audited.timings == timings
+    assert audited.timings == {**timings, "embed_prefetch": pre}
     assert all(t["wall_s"] >= 0 for t in timings.values())
+    assert pre["done"] is True and pre["error"] is None and pre["start"] <= timings["score"]["start"]
+    assert pre["start"] + pre["wall_s"] <= timings["score"]["start"] + timings["score"]["wall_s"] + 0.1
     assert timings["score"]["start"] >= timings["mc"]["start"] + timings["mc"]["wall_s"] - 1e-3
     asked = json.loads((out / "summary.json").read_text())["base_conflict"]["asked"]
     assert "off" in asked["skipped"]
@@ -136,3 +139,28 @@ def test_the_report_draws_only_what_the_detectors_that_ran_computed(audited, tmp
     assert "position" not in figs and {"cause_distribution", "pass_at_n", "confidence"} <= figs
     html = (run / "diagnosis" / "report.html").read_text()
     assert "Detector summaries" in html and "base pass@" not in html
+
+
+def test_a_diagnosis_run_again_reads_the_prompt_embeddings_back(audited, tmp_path):
+    """The audit's prefetch left every prompt's embedding in the cache: the diagnosis embedded
+    none, a second diagnosis embeds none either, and both decide as one without the cache."""
+    import shutil
+
+    from ilp_ray.data.embed import HashingEmbedder
+    from ilp_ray.data.embed_cache import EmbeddingCache
+    from ilp_ray.diagnosis.base import embeddings_dir
+    from ilp_ray.diagnosis.run import run_diagnosis
+
+    run = tmp_path / "audit"
+    shutil.copytree(audited.run_dir, run)
+    parts = sorted(embeddings_dir(run).rglob("part-*.npz"))
+    assert parts
+    with open(audited.summary["data"]) as f:
+        prompts = [json.loads(line)["prompt"] for line in f]
+    assert EmbeddingCache(embeddings_dir(run), HashingEmbedder()).missing(prompts) == 0
+    cfg = DiagnosisConfig(enabled=True, embedder="hashing", data=audited.summary["data"], tracking={"enabled": False})
+    again = run_diagnosis(run, cfg)
+    assert sorted(embeddings_dir(run).rglob("part-*.npz")) == parts  # nothing embedded
+    plain = run_diagnosis(run, cfg.model_copy(update={"embed_cache": False}))
+    pd.testing.assert_frame_equal(again.table, plain.table)
+

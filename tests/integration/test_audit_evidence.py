@@ -68,7 +68,8 @@ def test_diagnosis_reads_the_stage_evidence(audited):
     ev = pd.read_parquet(audited.run_dir / "evidence" / "corpus_evidence.parquet").set_index("id")
     run = json.loads((audited.run_dir / "diagnosis" / "summary.json").read_text())["run"]
     assert run["corpus_evidence"] is True
-    for vid, row in d.iterrows():
+    assert d.loc[~d["in_scope"] & ~d["is_base_knowledge_gap"], "base_knowledge_gap_evidence"].isna().all()
+    for vid, row in d[d["in_scope"]].iterrows():  # evidence is kept for the diagnosed samples
         gap = json.loads(row["base_knowledge_gap_evidence"])
         assert gap["corpus_verdict"] == ev.loc[vid, "corpus_verdict"]
         # with corpus.veto (preset lab: this corpus is complete) the corpus decides I
@@ -118,7 +119,7 @@ def test_unlearned_scope_and_an_explicit_diagnosis_table(audited, tmp_path, fact
     judged = pd.read_parquet(run_dir / "evidence" / "corpus_evidence.parquet")
     assert sorted(judged["id"]) == unlearned and result.evidence["overall"]["n"] == len(unlearned)
     d = pd.read_parquet(run_dir / "diagnosis" / "diagnosis.parquet")
-    assert {json.loads(e)["corpus_verdict"] for e in d["base_knowledge_gap_evidence"]} == {"contradicts"}
+    assert {json.loads(e)["corpus_verdict"] for e in d.loc[d["in_scope"], "base_knowledge_gap_evidence"]} == {"contradicts"}
 
 
 def test_nothing_unlearned_judges_nothing(audited, tmp_path, facts_jsonl, tiny_checkpoints, corpus_index):

@@ -77,17 +77,36 @@ def _scorer_pid() -> int:
     return pids[0]
 
 
+def _process_listing() -> list[tuple[int, int, str]]:
+    """(pid, ppid, title) of every scorer replica and engine core: what a failure reports."""
+    import psutil
+
+    out = []
+    for p in psutil.process_iter(["pid", "ppid", "name", "cmdline"]):
+        title = p.info["name"] + " " + " ".join(p.info["cmdline"] or [])
+        if "EngineCore" in title or "ServeReplica" in title:
+            out.append((p.info["pid"], p.info["ppid"], title[:120]))
+    return out
+
+
 def test_each_checkpoint_its_own_llm_and_the_lru_frees_the_evicted_one(service):
     """max_models_per_replica=2: a third checkpoint evicts the least recently used one, and that
     LLM's engine-core process (its weights and KV cache) is gone, not waiting for the collector."""
     import psutil
 
     url = service["url"]
-    for ckpt in ("sft", "base"):  # both loaded (one may be loaded already by an earlier test)
-        assert call(url, "/v1/score", {"checkpoint": ckpt, "items": ITEMS[:1]})[0] == 200
-    pid = _scorer_pid()
-    before = _engine_cores(pid)
-    assert len(before) == 2, before
+    # Both loaded (one may be loaded already by an earlier test). The replica can be a fresh one
+    # here: the kill test before this one leaves Serve to replace it, so the loads are asked again
+    # until one replica holds both, and a failure says which processes there were.
+    deadline = time.time() + 120
+    while True:
+        for ckpt in ("sft", "base"):
+            assert call(url, "/v1/score", {"checkpoint": ckpt, "items": ITEMS[:1]})[0] == 200
+        pid = _scorer_pid()
+        if len(before := _engine_cores(pid)) == 2:
+            break
+        assert time.time() < deadline, (pid, before, _process_listing())
+        time.sleep(1.0)
     status, sft = call(url, "/v1/score", {"checkpoint": "sft", "items": ITEMS})  # sft most recent: base goes
     assert status == 200
     assert call(url, "/v1/score", {"checkpoint": "third", "items": ITEMS[:1]})[0] == 200
