@@ -84,18 +84,11 @@ class EmbeddingCache:
             yield h, v
 
     def _write(self, hashes: np.ndarray, vectors: np.ndarray) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        from ilp_ray.storage import _atomic_target
+
         name = f"part-{time.time_ns()}-{os.getpid()}-{uuid.uuid4().hex[:6]}.npz"
-        tmp = self.dir / f".tmp-{name}"
-        try:
-            with open(tmp, "wb") as f:
-                np.savez(f, hashes=hashes, vectors=vectors)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.dir / name)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with _atomic_target(self.dir / name) as tmp, open(tmp, "wb") as f:  # a file: savez would add ".npz"
+            np.savez(f, hashes=hashes, vectors=vectors)
 
     def missing(self, texts: Sequence[str]) -> int:
         """How many distinct texts of ``texts`` have no cached vector."""
@@ -147,6 +140,7 @@ class Prefetch:
     def __init__(self, cache: EmbeddingCache, texts: Sequence[str]):
         self.cache, self.texts = cache, list(texts)
         self._stop = threading.Event()
+        self.start = time.time()
         self.done = False
         self.error: str | None = None
         self.thread = threading.Thread(target=self._run, name="embed-prefetch", daemon=True)
@@ -160,7 +154,9 @@ class Prefetch:
             log.warning("embedding prefetch failed: %s", self.error)
 
     def stop(self) -> dict:
-        """Ask the thread to stop after its current chunk, wait for it, and say how far it got."""
+        """Ask the thread to stop after its current chunk, wait for it, and say how far it got:
+        ``start`` (epoch s) and ``wall_s`` as the audit's stage timings, ``done``, ``error``."""
         self._stop.set()
         self.thread.join()
-        return {"done": self.done, "error": self.error}
+        return {"start": round(self.start, 3), "wall_s": round(time.time() - self.start, 3),
+                "done": self.done, "error": self.error}

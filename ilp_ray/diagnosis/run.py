@@ -75,12 +75,13 @@ def load_inputs(run_dir: str | Path, cfg: DiagnosisConfig):
     return verdicts, records, traj, evidence
 
 
-def make_embedder(cfg: DiagnosisConfig):
+def make_embedder(cfg: DiagnosisConfig, threads: int | None = None):
+    """The diagnosis's embedder, on ``threads`` CPU threads (None: ``diagnosis_threads``)."""
     from ilp_ray.data.embed import HashingEmbedder, get_embedder
 
     if cfg.embedder == "hashing":
         return HashingEmbedder()
-    return get_embedder(batch_size=cfg.embed_batch_size, num_threads=diagnosis_threads(cfg),
+    return get_embedder(batch_size=cfg.embed_batch_size, num_threads=threads or diagnosis_threads(cfg),
                         backend=cfg.embed_backend)
 
 
@@ -90,13 +91,10 @@ def prefetch_prompt_embeddings(prompts, cfg: DiagnosisConfig, run_dir: Path):
     ``cfg.embed_cache`` is off. The caller stops it; the diagnosis embeds whatever it left."""
     if not cfg.embed_cache:
         return None
-    from ilp_ray.data.embed import HashingEmbedder, get_embedder
     from ilp_ray.data.embed_cache import EmbeddingCache, Prefetch
     from ilp_ray.diagnosis.base import embeddings_dir
 
-    embedder = HashingEmbedder() if cfg.embedder == "hashing" else get_embedder(
-        batch_size=cfg.embed_batch_size, num_threads=1, backend=cfg.embed_backend)
-    return Prefetch(EmbeddingCache(embeddings_dir(run_dir), embedder, chunk=2048), prompts)
+    return Prefetch(EmbeddingCache(embeddings_dir(run_dir), make_embedder(cfg, threads=1), chunk=2048), prompts)
 
 
 def diagnosis_threads(cfg: DiagnosisConfig) -> int:

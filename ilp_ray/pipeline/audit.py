@@ -106,15 +106,14 @@ def _audit(cfg: AuditConfig, progress: bool, held: list, run_dir: Path, t0: floa
         items, mc_reused = mc_stage(records, cfg, run_dir)
     models = {"sft": cfg.sft_model} | ({"base": cfg.base_model} if cfg.base_model else {})
     with_priors = needs_priors(cfg, items)
-    prefetch, t_pre = _start_prefetch(records, cfg, run_dir), time.time()
+    prefetch = _start_prefetch(records, cfg, run_dir)
     try:
         with st("score"):
             scores, stats = score_stage(with_prior_items(items) if with_priors else items, cfg, run_dir, models,
                                         progress)
     finally:
         if prefetch is not None:  # what it embedded stays in the cache; the diagnosis embeds the rest
-            got = prefetch.stop()
-            st.marks["embed_prefetch"] = {"start": round(t_pre, 3), "wall_s": round(time.time() - t_pre, 3), **got}
+            st.marks["embed_prefetch"] = prefetch.stop()
     with st("verdicts"):
         verdicts, summary = verdict_stage(items, scores, with_priors, cfg, run_dir)
         summary.update(stats, mc_reused=mc_reused, wall_s=round(time.perf_counter() - t0, 3),

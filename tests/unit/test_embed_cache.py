@@ -100,13 +100,15 @@ def test_minilm_cached_equals_minilm_fresh(tmp_path):
 def test_prefetch_fills_the_cache_or_reports_its_failure(tmp_path):
     pre = Prefetch(EmbeddingCache(tmp_path / "a", Counting(), chunk=4), TEXTS)
     pre.thread.join(timeout=30)
-    assert pre.stop() == {"done": True, "error": None}
+    got = pre.stop()
+    assert {k: got[k] for k in ("done", "error")} == {"done": True, "error": None} and got["wall_s"] >= 0
     emb = Counting()
     EmbeddingCache(tmp_path / "a", emb).encode(TEXTS)
     assert emb.seen == []
     bad = Prefetch(EmbeddingCache(tmp_path / "b", Counting(fail=True)), TEXTS)
     bad.thread.join(timeout=30)
-    assert bad.stop() == {"done": False, "error": "RuntimeError: boom"}
+    got = bad.stop()
+    assert {k: got[k] for k in ("done", "error")} == {"done": False, "error": "RuntimeError: boom"}
     assert not list((tmp_path / "b").rglob("*.npz"))
     # Stopped before it began: nothing embedded, nothing written.
     ev, emb = threading.Event(), Counting()
