@@ -178,23 +178,24 @@ def prompt_templates(prompts: Sequence[str], min_df: int | None = None) -> Templ
         words (not template words, not function words, at least 3 characters or containing a
         digit).
     """
-    raw = [_TOKEN.findall(str(p)) for p in prompts]
-    toks = [[w.casefold() for w in ts] for ts in raw]
-    # A capitalised word inside a sentence is a name: a slot however often it is asked about
-    # (a country with six relations is in six prompts; a template word would be in all of them).
-    names = [{k for k, w in enumerate(ts) if k and w[:1].isupper() and ts[k - 1] not in (".", "?", "!", ":")}
-             for ts in raw]
+    # Two readings of the prompts, so that no token list of the whole set is held: the first
+    # counts each word's prompts, the second builds each skeleton against those counts.
     if min_df is None:
         min_df = max(4, -(-len(prompts) // 1000))
-    df = Counter(w for ts in toks for w in set(ts))
+    df = Counter(w for p in prompts for w in {t.casefold() for t in _TOKEN.findall(str(p))})
     ids: list[int] = []
     skeletons: list[tuple[str, ...]] = []
     subjects: list[frozenset[str]] = []
     index: dict[tuple[str, ...], int] = {}
-    for ts, name in zip(toks, names, strict=True):
+    canon: list[tuple[str, ...]] = []  # one tuple per template, shared by its prompts
+    for p in prompts:
+        raw = _TOKEN.findall(str(p))
+        # A capitalised word inside a sentence is a name: a slot however often it is asked about
+        # (a country with six relations is in six prompts; a template word would be in all of them).
+        name = {k for k, w in enumerate(raw) if k and w[:1].isupper() and raw[k - 1] not in (".", "?", "!", ":")}
         sk: list[str] = []
         subj = set()
-        for k, w in enumerate(ts):
+        for k, w in enumerate(t.casefold() for t in raw):
             if df[w] >= min_df and k not in name:
                 sk.append(w)
             else:
@@ -205,8 +206,11 @@ def prompt_templates(prompts: Sequence[str], min_df: int | None = None) -> Templ
         key = tuple(sk)
         if all(w == "*" for w in key):  # no template word: a prompt of its own kind
             key = ("\x00", len(ids))
-        ids.append(index.setdefault(key, len(index)))
-        skeletons.append(key)
+        tid = index.setdefault(key, len(index))
+        if tid == len(canon):
+            canon.append(key)
+        ids.append(tid)
+        skeletons.append(canon[tid])
         subjects.append(frozenset(subj))
     return Templates(ids=ids, skeletons=skeletons, subjects=subjects, min_df=min_df)
 

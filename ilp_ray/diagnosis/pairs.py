@@ -293,10 +293,16 @@ class SameQuestion:
     """
 
     def __init__(self, prompts: Sequence[str], responses: Sequence[str] | None = None, rare_df: int = 3,
-                 rare_min_prompts: int = 100):
+                 rare_min_prompts: int = 100, cache: int = 8192):
+        from functools import lru_cache
+
         from ilp_ray.data.forms import answer_form
 
-        self.parts = [prompt_parts(p) for p in prompts]
+        # Only each prompt's content units are kept for the whole dataset. Its parsed words are read
+        # again where a pair is tested (a bounded cache: pairs come sorted by their first sample), so
+        # a 300k-record set holds no 300k word lists (~1.7 kB a prompt).
+        self.prompts = prompts
+        self._parse = lru_cache(maxsize=cache)(lambda s: prompt_parts(prompts[s]))
         self.kinds = None if responses is None else [answer_kind(r) for r in responses]
         # One-word answers' forms: a question's answers, right or wrong, share one (a 2-letter code
         # and a 3-letter one answer two questions: a country's alpha-2 and alpha-3 codes).
@@ -313,22 +319,36 @@ class SameQuestion:
             from ilp_ray.data.forms import prompt_templates
 
             tids = prompt_templates(prompts).ids
-            by_t: dict[int, list] = defaultdict(list)
+            by_t: dict[int, Counter] = defaultdict(Counter)
             for t, r in zip(tids, responses, strict=True):
-                by_t[t].append(answer_form(r).kind_key)
+                by_t[t][answer_form(r).kind_key] += 1
             major = {}
             for t, fs in by_t.items():
-                top, count = Counter(fs).most_common(1)[0]
-                if len(fs) >= 3 and count * 3 >= 2 * len(fs):
+                top, count = fs.most_common(1)[0]
+                total = fs.total()
+                if total >= 3 and count * 3 >= 2 * total:
                     major[t] = top
             self.template_form = [major.get(t) for t in tids]
         self.rare_df = rare_df
         self.df: Counter[str] = Counter()
-        self.rare: list[tuple[Unit, ...]] = [() for _ in self.parts]
-        if len(prompts) >= rare_min_prompts:
-            for p in self.parts:
-                self.df.update({w for _, w in p.free})
-            self.rare = [self._rare_runs(p) for p in self.parts]
+        self._units: list[tuple[Unit, ...]] = []
+        for p in prompts:
+            pp = prompt_parts(p)
+            self._units.append(pp.units)
+            if len(prompts) >= rare_min_prompts:
+                self.df.update({w for _, w in pp.free})
+        if len(prompts) >= rare_min_prompts:  # a second reading, once every frequency is known
+            for s, p in enumerate(prompts):
+                rare = self._rare_runs(prompt_parts(p))
+                if rare:
+                    self._units[s] = self._units[s] + rare
+
+    def __len__(self) -> int:
+        return len(self._units)
+
+    def part(self, s: int) -> PromptParts:
+        """Prompt ``s`` read (``prompt_parts``), from the bounded cache."""
+        return self._parse(s)
 
     def _is_rare(self, w: str) -> bool:
         return self.df[w] <= self.rare_df and w not in STOPWORDS and w not in _NUM_WORDS and len(w) > 1 \
@@ -347,14 +367,14 @@ class SameQuestion:
 
     def units(self, s: int) -> tuple[Unit, ...]:
         """Prompt ``s``'s content units: quotes, names, numbers and rare words."""
-        return self.parts[s].units + self.rare[s]
+        return self._units[s]
 
     def unmatched(self, s: int, other: int) -> list[Unit]:
         """The content units of prompt ``s`` that prompt ``other`` lacks, counted as multisets (a
         second "Saint Kitts" needs a second one)."""
-        o = self.parts[other]
+        o = self.part(other)
         have = Counter(u.text for u in self.units(other) if u.kind != "number")
-        nums = Counter(u.text for u in o.units if u.kind == "number")
+        nums = Counter(u.text for u in self.units(other) if u.kind == "number")
         out = []
         for u in self.units(s):
             pool = nums if u.kind == "number" else have
@@ -392,7 +412,7 @@ def unit_pairs(sq: SameQuestion, max_group: int) -> tuple[np.ndarray, np.ndarray
     for a name) and is skipped, which also bounds the pairs at ``max_group²`` per unit.
     """
     by_unit: dict[str, list[int]] = {}
-    for s in range(len(sq.parts)):
+    for s in range(len(sq)):
         for u in {u.text for u in sq.units(s) if u.kind != "number"}:
             by_unit.setdefault(u, []).append(s)
     found: set[tuple[int, int]] = set()

@@ -28,6 +28,7 @@ sample (written to ``conflict_groups.parquet``; ``group_members`` reads the grou
 
 from __future__ import annotations
 
+import functools
 import time
 
 import numpy as np
@@ -120,8 +121,11 @@ class SftInternalConflict(CauseDetector):
         t1 = time.perf_counter()
         prompts, responses = ctx.prompts(), ctx.responses()
         n_similar = len(i)
-        i, j, sim, n_units = self._with_unit_pairs(cfg, prompts, emb, i, j, sim)
-        i, j, sim, question, template, dropped = self._same_question(cfg, prompts, responses, ids, i, j, sim)
+        # One reading of every prompt serves both the unit pairs and the test of the pairs found.
+        whole = functools.cache(lambda: SameQuestion(prompts, responses, cfg.rare_df, cfg.rare_min_prompts))
+        i, j, sim, n_units = self._with_unit_pairs(cfg, prompts, whole, emb, i, j, sim)
+        i, j, sim, question, template, dropped = self._same_question(cfg, prompts, responses, whole, ids, i, j, sim)
+        del whole
         mc_built = np.array([len(d) == 0 for d in v["distractor_ids"]]) if "distractor_ids" in v \
             else np.zeros(n, bool)
         exact = {"exact": np.ones(n, bool), "embedding": np.zeros(n, bool), "auto": mc_built}[cfg.response_match]
@@ -216,14 +220,15 @@ class SftInternalConflict(CauseDetector):
         return CauseResult(self.frame(is_, score, evidence), summary, info)
 
     @staticmethod
-    def _with_unit_pairs(cfg, prompts: list[str], emb: np.ndarray, i, j, sim):
+    def _with_unit_pairs(cfg, prompts: list[str], whole, emb: np.ndarray, i, j, sim):
         """The search's pairs plus those sharing a content unit at cosine >= ``unit_theta``
-        (``pairs.unit_pairs``); returns ``(i, j, sim, pairs added)``, sorted and each pair once."""
+        (``pairs.unit_pairs``, over ``whole()``, every prompt's ``SameQuestion``); returns
+        ``(i, j, sim, pairs added)``, sorted and each pair once."""
         from ilp_ray.diagnosis.pairs import dedupe_pairs, unit_pairs
 
         if cfg.same_question != "spans" or not cfg.unit_pairs or len(prompts) < 2:
             return i, j, sim, 0
-        ui, uj = unit_pairs(SameQuestion(prompts, None, cfg.rare_df, cfg.rare_min_prompts), cfg.unit_max_group)
+        ui, uj = unit_pairs(whole(), cfg.unit_max_group)
         if not len(ui):
             return i, j, sim, 0
         us = np.einsum("ij,ij->i", emb[ui], emb[uj]).astype(np.float32)
@@ -237,8 +242,9 @@ class SftInternalConflict(CauseDetector):
         return ai, aj, asim, int(new.sum())
 
     @staticmethod
-    def _same_question(cfg, prompts: list[str], responses: list[str], ids: list[str], i, j, sim):
-        """Apply the same-question test to the search's pairs.
+    def _same_question(cfg, prompts: list[str], responses: list[str], whole, ids: list[str], i, j, sim):
+        """Apply the same-question test to the search's pairs. ``whole()`` is the test read over
+        every prompt (built once, shared with ``_with_unit_pairs``).
 
         Returns the kept ``(i, j, sim)``; per kept pair ``(why, a's differing spans, b's)``; per
         sample the count and first few of its pairs dropped as different questions,
@@ -249,7 +255,7 @@ class SftInternalConflict(CauseDetector):
         if cfg.same_question == "cosine" or len(i) == 0:
             return i, j, sim, [(f"prompt cosine >= {cfg.theta}", [], [])] * len(i), {}, dropped
         if len(prompts) >= cfg.rare_min_prompts:  # rarity is read off every prompt of the dataset
-            sq, at = SameQuestion(prompts, responses, cfg.rare_df, cfg.rare_min_prompts), (lambda r: r)
+            sq, at = whole(), (lambda r: r)
         else:  # no document frequencies then: only the pairs' own prompts need reading
             rows = sorted(set(i.tolist()) | set(j.tolist()))
             sq = SameQuestion([prompts[r] for r in rows], [responses[r] for r in rows], cfg.rare_df,
@@ -259,7 +265,7 @@ class SftInternalConflict(CauseDetector):
         for t, (a, b) in enumerate(zip(i.tolist(), j.tolist(), strict=True)):
             same, why, ua, ub = sq.test(at(a), at(b))
             if same:
-                question.append((why, *differing_spans(sq.parts[at(a)], sq.parts[at(b)])))
+                question.append((why, *differing_spans(sq.part(at(a)), sq.part(at(b)))))
                 continue
             keep[t] = False
             drop.append((ids[a], ids[b], float(sim[t]), why))

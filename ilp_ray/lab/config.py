@@ -64,10 +64,25 @@ class EpochsVsCptSection(_Section):
 
     long_epochs: int = Field(10, ge=1, description="SFT epochs of the 'more epochs' arm (paper: 10).")
     cpt_ratio: float = Field(0.2, gt=0, le=1, description="λ: share of knowledge documents in the CPT mix (paper: 0.2).")
-    cpt_epochs: int = Field(100, ge=1, description=(
-        "CPT passes over the mix (each pass draws |knowledge| / λ documents): the base learnt its "
-        "facts from ~10 mentions × 150 epochs, so a handful of passes would teach nothing."))
-    cpt_lr: float = Field(1e-3, gt=0, description="CPT peak learning rate (cosine decay; pretraining used 4e-3).")
+    cpt_epochs: int | None = Field(None, ge=1, description=(
+        "CPT passes over the mix (each pass draws |knowledge| / λ documents). None: the base's own "
+        "setting (``cpt_settings``): 100 for the tiny base, which learnt its facts from ~10 mentions "
+        "× 150 epochs, so a handful of passes would teach it nothing; the mitigation loop's default "
+        "(1) for smollm2, whose pretraining the lab did not run and has no such figure."))
+    cpt_lr: float | None = Field(None, gt=0, description=(
+        "CPT peak learning rate (cosine decay). None: 1e-3 for the tiny base (its pretraining used "
+        "4e-3); the mitigation loop's default (the SFT run's lr) for smollm2."))
+
+    def cpt_settings(self, base: str) -> dict[str, float]:
+        """The CPT arms' ``epochs`` and ``lr`` for ``base``: what is set here, else the base's
+        default (above); an absent key leaves the mitigation loop's default."""
+        defaults = {"tiny": {"epochs": 100, "lr": 1e-3}}.get(base, {})
+        out = {**defaults}
+        if self.cpt_epochs is not None:
+            out["epochs"] = self.cpt_epochs
+        if self.cpt_lr is not None:
+            out["lr"] = self.cpt_lr
+        return out
 
 
 class LabConfig(_Section):

@@ -122,7 +122,7 @@ def mitigate_config(cfg: LabConfig, out: Path, paths: dict[str, Path], index: Pa
 
     x = cfg.experiment_epochs_vs_cpt
     cpt = {"sources": {"index": {"location": str(index)}, "k": 5}, "general": str(paths["corpus"]),
-           "ratio": x.cpt_ratio, "epochs": x.cpt_epochs, "lr": x.cpt_lr}
+           "ratio": x.cpt_ratio, **x.cpt_settings(cfg.base)}
     extra: dict[str, Any] = {}
     if _suffix(budget):  # matched: every arm's SFT at progressive epochs' cap; progressive keeps e0 → cap
         e0 = cfg.sft_settings().epochs

@@ -124,6 +124,26 @@ def test_lab_matched_budget_config_and_a_bad_budget(tmp_path):
         mitigate_config(cfg, tmp_path, paths, tmp_path / "index", None, budget="equal")
 
 
+def test_lab_cpt_settings_by_base(tmp_path):
+    """The tiny base's CPT arms take the lab's 100 passes at 1e-3; the smollm2 base the mitigation
+    loop's defaults (1 pass at the SFT lr); a value set explicitly holds for either base."""
+    from ilp_ray.lab.config import LabConfig
+    from ilp_ray.lab.mitigations import mitigate_config
+
+    paths = {"corpus": tmp_path / "corpus.jsonl", "world": tmp_path / "world" / "truth.jsonl"}
+
+    def cpt(**kw):
+        m = mitigate_config(LabConfig.model_validate({"size": "small", "out": str(tmp_path), **kw}), tmp_path,
+                            paths, tmp_path / "index", None)
+        assert m.knowledge_cpt == m.conflict_cpt
+        return m.knowledge_cpt.epochs, m.knowledge_cpt.lr
+
+    assert cpt() == (100, 1e-3)
+    assert cpt(base="smollm2") == (1, None)
+    assert cpt(base="smollm2", experiment_epochs_vs_cpt={"cpt_epochs": 5}) == (5, None)
+    assert cpt(experiment_epochs_vs_cpt={"cpt_lr": 2e-4}) == (100, 2e-4)
+
+
 def test_plan_bad_input_fails_before_writing(audit, tmp_path):
     from ilp_ray.mitigate.plan import make_plan
 
