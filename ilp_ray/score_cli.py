@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from ilp_ray.config import ScoringConfig
@@ -32,10 +31,7 @@ def score_file(model: str, items_path: Path, out: Path, scoring: ScoringConfig,
         rows = item_results(items, engine.score(items), scoring, n=n, seed=seed)
     finally:  # an engine with a process of its own (vLLM's core) is shut down here, not at exit
         engine.close()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    os.replace(tmp, out)
+    from ilp_ray.storage import write_text_atomic
+
+    write_text_atomic("".join(json.dumps(r) + "\n" for r in rows), out)
     return len(rows), engine.truncated_count

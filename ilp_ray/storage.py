@@ -85,7 +85,7 @@ def write_json_atomic(obj: Any, path: Path) -> None:
 def write_text_atomic(text: str, path: Path) -> None:
     """Write ``text`` to ``path`` through a temporary file: a reader never sees half a file."""
     with _atomic_target(path, fsync=False) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
 
 
 def clean_partial(folder: Path) -> int:

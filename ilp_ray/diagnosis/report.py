@@ -359,8 +359,8 @@ III → IV → II → I → V; <i>unattributed</i> when none does.</p>
 <h2>Detector summaries</h2><table>{summaries}</table>"""
     doc = (f'<!doctype html><html><head><meta charset="utf-8"><title>ILP diagnosis</title>'
            f"<style>{CSS}</style></head><body>{body}</body></html>")
+    from ilp_ray.storage import write_text_atomic
+
     path = out / "report.html"
-    tmp = out / ".tmp-report.html"
-    tmp.write_text(doc, encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(doc, path)
     return path

@@ -170,12 +170,10 @@ class RowLog:
         if not self.enabled or not self.rows:
             return
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f".tmp-{os.getpid()}.parquet"
-        pq.write_table(pa.Table.from_pylist(self.rows), tmp)
-        os.replace(tmp, self.root / f"upto-{step:09d}.parquet")
+        from ilp_ray.storage import write_table_atomic
+
+        write_table_atomic(pa.Table.from_pylist(self.rows), self.root / f"upto-{step:09d}.parquet")
         self.rows = []
 
 
