@@ -55,6 +55,11 @@ class ConflictConfig(_Section):
         "lab's 'capital of X' / 'Who founded X?') 0.49-0.70 (5th-95th percentile, 481 pairs); two "
         "phrasings of one question in two templates (the Debian world's III pairs) 0.68-0.95, 9 "
         "of 10 above 0.75."))
+    warn_group_size: int = Field(50, ge=2, description=(
+        "A conflict group larger than this is reported as a warning: III assumes one right answer "
+        "per question, and a group of more than 50 samples is no one fact but a prompt asked with "
+        "many answers (an open-ended task) or a chain of near-duplicates (the synthetic 300k set's "
+        "largest holds 20,329 samples; a lab or Debian-world III group 2-3)."))
     unit_max_group: int = Field(64, ge=2, description=(
         "For unit_pairs: a unit in more prompts than this names no one item and pairs nothing "
         "(and bounds the pairs at unit_max_group² per unit)."))

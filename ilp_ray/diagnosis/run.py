@@ -183,6 +183,8 @@ def run_diagnosis(run_dir: str | Path, cfg: DiagnosisConfig, tracker=None) -> Di
 
         schedule = read_schedule(cfg.trajectory)
     cov = coverage(ctx, table, schedule)
+    for r in results.values():  # a detector's own warnings about what it found
+        cov["warnings"].extend(r.summary.get("warnings", []))
     summaries["coverage"] = cov
     for w in cov["warnings"]:
         log.info("diagnosis: %s", w)

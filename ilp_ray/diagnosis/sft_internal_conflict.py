@@ -216,8 +216,25 @@ class SftInternalConflict(CauseDetector):
                    "judged_wrong": len(wrong), "saturated_samples": int(sat.sum()),
                    "search_seconds": round(t1 - t0, 3), "compare_group_seconds": round(t2 - t1, 3),
                    "judge_report_seconds": round(time.perf_counter() - t2, 3)}
+        summary["warnings"] = self._group_warnings(cfg, sizes, group, is_, ids, prompts)
         info = {"groups": groups, "pairs": pair_table, "cleared_pairs": cleared_table, "template_pairs": dropped}
         return CauseResult(self.frame(is_, score, evidence), summary, info)
+
+    @staticmethod
+    def _group_warnings(cfg, sizes: dict, group: np.ndarray, is_: np.ndarray, ids: list[str],
+                        prompts: list[str]) -> list[str]:
+        """A sentence for the reader when groups exceed ``conflict.warn_group_size``."""
+        big = {int(g): int(k) for g, k in sizes.items() if k > cfg.warn_group_size}
+        if not big:
+            return []
+        g, k = max(big.items(), key=lambda t: t[1])
+        first = int(np.flatnonzero(is_ & (group == g))[0])
+        more = f" ({len(big)} groups are over it)" if len(big) > 1 else ""
+        return [f"III: a conflict group holds {k} samples, over conflict.warn_group_size {cfg.warn_group_size}"
+                f"{more}. III assumes one right answer per question, so a prompt asked with many answers "
+                f"(an open-ended task) or a chain of near-duplicate prompts joins them all; e.g. "
+                f"{ids[first]}: {prompts[first][:80]!r}. See conflict_groups.parquet (group_id {g}), or "
+                f"leave III out for open-ended data (diagnose.causes)."]
 
     @staticmethod
     def _with_unit_pairs(cfg, prompts: list[str], whole, emb: np.ndarray, i, j, sim):

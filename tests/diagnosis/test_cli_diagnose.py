@@ -164,3 +164,34 @@ def test_a_diagnosis_run_again_reads_the_prompt_embeddings_back(audited, tmp_pat
     plain = run_diagnosis(run, cfg.model_copy(update={"embed_cache": False}))
     pd.testing.assert_frame_equal(again.table, plain.table)
 
+
+
+def test_a_large_conflict_group_reaches_the_coverage_warnings(audited, tmp_path):
+    """III's own warning (a group over conflict.warn_group_size) is among the warnings of the
+    summary and the CLI: three records of the audit's data made one open-ended prompt with three
+    answers are a group of three, over a size of 2 and not over the default."""
+    import shutil
+
+    run = tmp_path / "audit"
+    shutil.copytree(audited.run_dir, run)
+    with open(audited.summary["data"]) as f:
+        recs = [json.loads(line) for line in f]
+    for k, r in enumerate(recs[:3]):
+        r.update(prompt="Write a haiku about the sea.", response=f"haiku number {k}")
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+    def diagnose(*extra):
+        r = runner.invoke(app, ["diagnose", "--run", str(run), "--set", "embedder=hashing", "--set",
+                                "tracking.enabled=false", "--set", f"data={data}", *extra])
+        assert r.exit_code == 0, r.output
+        summary = json.loads((run / "diagnosis" / "summary.json").read_text())
+        return r.output, summary, [w for w in summary["coverage"]["warnings"] if w.startswith("III: a conflict group")]
+
+    out, summary, ours = diagnose("--set", "conflict.warn_group_size=2")
+    sizes = pd.read_parquet(run / "diagnosis" / "conflict_groups.parquet")["group_size"]
+    assert int(sizes.max()) == summary["sft_internal_conflict"]["largest_group"] >= 3
+    assert len(ours) == 1 and ours == summary["sft_internal_conflict"]["warnings"]
+    assert f"holds {int(sizes.max())} samples" in ours[0]
+    assert "III: a conflict group holds" in " ".join(out.split())
+    assert diagnose()[2] == []

@@ -436,3 +436,18 @@ def test_groups_table_is_one_row_per_sample_without_member_lists(ctx_factory, mi
     g = res.info["groups"]
     assert "members" not in g.columns and g["id"].is_unique
     assert (g.groupby("group_id")["id"].transform("size") == g["group_size"]).all()
+
+
+def test_a_group_over_the_warning_size_is_reported(ctx_factory):
+    """One open-ended prompt asked with six different answers is one III group of six: over
+    ``conflict.warn_group_size`` the summary says so, naming a member; at the default (50) it does not."""
+    rows_ = [verdict_row(f"h{k}", "Write a haiku about the sea.", options=(f"haiku number {k}", "a", "b", "c"),
+                         position=k) for k in range(6)]
+    rows_ += [verdict_row("x", "What is the capital of France?", options=("Paris", "a", "b", "c"), position=6)]
+    cfg = {"conflict.judge": "none", "conflict.response_match": "exact"}
+    small = DETECTORS.create("sft_internal_conflict").run(ctx_factory(rows_, **cfg, **{"conflict.warn_group_size": 5}))
+    assert small.summary["largest_group"] == 6
+    (w,) = small.summary["warnings"]
+    assert "holds 6 samples, over conflict.warn_group_size 5" in w and "h0: 'Write a haiku about the sea.'" in w
+    default = DETECTORS.create("sft_internal_conflict").run(ctx_factory(rows_, **cfg))
+    assert default.summary["largest_group"] == 6 and default.summary["warnings"] == []
