@@ -301,7 +301,6 @@ class SameQuestion:
         # Only each prompt's content units are kept for the whole dataset. Its parsed words are read
         # again where a pair is tested (a bounded cache: pairs come sorted by their first sample), so
         # a 300k-record set holds no 300k word lists (~1.7 kB a prompt).
-        self.prompts = prompts
         self._parse = lru_cache(maxsize=cache)(lambda s: prompt_parts(prompts[s]))
         self.kinds = None if responses is None else [answer_kind(r) for r in responses]
         # One-word answers' forms: a question's answers, right or wrong, share one (a 2-letter code
@@ -332,12 +331,13 @@ class SameQuestion:
         self.rare_df = rare_df
         self.df: Counter[str] = Counter()
         self._units: list[tuple[Unit, ...]] = []
+        use_rare = len(prompts) >= rare_min_prompts
         for p in prompts:
             pp = prompt_parts(p)
             self._units.append(pp.units)
-            if len(prompts) >= rare_min_prompts:
+            if use_rare:
                 self.df.update({w for _, w in pp.free})
-        if len(prompts) >= rare_min_prompts:  # a second reading, once every frequency is known
+        if use_rare:  # a second reading, once every frequency is known
             for s, p in enumerate(prompts):
                 rare = self._rare_runs(prompt_parts(p))
                 if rare:
@@ -372,9 +372,9 @@ class SameQuestion:
     def unmatched(self, s: int, other: int) -> list[Unit]:
         """The content units of prompt ``s`` that prompt ``other`` lacks, counted as multisets (a
         second "Saint Kitts" needs a second one)."""
-        o = self.part(other)
-        have = Counter(u.text for u in self.units(other) if u.kind != "number")
-        nums = Counter(u.text for u in self.units(other) if u.kind == "number")
+        o, theirs = self.part(other), self.units(other)
+        have = Counter(u.text for u in theirs if u.kind != "number")
+        nums = Counter(u.text for u in theirs if u.kind == "number")
         out = []
         for u in self.units(s):
             pool = nums if u.kind == "number" else have

@@ -58,6 +58,10 @@ class Smollm2Section(_Section):
         "a trajectory point every 2 steps (a subset is only 5-8 steps long)."))
 
 
+#: The CPT arms' settings by base where they differ from the mitigation loop's defaults.
+_BASE_CPT: dict[str, dict[str, float]] = {"tiny": {"epochs": 100, "lr": 1e-3}}
+
+
 class EpochsVsCptSection(_Section):
     """The paper's Table 4 on the category I facts (``ilp lab experiment mitigations``, and
     ``epochs-vs-cpt`` alone), and the settings of the lab's CPT arms."""
@@ -76,13 +80,8 @@ class EpochsVsCptSection(_Section):
     def cpt_settings(self, base: str) -> dict[str, float]:
         """The CPT arms' ``epochs`` and ``lr`` for ``base``: what is set here, else the base's
         default (above); an absent key leaves the mitigation loop's default."""
-        defaults = {"tiny": {"epochs": 100, "lr": 1e-3}}.get(base, {})
-        out = {**defaults}
-        if self.cpt_epochs is not None:
-            out["epochs"] = self.cpt_epochs
-        if self.cpt_lr is not None:
-            out["lr"] = self.cpt_lr
-        return out
+        set_here = {k: v for k, v in (("epochs", self.cpt_epochs), ("lr", self.cpt_lr)) if v is not None}
+        return {**_BASE_CPT.get(base, {}), **set_here}
 
 
 class LabConfig(_Section):

@@ -165,7 +165,6 @@ def test_a_diagnosis_run_again_reads_the_prompt_embeddings_back(audited, tmp_pat
     pd.testing.assert_frame_equal(again.table, plain.table)
 
 
-
 def test_a_large_conflict_group_reaches_the_coverage_warnings(audited, tmp_path):
     """III's own warning (a group over conflict.warn_group_size) is among the warnings of the
     summary and the CLI: three records of the audit's data made one open-ended prompt with three
