@@ -60,11 +60,14 @@ def test_vllm_replica_scores_as_the_transformers_engine(service, tiny_checkpoint
 
 
 def _engine_cores(replica_pid: int) -> list[int]:
-    """PIDs of the vLLM engine-core processes under a replica (one per loaded LLM)."""
+    """PIDs of the vLLM engine-core processes of a replica: one per loaded LLM. They are found by
+    what they are, the replica's own child processes (all but multiprocessing's resource tracker),
+    not by the title vLLM gives them, so a title that did not take cannot hide them."""
     import psutil
 
-    procs = psutil.Process(replica_pid).children(recursive=True)
-    return sorted(p.pid for p in procs if "EngineCore" in (p.name() + " ".join(p.cmdline())))
+    kids = psutil.Process(replica_pid).children(recursive=False)
+    return sorted(p.pid for p in kids
+                  if p.status() != psutil.STATUS_ZOMBIE and "resource_tracker" not in " ".join(p.cmdline()))
 
 
 def _scorer_pid() -> int:
@@ -77,15 +80,21 @@ def _scorer_pid() -> int:
     return pids[0]
 
 
-def _process_listing() -> list[tuple[int, int, str]]:
-    """(pid, ppid, title) of every scorer replica and engine core: what a failure reports."""
+def _process_listing() -> list[str]:
+    """'pid<ppid title' of every Ray worker and every process under one: what a failure reports
+    (titles with their padding squeezed out, so that pytest's repr does not cut them away)."""
     import psutil
 
+    procs = {p.pid: p for p in psutil.process_iter(["pid", "ppid", "name", "cmdline"])}
+    ray_pids = {pid for pid, p in procs.items() if "ray::" in " ".join(p.info["cmdline"] or [])}
+    def under_ray(pid: int, depth: int = 3) -> bool:
+        return pid in ray_pids or (depth > 0 and pid in procs and under_ray(procs[pid].info["ppid"], depth - 1))
+
     out = []
-    for p in psutil.process_iter(["pid", "ppid", "name", "cmdline"]):
-        title = p.info["name"] + " " + " ".join(p.info["cmdline"] or [])
-        if "EngineCore" in title or "ServeReplica" in title:
-            out.append((p.info["pid"], p.info["ppid"], title[:120]))
+    for pid, p in sorted(procs.items()):
+        if under_ray(pid):
+            title = " ".join((p.info["name"] + " " + " ".join(p.info["cmdline"] or [])).split())
+            out.append(f"{pid}<{p.info['ppid']} {title[:70]}")
     return out
 
 
@@ -98,7 +107,7 @@ def test_each_checkpoint_its_own_llm_and_the_lru_frees_the_evicted_one(service):
     # Both loaded (one may be loaded already by an earlier test). The replica can be a fresh one
     # here: the kill test before this one leaves Serve to replace it, so the loads are asked again
     # until one replica holds both, and a failure says which processes there were.
-    deadline = time.time() + 120
+    deadline = time.time() + 240
     while True:
         for ckpt in ("sft", "base"):
             assert call(url, "/v1/score", {"checkpoint": ckpt, "items": ITEMS[:1]})[0] == 200
@@ -112,7 +121,7 @@ def test_each_checkpoint_its_own_llm_and_the_lru_frees_the_evicted_one(service):
     assert call(url, "/v1/score", {"checkpoint": "third", "items": ITEMS[:1]})[0] == 200
     deadline = time.time() + 60
     while len(after := _engine_cores(pid)) != 2 or set(after) >= set(before):
-        assert time.time() < deadline, (before, after)
+        assert time.time() < deadline, (before, after, _process_listing())
         time.sleep(0.5)
     gone = set(before) - set(after)
     assert len(gone) == 1 and not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in gone)
