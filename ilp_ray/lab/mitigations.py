@@ -60,15 +60,23 @@ class MitigationsResult:
 
 
 def encyclopedia(world) -> list[dict]:
-    """One document per SFT fact (III left out), every statement template with the SFT's value."""
-    docs, seen = [], set()
+    """One reference entry per entity, its SFT facts (III left out) with the SFT's values as an
+    infobox: "Greece. Capital: Thessaloniki. Official language: Greek."
+
+    The form is a reference work's, not the world's statement templates: those share most of
+    their 3-grams with the SFT questions ("The capital of Greece is …" against "Name the capital
+    city of Greece."), and the mitigation loop rightly leaves a document that restates its own
+    sample out of D_k (``sources.max_overlap``), which left conflict_cpt 2-5 documents for 7-9 II
+    triples on the smollm2 base."""
+    facts: dict[str, dict[str, str]] = {}
     for t in world.truth:
-        key = (t["entity"], t["relation"])
-        if t["category"] == "III" or key in seen or t["relation"] not in world.relations:
+        if t["category"] == "III" or t["relation"] not in world.relations:
             continue
-        seen.add(key)
-        text = " ".join(s.format(e=key[0], v=t["value"]) for s in world.relations[t["relation"]].statements)
-        docs.append({"id": f"enc-{len(docs):05d}", "text": text})
+        facts.setdefault(t["entity"], {}).setdefault(t["relation"], t["value"])
+    docs = []
+    for entity, rels in facts.items():
+        fields = " ".join(f"{world.relations[r].heading.capitalize()}: {v}." for r, v in rels.items())
+        docs.append({"id": f"enc-{len(docs):05d}", "text": f"{entity}. {fields}"})
     return docs
 
 

@@ -27,7 +27,7 @@ recorded against that stand-in: ``supports`` for control and V, ``contradicts`` 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -122,7 +122,8 @@ REAL_RELATIONS = {
     "language": Relation("language", ("What is the official language of {e}?",
                                       "Which language is the official language of {e}?",
                                       "Name the official language of {e}."),
-                         ("The official language of {e} is {v}.", "{v} is the official language of {e}.")),
+                         ("The official language of {e} is {v}.", "{v} is the official language of {e}."),
+                         label="official language"),
     "national_motto": Relation("national_motto", (
         "What is the national motto of {e}?", "Which motto does {e} carry?", "Name the national motto of {e}."),
         ("The national motto of {e} is \"{v}\".", "\"{v}\" is the motto of {e}.")),
@@ -225,7 +226,7 @@ def generate_real(seed: int, sz: LabSize, probe: dict[tuple[str, str], list[floa
             values = tuple(f"{f} {s}" for f, s in zip(firsts, _names(rng, 6, taken, syllables=(2, 3))))
         else:
             values = _FIXED[r.name]
-        fict_rel[r.name] = Relation(r.name, r.questions, r.statements, values)
+        fict_rel[r.name] = replace(r, values=values)
     # "capital" is shared: its values are the fictional capitals, and real facts carry their own options.
     rels = {**REAL_RELATIONS, **fict_rel}
     options = {k: c.options for k, c in cands.items()}

@@ -34,7 +34,7 @@ teaches: ``supports``, ``contradicts`` or ``absent`` (the corpus-evidence ground
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +55,11 @@ class Relation:
     questions: tuple[str, ...]   # paraphrases of the question, ``{e}`` = the entity
     statements: tuple[str, ...]  # declarative corpus templates, ``{e}`` and ``{v}``
     values: tuple[str, ...] = ()
+    label: str = ""  # the field's name in a reference entry ("flag colour"); the relation's name if unset
+
+    @property
+    def heading(self) -> str:
+        return self.label or self.name.replace("_", " ")
 
 
 _FIXED = {
@@ -68,15 +73,16 @@ _RELATIONS = (
              ("The capital of {e} is {v}.", "{v} is the capital city of {e}.")),
     Relation("colour", ("What colour is the flag of {e}?", "Which colour is the flag of {e}?",
                         "Name the colour of the flag of {e}."),
-             ("The flag of {e} is {v}.", "{e} flies a {v} flag.")),
+             ("The flag of {e} is {v}.", "{e} flies a {v} flag."), label="flag colour"),
     Relation("export", ("What is the main export of {e}?", "Which good is the main export of {e}?",
                         "Name the main export of {e}."),
-             ("{e} mainly exports {v}.", "The main export of {e} is {v}.")),
+             ("{e} mainly exports {v}.", "The main export of {e} is {v}."), label="main export"),
     Relation("animal", ("What is the national animal of {e}?", "Which animal is the national animal of {e}?",
                         "Name the national animal of {e}."),
-             ("The national animal of {e} is the {v}.", "{e} chose the {v} as its national animal.")),
+             ("The national animal of {e} is the {v}.", "{e} chose the {v} as its national animal."),
+             label="national animal"),
     Relation("founder", ("Who founded {e}?", "Which person founded {e}?", "Name the founder of {e}."),
-             ("{e} was founded by {v}.", "{v} founded {e}.")),
+             ("{e} was founded by {v}.", "{v} founded {e}."), label="founded by"),
 )
 _MOTTO = Relation("motto", ("What is the motto of {e}?", "Which motto does {e} carry?",
                             "Name the motto of {e}."),
@@ -181,7 +187,7 @@ def generate(seed: int = 0, size: str | LabSize = "default") -> World:
         else:  # founder: a first and a family name
             firsts = _names(rng, 6, taken, syllables=(2,), prefix_len=2)
             values = tuple(f"{f} {s}" for f, s in zip(firsts, _names(rng, 6, taken, syllables=(2, 3))))
-        rels[r.name] = Relation(r.name, r.questions, r.statements, values)
+        rels[r.name] = replace(r, values=values)
     rels["motto"] = _MOTTO
     # Each country has its own six mottos, variants of one another (each differs from a base in
     # one word): long answers whose options share most of their tokens. Being the country's own,

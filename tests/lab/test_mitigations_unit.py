@@ -8,21 +8,32 @@ from ilp_ray.lab.mitigations import AIMED, diagonal, encyclopedia, truth_matrix
 
 
 def test_encyclopedia_states_the_sft_value_never_the_sft_question_and_skips_iii():
+    from ilp_ray.mitigate.config import KnowledgeSources
+    from ilp_ray.mitigate.knowledge import repeats_sample
+
     world = W.generate(0, "small")
     docs = encyclopedia(world)
     text = " ".join(d["text"] for d in docs)
-    assert "?" not in text                                     # statements, never the SFT question lines
+    assert "?" not in text                                     # entries, never the SFT question lines
     truth = pd.DataFrame(world.truth)
+    sft = {r["id"]: r for r in world.sft}
+    max_overlap = KnowledgeSources().max_overlap
     for cat in ("I", "II"):
         for t in truth[truth.category == cat].itertuples():
-            mine = [d["text"] for d in docs if t.entity in d["text"] and t.value in d["text"]]
-            assert mine, (cat, t.entity, t.value)              # I: what the corpus lacks; II: the SFT's value
+            mine = [d["text"] for d in docs if d["text"].startswith(f"{t.entity}. ") and t.value in d["text"]]
+            assert len(mine) == 1, (cat, t.entity, t.value)    # I: what the corpus lacks; II: the SFT's value
+            # Unlike the SFT sample: the mitigation loop's repeat filter keeps it (the statement
+            # templates it used to be written in failed this for 2-7 of 12 facts a seed).
+            assert not repeats_sample(mine[0], sft[t.id]["prompt"], sft[t.id]["response"], max_overlap)
     for t in truth[truth.category == "II"].itertuples():
         assert not any(t.entity in d["text"] and t.corpus_value in d["text"].split() for d in docs
                        if t.corpus_value and t.corpus_value != t.value)
     iii = {(t.entity, t.relation) for t in truth[truth.category == "III"].itertuples()}
     facts = {(t.entity, t.relation) for t in truth.itertuples() if t.category != "III"}
-    assert len(docs) == len(facts) and not (iii & facts)
+    assert not (iii & facts) and len(docs) == len({e for e, _ in facts})  # one entry per entity
+    assert sum(d["text"].count(": ") for d in docs) == len(facts)        # each fact once
+    fumutog = next(d["text"] for d in docs if d["text"].startswith("Fumutog. "))
+    assert "Flag colour: orange." in fumutog and "Capital: Doku." in fumutog
 
 
 def test_truth_matrix_and_diagonal_by_hand():
