@@ -33,10 +33,9 @@ class LoadedModel:
                                          max_length=self.cfg.max_length, tag=self.model_id)
         return self.engines[fmt]
 
-    def __del__(self):
-        """Free the checkpoint now. Serve calls this when its LRU evicts the model (and Python
-        calls it again at collection, hence the guard): a vLLM engine's core process and KV cache
-        would otherwise outlive the eviction until the garbage collector ran."""
+    def close(self) -> None:
+        """Free the checkpoint now (once; a second call does nothing): a vLLM engine's core process
+        and KV cache would otherwise outlive the model until the garbage collector ran."""
         handle, self.handle = getattr(self, "handle", None), None
         if handle is None:
             return
@@ -48,6 +47,10 @@ class LoadedModel:
         import gc
 
         gc.collect()
+
+    def __del__(self):
+        """Serve calls this when its LRU evicts the model, and Python again at collection."""
+        self.close()
 
 
 def _load_hf(spec: str):
@@ -100,7 +103,7 @@ class Scorer:
         engine's core process is the replica's child and holds the model and its KV cache, and
         orphaned ones (~3.8 GB for SmolLM2 on CPU) were seen after the vLLM suite."""
         for loaded in list(getattr(self, "_models", ())):
-            loaded.__del__()
+            loaded.close()
 
 
 def _score(loaded: LoadedModel, req: dict) -> dict:

@@ -53,15 +53,13 @@ def service(ray_session, tiny_checkpoints, tmp_path_factory):
     base = f"http://127.0.0.1:{port}"
     wait_http(f"{base}/healthz", timeout=300)
     yield {"url": base, "root": root}
-    import psutil
-
     cores = _engine_cores(_scorer_pid())
     serve.shutdown()
     # No engine core outlives the replica's stop, re-parented with its model (Scorer.__del__ frees
     # the loaded checkpoints; Ray also reaps a gracefully stopped worker's children, so this check
     # passed on a one-test run without the destructor too: it guards, it did not find the leak).
     deadline = time.time() + 60
-    while left := [p for p in cores if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]:
+    while left := [p for p in cores if _alive(p)]:
         assert time.time() < deadline, (cores, left, _process_listing())
         time.sleep(0.5)
 
@@ -72,6 +70,16 @@ def test_vllm_replica_scores_as_the_transformers_engine(service, tiny_checkpoint
         assert got["pred"] == exp["pred"] and got["correct"] == exp["correct"]
 
 
+def _alive(pid: int) -> bool:
+    """The process runs (a zombie has exited; it only waits for its parent to reap it)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def _engine_cores(replica_pid: int) -> list[int]:
     """PIDs of the vLLM engine-core processes of a replica: one per loaded LLM. They are found by
     what they are, the replica's own child processes (all but multiprocessing's resource tracker),
@@ -79,8 +87,7 @@ def _engine_cores(replica_pid: int) -> list[int]:
     import psutil
 
     kids = psutil.Process(replica_pid).children(recursive=False)
-    return sorted(p.pid for p in kids
-                  if p.status() != psutil.STATUS_ZOMBIE and "resource_tracker" not in " ".join(p.cmdline()))
+    return sorted(p.pid for p in kids if _alive(p.pid) and "resource_tracker" not in " ".join(p.cmdline()))
 
 
 def _scorer_pid() -> int:
@@ -114,7 +121,6 @@ def _process_listing() -> list[str]:
 def test_each_checkpoint_its_own_llm_and_the_lru_frees_the_evicted_one(service):
     """max_models_per_replica=2: a third checkpoint evicts the least recently used one, and that
     LLM's engine-core process (its weights and KV cache) is gone, not waiting for the collector."""
-    import psutil
 
     url = service["url"]
     # Both loaded (one may be loaded already by an earlier test). Should Serve have replaced the
@@ -137,7 +143,7 @@ def test_each_checkpoint_its_own_llm_and_the_lru_frees_the_evicted_one(service):
         assert time.time() < deadline, (before, after, _process_listing())
         time.sleep(0.5)
     gone = set(before) - set(after)
-    assert len(gone) == 1 and not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in gone)
+    assert len(gone) == 1 and not any(_alive(p) for p in gone)
     # The kept checkpoint was not reloaded, and scores as before (reloading an evicted one is
     # tests/serve's LRU test, with the transformers engine).
     assert call(url, "/v1/score", {"checkpoint": "sft", "items": ITEMS})[1]["items"] == sft["items"]
