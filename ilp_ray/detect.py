@@ -7,6 +7,7 @@ N, τ or the seeds recomputes verdicts without touching a model.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -98,6 +99,32 @@ def compute_verdicts(items: pd.DataFrame, sft: pd.DataFrame, base: pd.DataFrame 
     Raises:
         ValueError: calibrated items without the priors of a model they need.
     """
+    rows = row_verdicts(items, sft, base, scoring, detect, priors)
+    out = rows.frame
+    rank, top = severity_ranks(out["unlearned"].to_numpy(), rows.consistency, out["pass_expected"].to_numpy(),
+                               detect.top_k)
+    out["severity_rank"] = pd.array(np.where(rank > 0, rank, None), dtype="Int64")
+    out["in_top_k"] = top
+    return out, unlearned_stability(out["id"].tolist(), rows.per_seed)
+
+
+@dataclass
+class RowVerdicts:
+    """``row_verdicts``' result: what each item's own scores give, before the set-wide figures."""
+
+    frame: pd.DataFrame  #: every verdict column but ``severity_rank`` and ``in_top_k``
+    per_seed: np.ndarray  #: (stability seeds, items) bool: unlearned under each seed
+    consistency: np.ndarray  #: the share of seeds under which each item is unlearned
+
+
+def row_verdicts(items: pd.DataFrame, sft: pd.DataFrame, base: pd.DataFrame | None,
+                 scoring: ScoringConfig, detect: DetectConfig,
+                 priors: dict[str, pd.DataFrame] | None = None) -> RowVerdicts:
+    """The per-item part of ``compute_verdicts`` (same arguments): every figure that depends on
+    the item's own scores alone, so that any split of the items into chunks gives the same rows
+    (an item's pass@N draws depend only on its id and the seed). The set-wide figures, the
+    severity rank and the seed stability, come from ``severity_ranks`` and
+    ``unlearned_stability`` over the chunks' results."""
     priors = priors or {}
     sft = _aligned(items, sft, "fine-tuned model")
     ids = items["id"].astype(str).tolist()
@@ -117,8 +144,8 @@ def compute_verdicts(items: pd.DataFrame, sft: pd.DataFrame, base: pd.DataFrame 
         return sampled, M.bon_correct(probs, draws, answers), M.unlearned(decide, detect.tau)
 
     sampled, bon, unl = run(detect.seed)
-    per_seed = [unl] + [run(detect.seed + s)[2] for s in range(1, detect.stability_seeds)]
-    consistency = np.mean(per_seed, axis=0)
+    per_seed = np.array([unl] + [run(detect.seed + s)[2] for s in range(1, detect.stability_seeds)], dtype=bool)
+    consistency = per_seed.mean(axis=0)
 
     out = pd.DataFrame({
         "id": ids,
@@ -159,15 +186,24 @@ def compute_verdicts(items: pd.DataFrame, sft: pd.DataFrame, base: pd.DataFrame 
     if fair_prior is not None:
         _fairness(out, fair_prior, sft_prior, base_prior, answers, detect.fairness.prior_threshold,
                   "base" if base_prior is not None else "sft")
+    return RowVerdicts(out, per_seed, consistency)
 
-    rank = np.full(len(out), -1, dtype=np.int64)
-    idx = np.flatnonzero(unl)
-    order = idx[M.severity_order(consistency[idx], out["pass_expected"].to_numpy()[idx])]
+
+def severity_ranks(unlearned: np.ndarray, consistency: np.ndarray, p_correct: np.ndarray,
+                   top_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(severity rank, in the top K) of every item over the whole set: rank 1 is the most severe
+    unlearned item (``metrics.severity_order``), learned items get -1."""
+    unlearned = np.asarray(unlearned, dtype=bool)
+    rank = np.full(len(unlearned), -1, dtype=np.int64)
+    idx = np.flatnonzero(unlearned)
+    order = idx[M.severity_order(np.asarray(consistency)[idx], np.asarray(p_correct)[idx])]
     rank[order] = np.arange(1, len(order) + 1)
-    out["severity_rank"] = pd.array(np.where(rank > 0, rank, None), dtype="Int64")
-    out["in_top_k"] = (rank > 0) & (rank <= detect.top_k)
-    stability = M.seed_stability([{ids[i] for i in np.flatnonzero(u)} for u in per_seed])
-    return out, stability
+    return rank, (rank > 0) & (rank <= top_k)
+
+
+def unlearned_stability(ids: Sequence[str], per_seed: np.ndarray) -> float:
+    """The seed stability: mean pairwise Jaccard index of the unlearned sets (``per_seed`` rows)."""
+    return M.seed_stability([{ids[i] for i in np.flatnonzero(u)} for u in per_seed])
 
 
 def _probs_of(prior: np.ndarray) -> np.ndarray:

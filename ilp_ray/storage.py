@@ -169,7 +169,8 @@ MANIFEST = "_manifest.json"
 
 
 def write_verdicts(df, folder: Path, size: int) -> None:
-    """Write the verdict table in shards of ``size`` rows, as one new generation.
+    """Write the verdict table (a DataFrame or an Arrow table) in shards of ``size`` rows, as one
+    new generation.
 
     The shards get a fresh generation name (``shard-<gen>-<i>.parquet``) beside the old ones; then
     ``_manifest.json`` (each shard's file, row count and sha256) replaces the old manifest in one
@@ -180,17 +181,19 @@ def write_verdicts(df, folder: Path, size: int) -> None:
 
     import pyarrow as pa
 
-    check_verdicts(df.columns, str(folder))
+    arrow = isinstance(df, pa.Table)
+    check_verdicts(df.column_names if arrow else df.columns, str(folder))
     folder.mkdir(parents=True, exist_ok=True)
     gen = uuid.uuid4().hex[:8]
-    n = max(1, math.ceil(len(df) / size))
+    rows = df.num_rows if arrow else len(df)
     shards = []
-    for i in range(n):
-        part = df.iloc[i * size:(i + 1) * size]
+    for i in range(max(1, math.ceil(rows / size))):
+        part = (df.slice(i * size, size) if arrow
+                else pa.Table.from_pandas(df.iloc[i * size:(i + 1) * size], preserve_index=False))
         path = folder / f"shard-{gen}-{i:05d}.parquet"
-        write_table_atomic(pa.Table.from_pandas(part, preserve_index=False), path)
-        shards.append({"file": path.name, "rows": len(part), "sha256": _sha256(path)})
-    write_json_atomic({"generation": gen, "rows": len(df), "shards": shards}, folder / MANIFEST)
+        write_table_atomic(part, path)
+        shards.append({"file": path.name, "rows": part.num_rows, "sha256": _sha256(path)})
+    write_json_atomic({"generation": gen, "rows": rows, "shards": shards}, folder / MANIFEST)
     keep = {s["file"] for s in shards} | {MANIFEST}
     for stale in folder.iterdir():
         if stale.name not in keep and not stale.name.startswith(".tmp-"):

@@ -57,22 +57,33 @@ def with_prior_items(items):
 def split_priors(items, scores: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """({tag: scores of the real items}, {tag: frame of id and the options' prior log-likelihoods})."""
     import pandas as pd
+
+    from ilp_ray.scoring.prior import option_priors
+
+    real, lookups = prior_lookups(items, scores)
+    options = items.column("options").to_pylist()
+    ids = items.column("id").to_pylist()
+    return real, {tag: pd.DataFrame({"id": ids, "logprob_sum": option_priors(options, lookup)})
+                  for tag, lookup in lookups.items()}
+
+
+def prior_lookups(items, scores: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
+    """({tag: scores of the real items}, {tag: {option text: its prior log-likelihood}}): the
+    scores split from their prior pseudo-items (``ilp_ray.scoring.prior``), whose options name the
+    texts; ``option_priors`` gives any items' priors from a lookup."""
     import pyarrow.compute as pc
 
-    from ilp_ray.scoring.prior import PRIOR_PREFIX, option_priors, prior_items, prior_lookup
+    from ilp_ray.scoring.prior import PRIOR_PREFIX, prior_items, prior_lookup
 
-    options = items.column("options").to_pylist()
-    pseudo = prior_items(options)  # the same pseudo-items as were scored: their options name the texts
-    real, priors = {}, {}
+    pseudo = prior_items(items.column("options").to_pylist())  # the same pseudo-items as were scored
+    real, lookups = {}, {}
     for tag, table in scores.items():
         is_prior = pc.starts_with(table.column("id"), PRIOR_PREFIX)
         real[tag] = table.filter(pc.invert(is_prior))
         p = table.filter(is_prior)
         by_id = dict(zip(p.column("id").to_pylist(), p.column("logprob_sum").to_pylist(), strict=True))
-        lookup = prior_lookup(pseudo, [by_id[it.id] for it in pseudo])
-        priors[tag] = pd.DataFrame({"id": items.column("id").to_pylist(),
-                                    "logprob_sum": option_priors(options, lookup)})
-    return real, priors
+        lookups[tag] = prior_lookup(pseudo, [by_id[it.id] for it in pseudo])
+    return real, lookups
 
 
 def model_identity(spec: str) -> Any:

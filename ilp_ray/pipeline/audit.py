@@ -115,7 +115,7 @@ def _audit(cfg: AuditConfig, progress: bool, held: list, run_dir: Path, t0: floa
         if prefetch is not None:  # what it embedded stays in the cache; the diagnosis embeds the rest
             st.marks["embed_prefetch"] = prefetch.stop()
     with st("verdicts"):
-        verdicts, summary = verdict_stage(items, scores, with_priors, cfg, run_dir)
+        verdicts, summary = verdict_stage(items, scores, with_priors, cfg, run_dir)  # its scalar columns
         summary.update(stats, mc_reused=mc_reused, wall_s=round(time.perf_counter() - t0, 3),
                        models=models, data=cfg.data, data_read=_data_read(loaded, cfg), run_dir=str(run_dir))
         S.write_json_atomic(summary, run_dir / "summary.json")
@@ -139,7 +139,7 @@ def _audit(cfg: AuditConfig, progress: bool, held: list, run_dir: Path, t0: floa
             del records, loaded, items, scores, verdicts  # the diagnosis reads the run directory's
             with st("diagnosis"):
                 diagnosis = run_diagnosis(run_dir, diagnosis_config(cfg, evidence), tracker=tracker)
-            verdicts = S.load_verdicts(run_dir)  # the table just written, for the result
+    verdicts = S.load_verdicts(run_dir)  # the whole table just written, for the result
     return AuditResult(run_dir, summary, verdicts, tracker.run_id, tracker.tracking_uri, diagnosis, evidence)
 
 
