@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from ilp_ray.diagnosis.registry import by_roman
-from ilp_ray.storage import write_json_atomic
+from ilp_ray.storage import write_json_atomic, write_text_atomic
 
 #: The cause (diagnosis detector) each non-control category is built to produce: the paper's five,
 #: by the numeral each registered detector declares.
@@ -359,20 +359,12 @@ def write(world: World, out: str | Path) -> dict[str, Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"sft": out / "sft.jsonl", "corpus": out / "corpus.jsonl", "truth": out / "truth.jsonl",
-             "world": out / "world.json"}
-    for key, rows in (("sft", world.sft), ("corpus", world.corpus), ("truth", world.truth)):
+             "general_mc": out / "general_mc.jsonl", "world": out / "world.json"}
+    for key, rows in (("sft", world.sft), ("corpus", world.corpus), ("truth", world.truth),
+                      ("general_mc", general_mc(world))):
         text = "".join(json.dumps(r) + "\n" for r in rows)
-        if paths[key].is_file() and paths[key].read_text() == text:
-            continue  # unchanged: keep the file (and its mtime, which finished stages check)
-        tmp = paths[key].with_suffix(".jsonl.tmp")
-        tmp.write_text(text)
-        tmp.replace(paths[key])
-    paths["general_mc"] = out / "general_mc.jsonl"
-    text = "".join(json.dumps(r) + "\n" for r in general_mc(world))
-    if not (paths["general_mc"].is_file() and paths["general_mc"].read_text() == text):
-        tmp = paths["general_mc"].with_suffix(".jsonl.tmp")
-        tmp.write_text(text)
-        tmp.replace(paths["general_mc"])
+        if not (paths[key].is_file() and paths[key].read_text() == text):  # unchanged: keep the file
+            write_text_atomic(text, paths[key])  # (and its mtime, which finished stages check)
     counts = {c: sum(t["category"] == c for t in world.truth) for c in CATEGORIES}
     write_json_atomic({
         "seed": world.seed, "size": world.size, "entities": world.entities,
