@@ -66,8 +66,10 @@ def verdict_stage(items, scores: dict[str, Any], with_priors: bool, cfg: AuditCo
         del rows, priors
     table = pa.concat_tables(parts, promote_options="permissive")
     del parts
-    unlearned = table.column("unlearned").to_numpy(zero_copy_only=False)
-    rank, top = severity_ranks(unlearned, np.concatenate(consistency), table.column("pass_expected").to_numpy(zero_copy_only=False),
+    def column(name):
+        return table.column(name).to_numpy(zero_copy_only=False)
+
+    rank, top = severity_ranks(column("unlearned"), np.concatenate(consistency), column("pass_expected"),
                                cfg.detect.top_k)
     table = table.append_column("severity_rank", pa.array(rank, pa.int64(), mask=rank <= 0))
     table = table.append_column("in_top_k", pa.array(top, pa.bool_()))
